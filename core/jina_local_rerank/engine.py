@@ -1,0 +1,125 @@
+"""The loaded model and tokenizer for one (model, revision, device, dtype), and the process-wide cache of them."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .batching import pack_batches, pad_batch
+from .checkpoint import load_checkpoint, resolve_model_dir
+from .devices import resolve_device, resolve_dtype
+from .model import JinaBertForReranking
+from .tokenization import PairTokenizer
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What makes two engines the same: the model, its revision, the device and the dtype."""
+
+    model: str
+    revision: str | None
+    device: str
+    dtype: str
+
+
+class ScoringEngine:
+    """A JinaBERT cross-encoder ready to score: model weights on a device plus the pair tokenizer.
+
+    Thread-safe: forward passes do not mutate state. Shared by every :class:`~jina_local_rerank.Reranker` (and
+    every framework adapter) that asks for the same :class:`EngineKey`.
+    """
+
+    def __init__(
+        self, key: EngineKey, directory: Path, model: JinaBertForReranking, tokenizer: PairTokenizer
+    ) -> None:
+        self.key = key
+        self.directory = directory
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    @property
+    def max_length(self) -> int:
+        """The model's window in tokens (``max_position_embeddings``, 8192 for the v1 family)."""
+        return self.model.config.max_position_embeddings
+
+    def logits(
+        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, progress: "object | None" = None
+    ) -> list[float]:
+        """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` padded tokens.
+
+        ``progress``, if given, is a tqdm-like object whose ``update(n)`` is called with the pairs done.
+        """
+        results: list[float] = [0.0] * len(sequences)
+        with torch.inference_mode():
+            for batch in pack_batches([len(s) for s in sequences], max_batch_tokens):
+                input_ids, attention_mask = pad_batch(
+                    [sequences[i] for i in batch], self.tokenizer.pad_id, self.device
+                )
+                for index, value in zip(batch, self.model(input_ids, attention_mask).tolist()):
+                    results[index] = value
+                if progress is not None:
+                    progress.update(len(batch))
+        return results
+
+
+_cache: dict[EngineKey, ScoringEngine] = {}
+_cache_lock = threading.Lock()
+
+
+def engine_key(
+    model: str | os.PathLike[str], revision: str | None, device: torch.device, dtype: torch.dtype
+) -> EngineKey:
+    path = Path(model).expanduser()
+    name = str(path.resolve()) if path.is_dir() else os.fspath(model)
+    return EngineKey(name, revision, str(device), str(dtype).removeprefix("torch."))
+
+
+def get_engine(
+    model: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> ScoringEngine:
+    """Return the process-wide engine for (model, revision, device, dtype), loading it on first use."""
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    key = engine_key(model, revision, resolved_device, resolved_dtype)
+    with _cache_lock:
+        engine = _cache.get(key)
+        if engine is None:
+            directory = resolve_model_dir(model, revision=revision, cache_dir=cache_dir, token=token)
+            tokenizer = PairTokenizer.from_directory(directory)
+            weights = load_checkpoint(directory, resolved_dtype, resolved_device)
+            engine = _cache[key] = ScoringEngine(key, directory, weights, tokenizer)
+        return engine
+
+
+def release_engine(engine: ScoringEngine) -> bool:
+    """Drop ``engine`` from the process-wide cache; its memory is freed once no object holds it. True if it was cached."""
+    with _cache_lock:
+        if _cache.get(engine.key) is engine:
+            del _cache[engine.key]
+            return True
+        return False
+
+
+def clear_engine_cache() -> None:
+    """Drop every cached engine (objects that still hold one keep it alive)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def cached_engines() -> list[EngineKey]:
+    """Keys of the engines currently loaded in this process."""
+    with _cache_lock:
+        return list(_cache)

@@ -1,0 +1,22 @@
+"""Exception types: one per kind of failure, so callers can catch exactly what they expect."""
+
+from __future__ import annotations
+
+
+class JinaLocalRerankError(Exception):
+    """Base class of every error raised by jina-local-rerank on purpose."""
+
+
+class ModelNotFoundError(JinaLocalRerankError, FileNotFoundError):
+    """The model could not be found: no such local directory, or a Hub id that is not cached while offline."""
+
+
+class CheckpointError(JinaLocalRerankError, ValueError):
+    """A checkpoint file is missing, unreadable or does not match the model's configuration.
+
+    The message names the file and, for weight problems, the tensor.
+    """
+
+
+class UnsupportedModelError(CheckpointError):
+    """The checkpoint is not a JinaBERT cross-encoder (wrong architecture, position embedding or feed-forward)."""

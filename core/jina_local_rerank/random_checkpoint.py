@@ -1,0 +1,146 @@
+"""Writing random-weight JinaBERT checkpoints in the real on-disk format, for tests, examples and benchmarks.
+
+The folder gets ``config.json`` (the real file's keys), bf16 ``model.safetensors`` and RoBERTa-style byte-level
+BPE tokenizer files trained on Python's own documentation, so nothing comes from the network. Scores from such
+a checkpoint are meaningless; its shapes, numerics and files are those of the real models.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import _expected_shapes
+from .config import JinaBertConfig
+
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+@dataclass(frozen=True)
+class CheckpointShape:
+    """Model shape of a random checkpoint; ``vocab_size`` None means the tokenizer's size rounded up to 64."""
+
+    num_hidden_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    intermediate_size: int = 128
+    vocab_size: int | None = None
+    max_position_embeddings: int = 8192
+
+
+TINY_SHAPE = CheckpointShape(4, 384, 12, 1536, vocab_size=61056)
+TURBO_SHAPE = CheckpointShape(6, 384, 12, 1536, vocab_size=61056)
+
+
+def _training_corpus() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return list(topics.values())
+
+
+def write_tokenizer(directory: Path, vocab_size: int = 2000) -> int:
+    """Train a byte-level BPE tokenizer and write the RoBERTa file set; returns the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_training_corpus(), trainer=trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(
+        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")), add_prefix_space=False
+    )
+    tokenizer.save(str(directory / "tokenizer.json"))
+    tokenizer.model.save(str(directory))  # vocab.json and merges.txt
+    (directory / "special_tokens_map.json").write_text(
+        json.dumps(
+            {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>",
+             "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"},
+            indent=2,
+        )
+    )
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"tokenizer_class": "RobertaTokenizer", "model_max_length": 8192, "add_prefix_space": False,
+             "bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>",
+             "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"},
+            indent=2,
+        )
+    )
+    return tokenizer.get_vocab_size()
+
+
+def write_random_checkpoint(
+    directory: str | Path, shape: CheckpointShape = CheckpointShape(), *, seed: int = 0, tokenizer_vocab: int = 2000
+) -> Path:
+    """Write a random-weight JinaBERT reranker checkpoint to ``directory`` (created if needed) and return it.
+
+    Weights are drawn with a fixed ``seed`` at scales that make every component move the logit, then stored as
+    bf16 like the published checkpoints.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    real_vocab = write_tokenizer(directory, tokenizer_vocab)
+    vocab_size = shape.vocab_size or -(-real_vocab // 64) * 64
+    config = JinaBertConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_position_embeddings,
+    )
+    (directory / "config.json").write_text(json.dumps(_config_json(config), indent=2))
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for key, tensor_shape in _expected_shapes(config).items():
+        noise = torch.randn(tensor_shape, generator=generator)
+        if "LayerNorm" in key or "layernorm" in key:
+            tensor = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise
+        elif "embeddings" in key:
+            tensor = 0.2 * noise
+        elif key.endswith("bias"):
+            tensor = 0.1 * noise
+        else:
+            gain = 1.2 if ".query." in key or ".key." in key else 1.0
+            tensor = gain * noise / tensor_shape[1] ** 0.5
+        tensors[key] = tensor.to(torch.bfloat16).contiguous()
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    return directory
+
+
+def _config_json(config: JinaBertConfig) -> dict:
+    return {
+        "_name_or_path": "jinaai/jina-bert-implementation",
+        "architectures": ["JinaBertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "attn_implementation": "torch",
+        "emb_pooler": "mean",
+        "feed_forward_type": "geglu",
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": config.hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": config.intermediate_size,
+        "layer_norm_eps": config.layer_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "model_type": "bert",
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
+        "pad_token_id": 0,
+        "position_embedding_type": "alibi",
+        "torch_dtype": "float16",
+        "transformers_version": "4.30.2",
+        "type_vocab_size": config.type_vocab_size,
+        "vocab_size": config.vocab_size,
+    }

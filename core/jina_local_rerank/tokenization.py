@@ -1,0 +1,149 @@
+"""Pair encoding ``<s> query </s></s> document </s>`` with the checkpoint's byte-level BPE tokenizer.
+
+Queries and documents are tokenized separately (each query once, however many documents it is paired with) and
+joined with the special tokens, which gives the same ids as the original tokenizer's pair encoding.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tokenizers import Tokenizer
+
+from .errors import CheckpointError
+
+SPECIAL_TOKENS_PER_PAIR = 4  # <s> q </s></s> d </s>
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """Join valid surrogate pairs and replace lone surrogates (not encodable as UTF-8) with U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Token sequences to score (special tokens included) and how they map back to the input pairs.
+
+    ``owner[k]`` is the pair that sequence ``k`` belongs to: one sequence per pair, or several overlapping
+    windows of one long document when chunking. ``document_truncated[i]`` tells whether pair ``i`` lost document
+    tokens; ``windows[i]`` how many sequences pair ``i`` was scored as.
+    """
+
+    input_ids: list[list[int]]
+    owner: list[int]
+    document_truncated: list[bool]
+    query_truncated: list[bool]
+    windows: list[int]
+
+
+def window_starts(length: int, room: int, stride: int) -> list[int]:
+    """Start offsets of windows of ``room`` tokens over ``length`` tokens, ``stride`` apart; the last ends at the end."""
+    if length <= room:
+        return [0]
+    starts = list(range(0, length - room, stride))
+    starts.append(length - room)
+    return starts
+
+
+class PairTokenizer:
+    """Encodes (query, document) pairs for the cross-encoder; lengths are in tokens."""
+
+    def __init__(self, tokenizer: Tokenizer, cls_id: int, sep_id: int, pad_id: int) -> None:
+        self.tokenizer = tokenizer
+        self.cls_id = cls_id
+        self.sep_id = sep_id
+        self.pad_id = pad_id
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> "PairTokenizer":
+        """Load ``tokenizer.json``; special tokens are named by ``special_tokens_map.json``/``tokenizer_config.json``."""
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: tokenizer.json is missing from the checkpoint")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+            raise CheckpointError(f"{path}: cannot load the tokenizer ({exc})") from None
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        names = {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>"}
+        for filename in ("tokenizer_config.json", "special_tokens_map.json"):
+            names.update(_special_token_names(directory / filename))
+        ids = {}
+        for role, token in names.items():
+            token_id = tokenizer.token_to_id(token)
+            if token_id is None:
+                raise CheckpointError(f"{path}: special token {role}={token!r} is not in the vocabulary")
+            ids[role] = token_id
+        return cls(tokenizer, ids["cls_token"], ids["sep_token"], ids["pad_token"])
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, without special tokens."""
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        except TypeError:
+            # Raised for strings with lone surrogates; types were checked by the caller.
+            encodings = self.tokenizer.encode_batch(
+                [replace_lone_surrogates(t) for t in texts], add_special_tokens=False
+            )
+        return [encoding.ids for encoding in encodings]
+
+    def encode_pairs(
+        self,
+        queries: Sequence[str],
+        pairs: Sequence[tuple[int, str]],
+        *,
+        max_length: int,
+        max_query_length: int,
+        long_document: str = "truncate",
+        chunk_stride: int | None = None,
+    ) -> EncodedPairs:
+        """Encode ``pairs`` of (index into ``queries``, document) within ``max_length`` tokens.
+
+        Each query keeps at most ``max_query_length`` tokens. A document longer than what is left of the window
+        (its room) is truncated, or with ``long_document="chunk"`` split into overlapping windows of the room,
+        ``chunk_stride`` tokens apart (default half the room, at most the room), each encoded as its own sequence.
+        """
+        query_ids = self.tokenize(queries)
+        doc_ids = self.tokenize([doc for _, doc in pairs])
+        input_ids: list[list[int]] = []
+        owner: list[int] = []
+        doc_truncated, query_truncated, windows = [], [], []
+        for pair_index, ((query_index, _), doc) in enumerate(zip(pairs, doc_ids)):
+            query = query_ids[query_index]
+            query_truncated.append(len(query) > max_query_length)
+            query = query[:max_query_length]
+            room = max_length - SPECIAL_TOKENS_PER_PAIR - len(query)
+            if long_document == "chunk":
+                stride = max(1, min(chunk_stride or room // 2, room))
+                starts = window_starts(len(doc), room, stride)
+                doc_truncated.append(False)
+            else:
+                starts = [0]
+                doc_truncated.append(len(doc) > room)
+            windows.append(len(starts))
+            for start in starts:
+                window = doc[start : start + room]
+                input_ids.append([self.cls_id, *query, self.sep_id, self.sep_id, *window, self.sep_id])
+                owner.append(pair_index)
+        return EncodedPairs(input_ids, owner, doc_truncated, query_truncated, windows)
+
+
+def _special_token_names(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from None
+    names = {}
+    for role in ("cls_token", "sep_token", "pad_token"):
+        value = raw.get(role)
+        if isinstance(value, dict):
+            value = value.get("content")
+        if isinstance(value, str):
+            names[role] = value
+    return names

@@ -1,0 +1,48 @@
+"""Shared fixtures: small random checkpoints in the real on-disk format, and the parity folder."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach the network; set before huggingface_hub is imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import pytest
+
+from jina_local_rerank import Reranker
+from jina_local_rerank.random_checkpoint import CheckpointShape, write_random_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PARITY_DIR = Path(os.environ.get("JINA_LOCAL_RERANK_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity"))
+SMALL_WINDOW = 128
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-64 random JinaBERT reranker with the full 8192-token window."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("checkpoint") / "jina-reranker-test", seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_window_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``checkpoint_dir`` but with a 128-token window, for truncation and chunking."""
+    shape = CheckpointShape(max_position_embeddings=SMALL_WINDOW)
+    return write_random_checkpoint(tmp_path_factory.mktemp("checkpoint") / "jina-reranker-small", shape, seed=2)
+
+
+@pytest.fixture(scope="session")
+def reranker(checkpoint_dir: Path) -> Reranker:
+    return Reranker(checkpoint_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    """``../shared/parity``: skipped where absent (a user's clone), required under ``CI=true``."""
+    if not (PARITY_DIR / "golden.json").is_file():
+        reason = f"parity data not found at {PARITY_DIR} (set JINA_LOCAL_RERANK_PARITY_DIR)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the parity tests")
+        pytest.skip(reason)
+    return PARITY_DIR
