@@ -1,10 +1,8 @@
-"""Packing token sequences into padded batches under a token budget."""
+"""Grouping token sequences into batches under a token budget."""
 
 from __future__ import annotations
 
 from typing import Sequence
-
-import torch
 
 
 def pack_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
@@ -20,16 +18,3 @@ def pack_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int
         else:
             batches.append([index])
     return batches
-
-
-def pad_batch(
-    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ``sequences`` to the longest: ``input_ids`` and ``attention_mask``, both ``[B, L]`` int64."""
-    longest = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return input_ids.to(device), attention_mask.to(device)

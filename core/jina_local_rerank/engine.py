@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from .batching import pack_batches, pad_batch
+from .batching import pack_batches
 from .checkpoint import load_checkpoint, resolve_model_dir
 from .devices import resolve_device, resolve_dtype
 from .model import JinaBertForReranking
 from .tokenization import PairTokenizer
+
+
+PROGRESS_MIN_SEQUENCES = 256
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,8 @@ class EngineKey:
 class ScoringEngine:
     """A JinaBERT cross-encoder ready to score: model weights on a device plus the pair tokenizer.
 
-    Thread-safe: forward passes do not mutate state. Shared by every :class:`~jina_local_rerank.Reranker` (and
-    every framework adapter) that asks for the same :class:`EngineKey`.
+    Thread-safe: forward passes do not mutate state. Shared by every [`Reranker`][jina_local_rerank.Reranker]
+    (and every framework adapter) that asks for the same [`EngineKey`][jina_local_rerank.engine.EngineKey].
     """
 
     def __init__(
@@ -43,6 +47,8 @@ class ScoringEngine:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        # One padded attention call per batch suits GPUs; per-sequence exact-length attention suits CPUs.
+        self.padded_attention = self.device.type != "cpu"
 
     @property
     def max_length(self) -> int:
@@ -50,23 +56,32 @@ class ScoringEngine:
         return self.model.config.max_position_embeddings
 
     def logits(
-        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, progress: "object | None" = None
+        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: bool = False
     ) -> list[float]:
         """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` padded tokens.
 
-        ``progress``, if given, is a tqdm-like object whose ``update(n)`` is called with the pairs done.
+        Identical sequences are scored once, so duplicates get bit-identical logits (exact ties). With
+        ``show_progress``, inputs of at least ``PROGRESS_MIN_SEQUENCES`` show a progress bar on stderr.
         """
-        results: list[float] = [0.0] * len(sequences)
-        with torch.inference_mode():
-            for batch in pack_batches([len(s) for s in sequences], max_batch_tokens):
-                input_ids, attention_mask = pad_batch(
-                    [sequences[i] for i in batch], self.tokenizer.pad_id, self.device
-                )
-                for index, value in zip(batch, self.model(input_ids, attention_mask).tolist()):
+        slots: dict[tuple[int, ...], int] = {}
+        owner = [slots.setdefault(tuple(seq), len(slots)) for seq in sequences]
+        distinct = list(slots)
+        results: list[float] = [0.0] * len(distinct)
+        progress = tqdm(
+            total=len(distinct),
+            desc="scoring",
+            unit="pair",
+            disable=not show_progress or len(distinct) < PROGRESS_MIN_SEQUENCES,
+        )
+        with progress, torch.inference_mode():
+            for batch in pack_batches([len(s) for s in distinct], max_batch_tokens):
+                members = [distinct[i] for i in batch]
+                input_ids = torch.tensor([token for seq in members for token in seq], device=self.device)
+                logits = self.model(input_ids, [len(seq) for seq in members], self.padded_attention)
+                for index, value in zip(batch, logits.tolist()):
                     results[index] = value
-                if progress is not None:
-                    progress.update(len(batch))
-        return results
+                progress.update(len(batch))
+        return [results[slot] for slot in owner]
 
 
 _cache: dict[EngineKey, ScoringEngine] = {}
@@ -76,6 +91,7 @@ _cache_lock = threading.Lock()
 def engine_key(
     model: str | os.PathLike[str], revision: str | None, device: torch.device, dtype: torch.dtype
 ) -> EngineKey:
+    """The cache key of a model on a device in a dtype; a local directory is keyed by its absolute path."""
     path = Path(model).expanduser()
     name = str(path.resolve()) if path.is_dir() else os.fspath(model)
     return EngineKey(name, revision, str(device), str(dtype).removeprefix("torch."))

@@ -15,8 +15,8 @@ from torch import nn
 
 from .config import JinaBertConfig
 
-# Upper bound on attention-score elements materialized at once (per forward, all heads): 64 MiB in fp32.
-# Long sequences are processed in blocks of query rows so that memory stays bounded at any length.
+# Upper bound on attention-score elements materialized at once (all heads): 64 MiB in fp32. Longer sequences
+# are processed in blocks of query rows so that memory stays bounded at any length.
 ATTENTION_BLOCK_ELEMENTS = 1 << 24
 
 
@@ -60,6 +60,99 @@ class JinaBertEmbeddings(nn.Module):
         return self.LayerNorm(self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0])
 
 
+class PackedBatch:
+    """Sequences laid end to end (no padding): ``lengths`` and ``offsets`` in tokens, plus the shared ALiBi bias.
+
+    ``bias`` is ``-slope[h] * |i - j|`` for the longest sequence that fits in one attention block; its top-left
+    ``L x L`` corner is the bias of any shorter sequence, so it is built once per forward pass for all layers.
+    ``padded`` selects attention over one padded, masked batch (one kernel call, for GPUs) instead of one call
+    per sequence at its exact length (no padding work, for CPUs).
+    """
+
+    def __init__(self, lengths: list[int], slopes: torch.Tensor, padded: bool) -> None:
+        self.lengths = lengths
+        self.offsets = [0]
+        for length in lengths[:-1]:
+            self.offsets.append(self.offsets[-1] + length)
+        self.slopes = slopes
+        self.padded = padded
+        num_heads = slopes.shape[0]
+        longest = max(lengths)
+        if padded:
+            rows = len(lengths)
+            fits = rows * num_heads * longest * longest <= ATTENTION_BLOCK_ELEMENTS
+            self.bias = alibi_bias(slopes, range(longest), longest) if fits else None
+            self.key_bias = torch.zeros((rows, longest), dtype=torch.float32, device=slopes.device)
+            for row, length in enumerate(lengths):
+                self.key_bias[row, length:] = torch.finfo(torch.float32).min
+            if self.bias is not None:
+                self.bias = self.bias[None] + self.key_bias[:, None, None, :]
+        else:
+            fitting = [n for n in lengths if num_heads * n * n <= ATTENTION_BLOCK_ELEMENTS]
+            size = max(fitting, default=0)
+            self.bias = alibi_bias(slopes, range(size), size) if size else None
+
+    def first_tokens(self) -> list[int]:
+        """Positions of each sequence's first token (``<s>``) in the packed layout."""
+        return self.offsets
+
+
+def _attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Attention per sequence at its exact length: ``q, k, v`` ``[T, heads, d]`` packed -> ``[T, heads, d]``."""
+    out = torch.empty_like(q)
+    num_heads = q.shape[1]
+    for start, length in zip(batch.offsets, batch.lengths):
+        stop = start + length
+        qs, ks, vs = (t[start:stop].transpose(0, 1) for t in (q, k, v))  # [heads, L, d]
+        if batch.bias is not None and length <= batch.bias.shape[-1]:
+            context = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=batch.bias[:, :length, :length])
+        else:
+            rows_per_block = max(1, ATTENTION_BLOCK_ELEMENTS // (num_heads * length))
+            context = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        qs[:, rows.start : rows.stop], ks, vs, attn_mask=alibi_bias(batch.slopes, rows, length)
+                    )
+                    for rows in (
+                        range(r, min(length, r + rows_per_block)) for r in range(0, length, rows_per_block)
+                    )
+                ],
+                dim=1,
+            )
+        out[start:stop] = context.transpose(0, 1)
+    return out
+
+
+def _attention_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Attention over the sequences padded into one masked batch ``[B, heads, L, d]``; returns packed ``[T, heads, d]``."""
+    rows, longest, num_heads = len(batch.lengths), max(batch.lengths), q.shape[1]
+    index = torch.cat(
+        [torch.arange(o, o + n, device=q.device) for o, n in zip(batch.offsets, batch.lengths)]
+    )
+    slot = torch.cat(
+        [torch.arange(row * longest, row * longest + n, device=q.device) for row, n in enumerate(batch.lengths)]
+    )
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        padded = t.new_zeros((rows * longest, *t.shape[1:]))
+        padded[slot] = t[index]
+        return padded.view(rows, longest, num_heads, -1).transpose(1, 2)
+
+    qp, kp, vp = pad(q), pad(k), pad(v)
+    if batch.bias is not None:
+        context = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=batch.bias)
+    else:
+        rows_per_block = max(1, ATTENTION_BLOCK_ELEMENTS // (rows * num_heads * longest))
+        blocks = []
+        for start in range(0, longest, rows_per_block):
+            block = range(start, min(longest, start + rows_per_block))
+            mask = alibi_bias(batch.slopes, block, longest)[None] + batch.key_bias[:, None, None, :]
+            blocks.append(F.scaled_dot_product_attention(qp[:, :, block.start : block.stop], kp, vp, attn_mask=mask))
+        context = torch.cat(blocks, dim=2)
+    flat = context.transpose(1, 2).reshape(rows * longest, num_heads, -1)
+    return flat[slot]
+
+
 class JinaBertSelfAttention(nn.Module):
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
@@ -69,27 +162,17 @@ class JinaBertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-        """``x`` ``[B, L, H]``; ``key_bias`` fp32 ``[B, L]`` (0 for real keys, -inf-like for padding)."""
-        batch, length, hidden = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+    def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """``x`` packed ``[T, H]`` -> attention context ``[T, H]`` with symmetric ALiBi, each sequence on its own."""
+        tokens, hidden = x.shape
+        q, k, v = (
+            proj(x).view(tokens, self.num_heads, self.head_dim) for proj in (self.query, self.key, self.value)
+        )
         # The ALiBi bias reaches -slope * 8191; in fp16/bf16 it would lose precision, so scores are fp32.
         if q.dtype != torch.float32:
             q, k, v = q.float(), k.float(), v.float()
-        rows_per_block = max(1, ATTENTION_BLOCK_ELEMENTS // (batch * self.num_heads * length))
-        blocks = []
-        for start in range(0, length, rows_per_block):
-            rows = range(start, min(length, start + rows_per_block))
-            mask = alibi_bias(slopes, rows, length)[None] + key_bias[:, None, None, :]
-            blocks.append(
-                F.scaled_dot_product_attention(q[:, :, rows.start : rows.stop], k, v, attn_mask=mask)
-            )
-        context = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
-        return context.transpose(1, 2).reshape(batch, length, hidden).to(x.dtype)
+        attend = _attention_padded if batch.padded else _attention_exact
+        return attend(q, k, v, batch).reshape(tokens, hidden).to(x.dtype)
 
 
 class JinaBertSelfOutput(nn.Module):
@@ -108,8 +191,8 @@ class JinaBertAttention(nn.Module):
         self.self = JinaBertSelfAttention(config)
         self.output = JinaBertSelfOutput(config)
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(x, key_bias, slopes), x)
+    def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        return self.output(self.self(x, batch), x)
 
 
 class JinaBertGLUMLP(nn.Module):
@@ -133,8 +216,8 @@ class JinaBertLayer(nn.Module):
         self.attention = JinaBertAttention(config)
         self.mlp = JinaBertGLUMLP(config)
 
-    def forward(self, x: torch.Tensor, key_bias: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.attention(x, key_bias, slopes))
+    def forward(self, x: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        return self.mlp(self.attention(x, batch))
 
 
 class JinaBertEncoder(nn.Module):
@@ -170,11 +253,16 @@ class JinaBertForReranking(nn.Module):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Raw logits (fp32, before sigmoid) for a right-padded batch ``[B, L]`` whose first token is ``<s>``."""
-        key_bias = torch.zeros(attention_mask.shape, dtype=torch.float32, device=attention_mask.device)
-        key_bias.masked_fill_(attention_mask == 0, torch.finfo(torch.float32).min)
+    def forward(self, input_ids: torch.Tensor, lengths: list[int], padded_attention: bool = False) -> torch.Tensor:
+        """Raw logits (fp32, before sigmoid), one per sequence.
+
+        ``input_ids`` ``[T]`` holds the sequences end to end (each starting with ``<s>``), ``lengths`` their token
+        counts. Dense layers run on the ``T`` real tokens only; attention runs per sequence at its exact length,
+        or with ``padded_attention`` over one padded, masked batch (fewer kernel calls on GPUs).
+        """
+        batch = PackedBatch(lengths, self.alibi_slopes, padded_attention)
         x = self.bert.embeddings(input_ids)
         for layer in self.bert.encoder.layer:
-            x = layer(x, key_bias, self.alibi_slopes)
-        return self.classifier(self.bert.pooler(x[:, 0])).squeeze(-1).float()
+            x = layer(x, batch)
+        first = torch.tensor(batch.first_tokens(), device=x.device)
+        return self.classifier(self.bert.pooler(x[first])).squeeze(-1).float()

@@ -17,7 +17,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_QUERY_LENGTH = 512
-PROGRESS_MIN_PAIRS = 256
 LONG_DOCUMENT_MODES = ("truncate", "chunk")
 CHUNK_AGGREGATIONS = ("max", "mean_top2")
 
@@ -29,7 +28,8 @@ class ScoreResult:
     ``scores`` are sigmoid probabilities in 0..1, or raw logits when the call asked for ``raw``; ``logits`` are
     always the raw logits (rank by them: sigmoid saturates). ``truncated[i]`` tells whether document ``i`` was cut
     to fit the window, ``windows[i]`` how many windows it was scored as (1 unless chunked); ``num_tokens`` counts
-    the tokens of every sequence scored.
+    the tokens of every sequence scored, ``token_counts[i]`` those of document ``i``'s sequences (special tokens
+    included), so a result merged from several requests can be split back per request.
     """
 
     scores: list[float]
@@ -37,13 +37,16 @@ class ScoreResult:
     truncated: list[bool]
     windows: list[int]
     num_tokens: int
+    token_counts: list[int]
 
     @property
     def num_chunked(self) -> int:
+        """How many documents were scored as more than one window."""
         return sum(1 for count in self.windows if count > 1)
 
     @property
     def num_truncated(self) -> int:
+        """How many documents were cut to fit the window."""
         return sum(self.truncated)
 
 
@@ -109,7 +112,7 @@ class Reranker:
     Lengths are in tokens: ``max_length`` is the pair window (default: the model's 8192), ``max_query_length``
     caps the query (default ``min(512, max_length // 2)``), ``max_batch_tokens`` bounds the padded tokens of one
     forward pass (memory). Documents longer than what is left of the window are truncated (the count is logged
-    and reported on :class:`ScoreResult`), or with ``long_document="chunk"`` scored as overlapping windows
+    and reported on [`ScoreResult`][jina_local_rerank.ScoreResult]), or with ``long_document="chunk"`` scored as overlapping windows
     ``chunk_stride`` tokens apart (default: half a window) whose logits are combined by ``chunk_aggregation``
     (``"max"`` or ``"mean_top2"``, the mean of the best two).
     """
@@ -168,10 +171,12 @@ class Reranker:
 
     @property
     def device(self) -> torch.device:
+        """The device the shared weights are on."""
         return self.engine.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the shared weights."""
         return self.engine.dtype
 
     def __repr__(self) -> str:
@@ -252,7 +257,7 @@ class Reranker:
         self, queries: list[str], pairs: list[tuple[int, str]], *, raw: bool, show_progress: bool
     ) -> ScoreResult:
         if not pairs:
-            return ScoreResult([], [], [], [], 0)
+            return ScoreResult([], [], [], [], 0, [])
         encoded = self.engine.tokenizer.encode_pairs(
             queries,
             pairs,
@@ -268,20 +273,15 @@ class Reranker:
             logger.warning(
                 "%d of %d documents truncated to fit max_length=%d tokens", truncated, len(pairs), self.max_length
             )
-        progress = None
-        if show_progress and len(encoded.input_ids) >= PROGRESS_MIN_PAIRS:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(encoded.input_ids), desc="scoring", unit="pair")
-        try:
-            sequence_logits = self.engine.logits(encoded.input_ids, self.max_batch_tokens, progress)
-        finally:
-            if progress is not None:
-                progress.close()
+        sequence_logits = self.engine.logits(encoded.input_ids, self.max_batch_tokens, show_progress)
         logits = self._combine_windows(sequence_logits, encoded.owner, len(pairs))
         scores = logits if raw else torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
-        num_tokens = sum(len(ids) for ids in encoded.input_ids)
-        return ScoreResult(scores, logits, encoded.document_truncated, encoded.windows, num_tokens)
+        token_counts = [0] * len(pairs)
+        for pair_index, ids in zip(encoded.owner, encoded.input_ids):
+            token_counts[pair_index] += len(ids)
+        return ScoreResult(
+            scores, logits, encoded.document_truncated, encoded.windows, sum(token_counts), token_counts
+        )
 
     def _combine_windows(self, sequence_logits: list[float], owner: list[int], num_pairs: int) -> list[float]:
         """One logit per pair: its only window's, or the windows' max / mean of the best two."""

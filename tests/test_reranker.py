@@ -1,0 +1,218 @@
+"""The scoring API: usage styles, ordering, batching, lengths, sharing and bad input."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from jina_local_rerank import Reranker, cached_engines
+from jina_local_rerank.batching import pack_batches
+from jina_local_rerank.reranker import best_first
+
+QUERY = "How do I sort a list in Python?"
+DOCS = [
+    "Use sorted() to get a new sorted list, or list.sort() to sort in place.",
+    "The weather in Paris is mild in spring.",
+    "",
+    "Dictionaries map keys to values.",
+    "Sorting is stable: equal elements keep their relative order.",
+]
+
+
+def test_scores_are_python_floats_in_input_order(reranker: Reranker):
+    result = reranker.score(QUERY, DOCS)
+    assert len(result.scores) == len(DOCS)
+    assert all(type(score) is float and 0.0 < score < 1.0 for score in result.scores)
+    singles = [reranker.score(QUERY, [doc]).scores[0] for doc in DOCS]
+    assert result.scores == pytest.approx(singles, abs=1e-6)
+
+
+def test_sigmoid_is_applied_to_raw_logits(reranker: Reranker):
+    raw = reranker.score(QUERY, DOCS, raw=True)
+    probabilities = reranker.score(QUERY, DOCS)
+    assert raw.scores == raw.logits == probabilities.logits
+    assert probabilities.scores == pytest.approx([1 / (1 + math.exp(-x)) for x in raw.logits], abs=1e-6)
+
+
+def test_rank_has_cross_encoder_shape(reranker: Reranker):
+    scores = reranker.score(QUERY, DOCS).scores
+    ranked = reranker.rank(QUERY, DOCS, top_k=3, return_documents=True)
+    order = sorted(range(len(DOCS)), key=lambda i: -scores[i])[:3]
+    assert [r["corpus_id"] for r in ranked] == order
+    assert [r["score"] for r in ranked] == [scores[i] for i in order]
+    assert [r["text"] for r in ranked] == [DOCS[i] for i in order]
+    assert "text" not in reranker.rank(QUERY, DOCS)[0]
+
+
+def test_rerank_has_jina_api_shape(reranker: Reranker):
+    results = reranker.rerank(QUERY, DOCS, top_n=2)
+    scores = reranker.score(QUERY, DOCS).scores
+    assert len(results) == 2 and set(results[0]) == {"index", "relevance_score", "document"}
+    assert results[0]["relevance_score"] == max(scores)
+    assert results[0]["document"] == {"text": DOCS[results[0]["index"]]}
+    assert "document" not in reranker.rerank(QUERY, DOCS, return_documents=False)[0]
+
+
+def test_compute_score_takes_pairs_and_a_single_pair(reranker: Reranker):
+    pairs = [[QUERY, DOCS[0]], ["another query", DOCS[1]]]
+    scores = reranker.compute_score(pairs)
+    assert scores[0] == pytest.approx(reranker.score(QUERY, [DOCS[0]]).scores[0], abs=1e-6)
+    assert scores[1] == pytest.approx(reranker.score("another query", [DOCS[1]]).scores[0], abs=1e-6)
+    assert reranker.compute_score([QUERY, DOCS[0]]) == pytest.approx(scores[0], abs=1e-6)
+
+
+def test_ties_keep_input_order(reranker: Reranker):
+    ranked = reranker.rank(QUERY, ["same text", "other", "same text"])
+    tied = [r["corpus_id"] for r in ranked if r["corpus_id"] != 1]
+    assert tied == [0, 2]
+    assert best_first([0.5, 0.9, 0.5, 0.9]) == [1, 3, 0, 2]
+
+
+def test_empty_inputs(reranker: Reranker):
+    assert reranker.score(QUERY, []).scores == []
+    assert reranker.rank(QUERY, []) == [] and reranker.rerank(QUERY, []) == []
+    assert 0.0 < reranker.score("", [""]).scores[0] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda r: r.score(42, DOCS), TypeError, "query must be a string, got int"),
+        (lambda r: r.score(QUERY, "a string"), TypeError, "documents must be a list of strings, got str"),
+        (lambda r: r.score(QUERY, ["ok", None]), TypeError, r"documents\[1\] must be a string, got NoneType"),
+        (lambda r: r.score(QUERY, ["ok", b"bytes"]), TypeError, r"documents\[1\] must be a string, got bytes"),
+        (lambda r: r.rank(QUERY, DOCS, top_k=0), ValueError, "top_k must be >= 1, got 0"),
+        (lambda r: r.rerank(QUERY, DOCS, top_n=-2), ValueError, "top_n must be >= 1, got -2"),
+        (lambda r: r.rerank(QUERY, DOCS, top_n=1.5), TypeError, "top_n must be an integer"),
+        (lambda r: r.compute_score([["q"]]), TypeError, r"pairs\[0\] must be a \[query, document\] pair"),
+        (lambda r: r.compute_score([["q", 3]]), TypeError, r"pairs\[0\]\[1\] must be a string"),
+    ],
+)
+def test_bad_input_names_the_argument(reranker: Reranker, call, error, message):
+    with pytest.raises(error, match=message):
+        call(reranker)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "tpu"}, "device 'tpu'"),
+        ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "cuda:99"}, "device 'cuda"),
+        ({"dtype": "int8"}, "dtype 'int8'"),
+        ({"max_batch_tokens": 100}, "max_batch_tokens 100 is smaller than one pair"),
+        ({"max_length": 10_000}, "exceeds the model's window"),
+        ({"max_length": 0}, "max_length must be >= 1"),
+        ({"max_length": 64, "max_query_length": 60}, "leaves no room for the document"),
+        ({"long_document": "split"}, "long_document must be one of"),
+        ({"chunk_aggregation": "sum"}, "chunk_aggregation must be one of"),
+    ],
+)
+def test_bad_settings_are_value_errors(checkpoint_dir: Path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Reranker(checkpoint_dir, **kwargs)
+
+
+def test_lone_surrogates_are_scored_as_replacement_characters(reranker: Reranker):
+    broken = reranker.score(QUERY, ["bad \ud800 text", "pair \ud83d\ude00 joined"]).scores
+    clean = reranker.score(QUERY, ["bad \ufffd text", "pair \U0001f600 joined"]).scores
+    assert broken == pytest.approx(clean, abs=1e-6)
+
+
+def test_inputs_are_not_mutated(reranker: Reranker):
+    docs = list(DOCS)
+    pairs = [[QUERY, DOCS[0]]]
+    reranker.rerank(QUERY, docs, top_n=2)
+    reranker.compute_score(pairs)
+    assert docs == DOCS and pairs == [[QUERY, DOCS[0]]]
+
+
+def test_small_batch_budget_gives_the_same_scores(checkpoint_dir: Path, reranker: Reranker):
+    docs = [("word " * n).strip() for n in (1, 50, 3, 200, 17, 90)]
+    tight = Reranker(checkpoint_dir, device="cpu", max_length=1024, max_batch_tokens=1024)
+    assert not any(tight.score(QUERY, docs).truncated)
+    assert tight.score(QUERY, docs).scores == pytest.approx(reranker.score(QUERY, docs).scores, abs=1e-5)
+
+
+def test_pack_batches_respects_budget_and_covers_every_index():
+    lengths = [5, 300, 7, 120, 120, 64, 1, 300]
+    batches = pack_batches(lengths, 400)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 400
+        assert lengths[batch[0]] == max(lengths[i] for i in batch)
+
+
+def test_long_documents_are_truncated_and_counted(small_window_checkpoint_dir: Path, caplog):
+    reranker = Reranker(small_window_checkpoint_dir, device="cpu")
+    long_doc = "lists " * 400
+    with caplog.at_level(logging.WARNING, logger="jina_local_rerank"):
+        result = reranker.score(QUERY, ["short", long_doc, long_doc + "tail that is cut"])
+    assert result.truncated == [False, True, True] and result.num_truncated == 2
+    assert result.scores[1] == result.scores[2]  # the difference lies beyond the window
+    assert "2 of 3 documents truncated" in caplog.text
+    assert result.num_tokens == sum(
+        len(ids) for ids in reranker.engine.tokenizer.encode_pairs(
+            [QUERY], [(0, "short"), (0, long_doc), (0, long_doc)], max_length=128, max_query_length=64
+        ).input_ids
+    )
+
+
+def test_long_query_is_capped(small_window_checkpoint_dir: Path):
+    reranker = Reranker(small_window_checkpoint_dir, device="cpu", max_query_length=16)
+    long_query = "sorting " * 100
+    encoded = reranker.engine.tokenizer.encode_pairs([long_query], [(0, "doc")], max_length=128, max_query_length=16)
+    assert encoded.query_truncated == [True] and len(encoded.input_ids[0]) <= 16 + 4 + 2
+    assert 0.0 < reranker.score(long_query, ["doc"]).scores[0] < 1.0
+
+
+def test_engines_are_shared_per_key_and_released(checkpoint_dir: Path, reranker: Reranker):
+    again = Reranker(str(checkpoint_dir), device="cpu", max_length=512, max_batch_tokens=4096)
+    assert again.engine is reranker.engine
+    assert reranker.engine.key in cached_engines()
+    bf16 = Reranker(checkpoint_dir, device="cpu", dtype="bfloat16")
+    assert bf16.engine is not reranker.engine and bf16.dtype == torch.bfloat16
+    bf16.release()
+    assert bf16.engine.key not in cached_engines()
+    assert Reranker(checkpoint_dir, device="cpu", dtype="bfloat16").engine is not bf16.engine
+
+
+def test_half_precision_stays_close_to_fp32(checkpoint_dir: Path, reranker: Reranker):
+    half = Reranker(checkpoint_dir, device="cpu", dtype="bfloat16")
+    docs = DOCS + ["sorting " * 300]
+    assert half.score(QUERY, docs, raw=True).logits == pytest.approx(
+        reranker.score(QUERY, docs, raw=True).logits, abs=0.1
+    )
+
+
+def test_concurrent_threads_get_the_same_scores(reranker: Reranker):
+    expected = reranker.score(QUERY, DOCS).scores
+    results: list[list[float]] = []
+
+    def work() -> None:
+        results.append(reranker.score(QUERY, DOCS).scores)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4 and all(r == pytest.approx(expected, abs=1e-6) for r in results)
+
+
+def test_concurrent_first_loads_share_one_engine(small_window_checkpoint_dir: Path):
+    engines = []
+
+    def load() -> None:
+        engines.append(Reranker(small_window_checkpoint_dir, device="cpu", dtype="float16").engine)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(engines) == 3 and all(engine is engines[0] for engine in engines)
