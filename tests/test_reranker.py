@@ -12,6 +12,7 @@ import torch
 
 from jina_local_rerank import Reranker, cached_engines
 from jina_local_rerank.batching import pack_batches
+from jina_local_rerank.devices import resolve_dtype
 from jina_local_rerank.reranker import best_first
 
 QUERY = "How do I sort a list in Python?"
@@ -103,7 +104,7 @@ def test_bad_input_names_the_argument(reranker: Reranker, call, error, message):
     [
         ({"device": "tpu"}, "device 'tpu'"),
         ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "cuda:99"}, "device 'cuda"),
-        ({"dtype": "int8"}, "dtype 'int8'"),
+        ({"dtype": "int4"}, "dtype 'int4'"),
         ({"max_batch_tokens": 100}, "max_batch_tokens 100 is smaller than one pair"),
         ({"max_length": 10_000}, "exceeds the model's window"),
         ({"max_length": 0}, "max_length must be >= 1"),
@@ -179,6 +180,17 @@ def test_engines_are_shared_per_key_and_released(checkpoint_dir: Path, reranker:
     bf16.release()
     assert bf16.engine.key not in cached_engines()
     assert Reranker(checkpoint_dir, device="cpu", dtype="bfloat16").engine is not bf16.engine
+
+
+def test_int8_quantizes_linear_layers_and_keeps_the_ranking_close(checkpoint_dir: Path, reranker: Reranker):
+    int8 = Reranker(checkpoint_dir, device="cpu", dtype="int8")
+    assert int8.dtype == torch.qint8 and int8.engine is not reranker.engine
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.engine.model.modules())
+    assert int8.score(QUERY, DOCS, raw=True).logits == pytest.approx(
+        reranker.score(QUERY, DOCS, raw=True).logits, abs=0.3
+    )
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        resolve_dtype("int8", torch.device("cuda"))
 
 
 def test_half_precision_stays_close_to_fp32(checkpoint_dir: Path, reranker: Reranker):

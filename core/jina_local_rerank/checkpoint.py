@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -157,7 +158,10 @@ def _read_state_dict(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -> JinaBertForReranking:
-    """Build the model from ``directory`` in ``dtype`` on ``device``; every tensor is checked by name and shape."""
+    """Build the model from ``directory`` in ``dtype`` on ``device``; every tensor is checked by name and shape.
+
+    ``torch.qint8`` loads fp32 weights and dynamically quantizes the linear layers (CPU).
+    """
     config = JinaBertConfig.from_json_file(directory / "config.json")
     path, state = _read_state_dict(directory)
     expected = _expected_shapes(config)
@@ -179,8 +183,16 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -
             raise CheckpointError(f"{path}: tensor {key!r} has dtype {tensor.dtype}, expected floating point")
     with torch.device("meta"):
         model = JinaBertForReranking(config)
-    weights = {key: tensor.to(device=device, dtype=dtype) for key, tensor in state.items()}
+    weight_dtype = torch.float32 if dtype == torch.qint8 else dtype
+    weights = {key: tensor.to(device=device, dtype=weight_dtype) for key, tensor in state.items()}
     model.load_state_dict(weights, strict=True, assign=True)
     # Non-persistent buffers are not in the file: rebuild the slopes off the meta device.
     model.alibi_slopes = alibi_slopes(config.num_attention_heads).to(device)
-    return model.eval()
+    model.eval()
+    if dtype == torch.qint8:
+        with warnings.catch_warnings():
+            # Eager-mode dynamic quantization is deprecated in favour of torchao, but still the fastest CPU path
+            # that needs no extra dependency.
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model

@@ -40,15 +40,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``"auto"``/None: bf16 on CUDA where supported (else fp16), fp32 elsewhere; or an explicit float dtype."""
+    """``"auto"``/None: bf16 on CUDA where supported (else fp16), fp32 elsewhere; or an explicit float dtype.
+
+    ``"int8"`` (CPU only) gives ``torch.qint8``: linear layers dynamically quantized, the rest in fp32.
+    """
+    if dtype in ("int8", torch.qint8):
+        if device.type != "cpu":
+            raise ValueError(f"dtype 'int8' (dynamic quantization) runs on the CPU only, not on {device}")
+        return torch.qint8
     if dtype is None or dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPE_NAMES.values():
-            raise ValueError(f"dtype {dtype} is not supported (use float32, bfloat16 or float16)")
+            raise ValueError(f"dtype {dtype} is not supported (use float32, bfloat16, float16 or int8)")
         return dtype
     if isinstance(dtype, str) and dtype.lower() in DTYPE_NAMES:
         return DTYPE_NAMES[dtype.lower()]
-    raise ValueError(f"dtype {dtype!r} is not supported (use 'auto', 'float32', 'bfloat16' or 'float16')")
+    raise ValueError(f"dtype {dtype!r} is not supported (use 'auto', 'float32', 'bfloat16', 'float16' or 'int8')")

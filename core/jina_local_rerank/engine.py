@@ -39,14 +39,19 @@ class ScoringEngine:
     """
 
     def __init__(
-        self, key: EngineKey, directory: Path, model: JinaBertForReranking, tokenizer: PairTokenizer
+        self,
+        key: EngineKey,
+        directory: Path,
+        model: JinaBertForReranking,
+        tokenizer: PairTokenizer,
+        dtype: torch.dtype,
     ) -> None:
         self.key = key
         self.directory = directory
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = dtype  # torch.qint8 for a dynamically quantized model
         # One padded attention call per batch suits GPUs; per-sequence exact-length attention suits CPUs.
         self.padded_attention = self.device.type != "cpu"
 
@@ -116,7 +121,7 @@ def get_engine(
             directory = resolve_model_dir(model, revision=revision, cache_dir=cache_dir, token=token)
             tokenizer = PairTokenizer.from_directory(directory)
             weights = load_checkpoint(directory, resolved_dtype, resolved_device)
-            engine = _cache[key] = ScoringEngine(key, directory, weights, tokenizer)
+            engine = _cache[key] = ScoringEngine(key, directory, weights, tokenizer, resolved_dtype)
         return engine
 
 

@@ -51,8 +51,16 @@ def alibi_bias(slopes: torch.Tensor, rows: range, length: int) -> torch.Tensor:
 class JinaBertEmbeddings(nn.Module):
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        # Uninitialized (the checkpoint fills them): nn.Embedding's random init on the meta device would import
+        # torch._dynamo, seconds of load time.
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, _weight=torch.empty(config.vocab_size, config.hidden_size)
+        )
+        self.token_type_embeddings = nn.Embedding(
+            config.type_vocab_size,
+            config.hidden_size,
+            _weight=torch.empty(config.type_vocab_size, config.hidden_size),
+        )
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -103,23 +111,19 @@ def _attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: P
     num_heads = q.shape[1]
     for start, length in zip(batch.offsets, batch.lengths):
         stop = start + length
-        qs, ks, vs = (t[start:stop].transpose(0, 1) for t in (q, k, v))  # [heads, L, d]
+        # [1, heads, L, d]: with a batch dimension, CPUs get the fused (flash) kernel rather than the math path.
+        qs, ks, vs = (t[start:stop].transpose(0, 1)[None] for t in (q, k, v))
         if batch.bias is not None and length <= batch.bias.shape[-1]:
-            context = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=batch.bias[:, :length, :length])
+            masks = [(range(length), batch.bias[None, :, :length, :length])]
         else:
-            rows_per_block = max(1, ATTENTION_BLOCK_ELEMENTS // (num_heads * length))
-            context = torch.cat(
-                [
-                    F.scaled_dot_product_attention(
-                        qs[:, rows.start : rows.stop], ks, vs, attn_mask=alibi_bias(batch.slopes, rows, length)
-                    )
-                    for rows in (
-                        range(r, min(length, r + rows_per_block)) for r in range(0, length, rows_per_block)
-                    )
-                ],
-                dim=1,
-            )
-        out[start:stop] = context.transpose(0, 1)
+            step = max(1, ATTENTION_BLOCK_ELEMENTS // (num_heads * length))
+            masks = [
+                (rows, alibi_bias(batch.slopes, rows, length)[None])
+                for rows in (range(r, min(length, r + step)) for r in range(0, length, step))
+            ]
+        for rows, mask in masks:
+            context = F.scaled_dot_product_attention(qs[:, :, rows.start : rows.stop], ks, vs, attn_mask=mask)
+            out[start + rows.start : start + rows.stop] = context[0].transpose(0, 1)
     return out
 
 

@@ -1,0 +1,238 @@
+"""Engine throughput on the full tiny shape (random weights), against baselines measured in the same run.
+
+    python benchmarks/engine_throughput.py                 # CPU, fp32 (+ int8)
+    python benchmarks/engine_throughput.py --device cuda   # GPU, bf16: the same table
+
+Workloads (see workloads.py): W1 1 query x 100 passages of 24-360 words; W2 1 query x 4 documents of ~4,700
+tokens; W3 the README example end to end; MQ many queries x passages. Baselines: the engine's simplest path
+(padded batches of 32 in input order, same weights) and sentence-transformers' CrossEncoder on a random BERT of
+the same cost per token (6 x 384 MiniLM shape). Model FLOPs count the dense layers and attention per token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+import workloads  # noqa: E402
+
+from jina_local_rerank import Reranker  # noqa: E402
+from jina_local_rerank.config import JinaBertConfig  # noqa: E402
+from jina_local_rerank.model import alibi_bias  # noqa: E402
+from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
+
+# The original remote code through sentence-transformers, measured on this 2-core machine (issue text).
+ORIGINAL = {"W1 tokens/s": 1056.0, "W2 s": 112.7, "W3 s": 0.107, "load s": 18.5, "load MB": 7070.0}
+
+
+def median_seconds(run: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    if warm_up:
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(device: str, dtype: torch.dtype) -> float:
+    """The machine's large-matmul rate in this run (median of 10)."""
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = median_seconds(lambda: a @ b, 10)
+    return 2 * n**3 / seconds / 1e9
+
+
+def pair_flops(config: JinaBertConfig, length: int) -> float:
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    dense = 2 * layers * (4 * h * h + 3 * h * i)
+    attention = 4 * h * layers * length
+    return length * (dense + attention)
+
+
+def padded_baseline(reranker: Reranker, query: str, documents: list[str], batch_size: int = 32) -> list[float]:
+    """The simplest path: input order, padded batches of 32, one masked attention call per layer."""
+    engine = reranker.engine
+    model = engine.model
+    encoded = engine.tokenizer.encode_pairs(
+        [query], [(0, d) for d in documents], max_length=reranker.max_length, max_query_length=reranker.max_query_length
+    )
+    logits: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(encoded.input_ids), batch_size):
+            rows = encoded.input_ids[start : start + batch_size]
+            longest = max(map(len, rows))
+            ids = torch.full((len(rows), longest), engine.tokenizer.pad_id, device=engine.device)
+            mask = torch.zeros((len(rows), longest), device=engine.device)
+            for r, seq in enumerate(rows):
+                ids[r, : len(seq)] = torch.tensor(seq)
+                mask[r, : len(seq)] = 1
+            bias = alibi_bias(model.alibi_slopes, range(longest), longest)[None] + (
+                (1 - mask) * torch.finfo(torch.float32).min
+            )[:, None, None, :]
+            x = model.bert.embeddings(ids)
+            for layer in model.bert.encoder.layer:
+                attn = layer.attention.self
+                b, n, hidden = x.shape
+                q, k, v = (
+                    p(x).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+                    for p in (attn.query, attn.key, attn.value)
+                )
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(b, n, hidden)
+                x = layer.mlp(layer.attention.output(context, x))
+            logits += model.classifier(model.bert.pooler(x[:, 0])).squeeze(-1).tolist()
+    return logits
+
+
+def sentence_transformers_baseline(checkpoint: Path, workdir: Path) -> Callable[[list[list[str]]], object] | None:
+    """CrossEncoder on a random 6-layer, hidden-384 BERT with the same tokenizer (None if not installed)."""
+    try:
+        from sentence_transformers import CrossEncoder
+        from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    except ImportError:
+        return None
+    directory = workdir / "minilm-shape"
+    config = BertConfig(
+        vocab_size=JinaBertConfig.from_json_file(checkpoint / "config.json").vocab_size,
+        hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
+        max_position_embeddings=1024, num_labels=1,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(checkpoint / "tokenizer.json"), bos_token="<s>", eos_token="</s>", sep_token="</s>",
+        cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=1024,
+    ).save_pretrained(directory)
+    model = CrossEncoder(str(directory), device="cpu", max_length=1024)
+    return lambda pairs: model.predict(pairs, batch_size=32, show_progress_bar=False)
+
+
+MEASURE_PROCESS = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+from jina_local_rerank import Reranker
+t1 = time.perf_counter()
+reranker = Reranker(sys.argv[1], device=sys.argv[2], dtype=sys.argv[3])
+reranker.score("warm", ["up"])
+t2 = time.perf_counter()
+rss_loaded = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+if len(sys.argv) > 4:
+    query, documents = json.loads(open(sys.argv[4]).read())
+    reranker.score(query, documents)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "rss_mb": rss_loaded, "peak_mb": peak}))
+"""
+
+
+def measure_process(checkpoint: Path, device: str, dtype: str, workload: Path | None = None) -> dict:
+    """Load time and resident memory of a fresh process (and its peak after scoring ``workload``)."""
+    command = [sys.executable, "-c", MEASURE_PROCESS, str(checkpoint), device, dtype]
+    if workload is not None:
+        command.append(str(workload))
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--many-queries", type=int, default=10, help="queries in the MQ run (x 50 passages)")
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    device = args.device
+    dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
+    workdir = Path(tempfile.mkdtemp(prefix="jlr-bench-"))
+    checkpoint = write_random_checkpoint(workdir / "tiny", TINY_SHAPE, tokenizer_vocab=8000)
+    reranker = Reranker(checkpoint, device=device, dtype=dtype)
+    config = reranker.engine.model.config
+    peak = matmul_gflops(device, torch.float32 if dtype == "float32" else torch.bfloat16)
+    rows: list[dict] = []
+
+    def add(workload: str, impl: str, seconds: float, pairs: list[list[str]] | tuple[str, list[str]]) -> None:
+        if isinstance(pairs, tuple):
+            pairs = [[pairs[0], d] for d in pairs[1]]
+        encoded = reranker.engine.tokenizer.encode_pairs(
+            list(dict.fromkeys(q for q, _ in pairs)),
+            [(list(dict.fromkeys(q for q, _ in pairs)).index(q), d) for q, d in pairs],
+            max_length=reranker.max_length, max_query_length=reranker.max_query_length,
+        )
+        lengths = [len(ids) for ids in encoded.input_ids]
+        flops = sum(pair_flops(config, n) for n in lengths)
+        rows.append({
+            "workload": workload, "impl": impl, "seconds": seconds, "pairs/s": len(pairs) / seconds,
+            "tokens/s": sum(lengths) / seconds, "GFLOP/s": flops / seconds / 1e9,
+            "% matmul": 100 * flops / seconds / 1e9 / peak,
+        })
+
+    w1 = workloads.w1()
+    w1_pairs = [[w1[0], d] for d in w1[1]]
+    add("W1", f"engine {dtype}", median_seconds(lambda: reranker.score(*w1), args.repeats), w1)
+    if device == "cpu":
+        int8 = Reranker(checkpoint, device="cpu", dtype="int8")
+        add("W1", "engine int8", median_seconds(lambda: int8.score(*w1), args.repeats), w1)
+    add("W1", "baseline: padded batches of 32", median_seconds(lambda: padded_baseline(reranker, *w1), args.repeats), w1)
+    if device == "cpu":
+        cross_encoder = sentence_transformers_baseline(checkpoint, workdir)
+        if cross_encoder is not None:
+            add("W1", "baseline: sentence-transformers", median_seconds(lambda: cross_encoder(w1_pairs), args.repeats), w1)
+    tokens_per_word = sum(len(i) for i in reranker.engine.tokenizer.tokenize(w1[1])) / sum(len(d.split()) for d in w1[1])
+    w2 = workloads.w2(tokens_per_word)
+    add("W2", f"engine {dtype}", median_seconds(lambda: reranker.score(*w2), 1, warm_up=False), w2)
+    add("W3", f"engine {dtype} (rerank, end to end)", median_seconds(
+        lambda: reranker.rerank(workloads.SEED_QUERY, workloads.SEED_DOCUMENTS), 30), (workloads.SEED_QUERY, workloads.SEED_DOCUMENTS))
+    mq = workloads.many_queries(args.many_queries, 50)
+    add("MQ", f"engine {dtype}, {args.many_queries} queries x 50", median_seconds(lambda: reranker.score_pairs(mq), 1, warm_up=False), mq)
+
+    w2_file = workdir / "w2.json"
+    w2_file.write_text(json.dumps(w2))
+    loaded = measure_process(checkpoint, device, dtype)
+    w2_process = measure_process(checkpoint, device, dtype, w2_file)
+
+    print(f"\nmachine: {torch.get_num_threads()} threads, {device}; measured matmul rate {peak:.1f} GFLOP/s "
+          f"({'fp32' if dtype == 'float32' else 'bf16'})")
+    print(f"model: full tiny shape, {sum(p.numel() for p in reranker.engine.model.parameters()):,} parameters, "
+          f"random weights; W1 mean pair length {rows[0]['tokens/s'] * rows[0]['seconds'] / 100:.0f} tokens\n")
+    print("| workload | implementation | median s | pairs/s | tokens/s | model GFLOP/s | % of matmul |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['workload']} | {r['impl']} | {r['seconds']:.3f} | {r['pairs/s']:.1f} | {r['tokens/s']:.0f} | "
+              f"{r['GFLOP/s']:.1f} | {r['% matmul']:.0f}% |")
+    engine_w1 = rows[0]["tokens/s"]
+    print("\n| ratio (same run unless noted) | value |")
+    print("|---|---:|")
+    for r in rows[1:]:
+        if r["workload"] == "W1":
+            print(f"| W1 engine {dtype} / {r['impl']} | {engine_w1 / r['tokens/s']:.2f}x |")
+    if device == "cpu":
+        print(f"| W1 engine / original (issue's measurement) | {engine_w1 / ORIGINAL['W1 tokens/s']:.1f}x |")
+        w2_row = next(r for r in rows if r["workload"] == "W2")
+        print(f"| W2 original s (issue's measurement) / engine s | {ORIGINAL['W2 s'] / w2_row['seconds']:.1f}x |")
+    print("\n| process measurement (fresh process) | value |")
+    print("|---|---:|")
+    print(f"| import jina_local_rerank (s) | {loaded['import_s']:.2f} |")
+    print(f"| load to a ready engine (s) | {loaded['load_s']:.2f} |")
+    print(f"| resident after load (MB) | {loaded['rss_mb']:.0f} |")
+    print(f"| W2 peak resident (MB) | {w2_process['peak_mb']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "matmul_gflops": peak, "process": loaded,
+                                               "w2_process": w2_process}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
