@@ -49,6 +49,8 @@ def alibi_bias(slopes: torch.Tensor, rows: range, length: int) -> torch.Tensor:
 
 
 class JinaBertEmbeddings(nn.Module):
+    """``LayerNorm(word[ids] + token_type[0])``: no position embeddings (ALiBi replaces them)."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         # Uninitialized (the checkpoint fills them): nn.Embedding's random init on the meta device would import
@@ -158,6 +160,8 @@ def _attention_padded(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: 
 
 
 class JinaBertSelfAttention(nn.Module):
+    """Multi-head self-attention with the symmetric ALiBi bias, over packed sequences."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -180,6 +184,8 @@ class JinaBertSelfAttention(nn.Module):
 
 
 class JinaBertSelfOutput(nn.Module):
+    """Attention output projection, residual and post-norm."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
@@ -190,6 +196,8 @@ class JinaBertSelfOutput(nn.Module):
 
 
 class JinaBertAttention(nn.Module):
+    """Self-attention followed by its output block (``attention.self`` and ``attention.output``)."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.self = JinaBertSelfAttention(config)
@@ -215,6 +223,8 @@ class JinaBertGLUMLP(nn.Module):
 
 
 class JinaBertLayer(nn.Module):
+    """One encoder layer: attention, then the GEGLU feed-forward."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.attention = JinaBertAttention(config)
@@ -225,12 +235,16 @@ class JinaBertLayer(nn.Module):
 
 
 class JinaBertEncoder(nn.Module):
+    """The stack of ``num_hidden_layers`` layers (``encoder.layer.N``)."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.layer = nn.ModuleList(JinaBertLayer(config) for _ in range(config.num_hidden_layers))
 
 
 class JinaBertPooler(nn.Module):
+    """``tanh(dense(x[<s>]))``: the pair representation the classifier reads."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
@@ -240,6 +254,8 @@ class JinaBertPooler(nn.Module):
 
 
 class JinaBertModel(nn.Module):
+    """Embeddings, encoder and pooler: the ``bert.`` prefix of the checkpoint."""
+
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.embeddings = JinaBertEmbeddings(config)

@@ -50,7 +50,8 @@ class ScoreResult:
         return sum(self.truncated)
 
 
-def _check_query(query: Any, name: str = "query") -> str:
+def check_query(query: Any, name: str = "query") -> str:
+    """Return ``query`` if it is a string, else raise ``TypeError`` naming ``name``."""
     if not isinstance(query, str):
         raise TypeError(f"{name} must be a string, got {type(query).__name__}")
     return query
@@ -65,7 +66,8 @@ def _check_documents(documents: Any) -> list[str]:
     return list(documents)
 
 
-def _check_top(value: Any, name: str) -> int | None:
+def check_top(value: Any, name: str) -> int | None:
+    """Return a ``top_k``/``top_n`` value (None or an int >= 1), else raise naming ``name``."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -112,9 +114,9 @@ class Reranker:
     Lengths are in tokens: ``max_length`` is the pair window (default: the model's 8192), ``max_query_length``
     caps the query (default ``min(512, max_length // 2)``), ``max_batch_tokens`` bounds the padded tokens of one
     forward pass (memory). Documents longer than what is left of the window are truncated (the count is logged
-    and reported on [`ScoreResult`][jina_local_rerank.ScoreResult]), or with ``long_document="chunk"`` scored as overlapping windows
-    ``chunk_stride`` tokens apart (default: half a window) whose logits are combined by ``chunk_aggregation``
-    (``"max"`` or ``"mean_top2"``, the mean of the best two).
+    and reported on [`ScoreResult`][jina_local_rerank.ScoreResult]), or with ``long_document="chunk"`` scored
+    as overlapping windows ``chunk_stride`` tokens apart (default: half a window) whose logits are combined by
+    ``chunk_aggregation`` (``"max"`` or ``"mean_top2"``, the mean of the best two).
     """
 
     def __init__(
@@ -193,7 +195,7 @@ class Reranker:
         self, query: str, documents: Sequence[str], *, raw: bool = False, show_progress: bool = False
     ) -> ScoreResult:
         """Score every document against ``query``; results in input order (sigmoid, or logits if ``raw``)."""
-        query = _check_query(query)
+        query = check_query(query)
         documents = _check_documents(documents)
         return self._score([query], [(0, doc) for doc in documents], raw=raw, show_progress=show_progress)
 
@@ -208,8 +210,8 @@ class Reranker:
         for index, pair in enumerate(pairs):
             if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
                 raise TypeError(f"pairs[{index}] must be a [query, document] pair of two strings")
-            query = _check_query(pair[0], f"pairs[{index}][0]")
-            doc = _check_query(pair[1], f"pairs[{index}][1]")
+            query = check_query(pair[0], f"pairs[{index}][0]")
+            doc = check_query(pair[1], f"pairs[{index}][1]")
             indexed.append((queries.setdefault(query, len(queries)), doc))
         return self._score(list(queries), indexed, raw=raw, show_progress=show_progress)
 
@@ -229,7 +231,7 @@ class Reranker:
         raw: bool = False,
     ) -> list[dict[str, Any]]:
         """sentence-transformers ``CrossEncoder.rank`` output: ``[{"corpus_id", "score", "text"?}]``, best first."""
-        top_k = _check_top(top_k, "top_k")
+        top_k = check_top(top_k, "top_k")
         result = self.score(query, documents, raw=raw)
         ranked = []
         for index in best_first(result.logits)[:top_k]:
@@ -249,7 +251,7 @@ class Reranker:
         raw: bool = False,
     ) -> list[dict[str, Any]]:
         """Jina Reranker API results: ``[{"index", "relevance_score", "document": {"text"}?}]``, best first."""
-        top_n = _check_top(top_n, "top_n")
+        top_n = check_top(top_n, "top_n")
         result = self.score(query, documents, raw=raw)
         return jina_results(result, documents, top_n=top_n, return_documents=return_documents)
 

@@ -1,0 +1,231 @@
+"""``JinaLocalRerank``: a LlamaIndex node postprocessor that reranks nodes with the local Jina reranker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal, Optional
+
+import torch
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+
+from jina_local_rerank import Reranker, ScoreResult
+from jina_local_rerank.checkpoint import default_model
+from jina_local_rerank.reranker import DEFAULT_MAX_BATCH_TOKENS, best_first
+
+dispatcher = get_dispatcher(__name__)
+
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+
+# Fields passed to ``Reranker``; a change to any of them rebuilds it (the weights stay cached per process).
+RERANKER_FIELDS = (
+    "model",
+    "revision",
+    "device",
+    "dtype",
+    "max_length",
+    "max_query_length",
+    "max_batch_tokens",
+    "long_document",
+    "chunk_stride",
+    "chunk_aggregation",
+)
+
+# Strict so that True (or 3.0) is rejected rather than taken as an integer.
+Count = Annotated[int, Field(strict=True, ge=1)]
+
+
+class _LoadedReranker:
+    """The ``Reranker`` built for one set of settings.
+
+    Copies and pickles of it come back empty: the weights stay in the process-wide cache and a copied or
+    unpickled postprocessor reattaches to them on first use instead of serialising or duplicating the model.
+    """
+
+    __slots__ = ("settings", "reranker")
+
+    def __init__(self, settings: dict[str, Any] | None = None, reranker: Reranker | None = None) -> None:
+        self.settings = settings
+        self.reranker = reranker
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (_LoadedReranker, ())
+
+
+class JinaLocalRerank(BaseNodePostprocessor):
+    """Rerank retrieved nodes with a Jina reranker v1 cross-encoder run locally in PyTorch.
+
+    Scores ``node.get_content(metadata_mode=metadata_mode)`` against the query and returns new
+    :class:`NodeWithScore` objects (holding copies of the nodes) best first, at most ``top_n`` of them and only
+    those scoring at least ``score_threshold``. The model loads on first use and is shared by every
+    postprocessor (and ``Reranker``) on the same model, revision, device and dtype in the process.
+    """
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    model: Optional[str] = Field(
+        default=None,
+        description="Hub id or local directory of the checkpoint; None: $JINA_LOCAL_RERANK_MODEL, else "
+        "jinaai/jina-reranker-v1-tiny-en.",
+    )
+    revision: Optional[str] = Field(default=None, description="Hub revision (branch, tag or commit).")
+    top_n: Optional[Count] = Field(default=3, description="Number of nodes to return; None returns all.")
+    score_threshold: Optional[float] = Field(
+        default=None, description="Drop nodes scoring below this (same scale as the returned scores)."
+    )
+    device: str = Field(default="auto", description='"auto" (cuda, then mps, then cpu), or a torch device.')
+    dtype: str = Field(
+        default="auto", description='"auto" (bf16 on CUDA where supported, else fp16; fp32 elsewhere), or a dtype.'
+    )
+    max_length: Optional[Count] = Field(
+        default=None, description="Pair window in tokens; None: the model's (8192)."
+    )
+    max_query_length: Optional[Count] = Field(
+        default=None, description="Query cap in tokens; None: min(512, max_length // 2)."
+    )
+    max_batch_tokens: Count = Field(
+        default=DEFAULT_MAX_BATCH_TOKENS, description="Padded tokens per forward pass (bounds memory)."
+    )
+    long_document: Literal["truncate", "chunk"] = Field(
+        default="truncate", description="Documents longer than the window: truncate, or score overlapping chunks."
+    )
+    chunk_stride: Optional[Count] = Field(
+        default=None, description="Tokens between chunk starts; None: half a window."
+    )
+    chunk_aggregation: Literal["max", "mean_top2"] = Field(
+        default="max", description="How chunk logits combine: the best, or the mean of the best two."
+    )
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.EMBED, description="Which metadata goes into the scored text of each node."
+    )
+    keep_retrieval_score: bool = Field(
+        default=False, description='Store the incoming score as metadata["retrieval_score"] on the returned copy.'
+    )
+    raw_scores: bool = Field(default=False, description="Return logits instead of sigmoid scores in 0..1.")
+
+    _loaded: _LoadedReranker = PrivateAttr(default_factory=_LoadedReranker)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("device", "dtype", mode="before")
+    @classmethod
+    def _torch_to_str(cls, value: Any) -> Any:
+        # Stored as strings so the configuration serialises; "torch.float16" -> "float16".
+        if isinstance(value, (torch.device, torch.dtype)):
+            return str(value).removeprefix("torch.")
+        return value
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "JinaLocalRerank"
+
+    @property
+    def reranker(self) -> Reranker:
+        """The ``Reranker`` scoring for this postprocessor; built (and the model loaded if needed) on first use."""
+        settings = {name: getattr(self, name) for name in RERANKER_FIELDS}
+        loaded = self._loaded
+        if loaded.settings != settings:
+            # Concurrent first calls may both build one; they share the cached engine, so either is right.
+            loaded = self._loaded = _LoadedReranker(settings, Reranker(**settings))
+        return loaded.reranker
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+    ) -> list[NodeWithScore]:
+        query, texts = self._inputs(nodes, query_bundle)
+        if not texts:
+            return []
+        with self._reranking(nodes, query_bundle) as ranked:
+            ranked.extend(self._ranked(nodes, self._score(query, texts)))
+        return ranked
+
+    @dispatcher.span  # the base class wraps only the sync method in a span; trace the async one alike
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+    ) -> list[NodeWithScore]:
+        query, texts = self._inputs(nodes, query_bundle)
+        if not texts:
+            return []
+        with self._reranking(nodes, query_bundle) as ranked:
+            # Loading and the forward passes block; a worker thread keeps the event loop serving meanwhile.
+            result = await asyncio.to_thread(self._score, query, texts)
+            ranked.extend(self._ranked(nodes, result))
+        return ranked
+
+    def _inputs(self, nodes: Any, query_bundle: Any) -> tuple[str, list[str]]:
+        """The query string and each node's text as scored; raises before any event is sent."""
+        if query_bundle is None:
+            raise ValueError("JinaLocalRerank needs the query: pass query_bundle, or query_str to postprocess_nodes")
+        if not isinstance(query_bundle, QueryBundle):
+            raise TypeError(
+                f"query_bundle must be a QueryBundle, got {type(query_bundle).__name__} "
+                "(pass a plain string as query_str=...)"
+            )
+        if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Sequence):
+            raise TypeError(f"nodes must be a list of NodeWithScore, got {type(nodes).__name__}")
+        texts = []
+        for index, node in enumerate(nodes):
+            if not isinstance(node, NodeWithScore):
+                raise TypeError(f"nodes[{index}] must be a NodeWithScore, got {type(node).__name__}")
+            texts.append(node.node.get_content(metadata_mode=self.metadata_mode))
+        return query_bundle.query_str, texts
+
+    def _score(self, query: str, texts: list[str]) -> ScoreResult:
+        return self.reranker.score(query, texts, raw=self.raw_scores)
+
+    @contextmanager
+    def _reranking(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> Iterator[list[NodeWithScore]]:
+        """Bracket one rerank in ``ReRankStartEvent``/``ReRankEndEvent`` and the ``RERANKING`` callback event.
+
+        The body appends the reranked nodes to the yielded list. The end event is sent even when scoring fails
+        (with no nodes), so every start has its end; the callback event then carries the exception.
+        """
+        top_n = len(nodes) if self.top_n is None else self.top_n
+        model_name = self.model if self.model is not None else default_model()
+        ranked: list[NodeWithScore] = []
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=top_n, model_name=model_name))
+        try:
+            with self.callback_manager.event(
+                CBEventType.RERANKING,
+                payload={
+                    EventPayload.NODES: nodes,
+                    EventPayload.MODEL_NAME: model_name,
+                    EventPayload.QUERY_STR: query_bundle.query_str,
+                    EventPayload.TOP_K: top_n,
+                },
+            ) as event:
+                yield ranked
+                event.on_end(payload={EventPayload.NODES: ranked})
+        finally:
+            dispatcher.event(ReRankEndEvent(nodes=ranked))
+
+    def _ranked(self, nodes: list[NodeWithScore], result: ScoreResult) -> list[NodeWithScore]:
+        """New ``NodeWithScore`` objects best first (ordered by logit: sigmoid saturates), cut to ``top_n`` and
+        ``score_threshold``."""
+        ranked = []
+        for index in best_first(result.logits)[: self.top_n]:
+            score = result.scores[index]
+            if self.score_threshold is None or score >= self.score_threshold:
+                ranked.append(NodeWithScore(node=self._node_copy(nodes[index]), score=score))
+        return ranked
+
+    def _node_copy(self, scored: NodeWithScore) -> BaseNode:
+        """A deep copy of the node, so later stages editing it never reach the caller's node or its metadata."""
+        node = scored.node.model_copy(deep=True)
+        if self.keep_retrieval_score:
+            node.metadata[RETRIEVAL_SCORE_KEY] = scored.score
+            # Bookkeeping, not content: keep it out of the text later stages embed, rerank or show the LLM.
+            for excluded in (node.excluded_embed_metadata_keys, node.excluded_llm_metadata_keys):
+                if RETRIEVAL_SCORE_KEY not in excluded:
+                    excluded.append(RETRIEVAL_SCORE_KEY)
+        return node
