@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from .errors import JinaLocalRerankError
-from .reranker import DEFAULT_MAX_BATCH_TOKENS, Reranker, jina_results
+from .evaluation.cli import add_eval_command
+from .ray.cli import add_score_pairs_command
+from .reranker import CHUNK_AGGREGATIONS, DEFAULT_MAX_BATCH_TOKENS, LONG_DOCUMENT_MODES, Reranker, jina_results
+from .server.cli import add_serve_command
 
 
 class InputError(ValueError):
@@ -88,6 +91,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--max-length", type=int, default=None, help="pair window in tokens (default: the model's)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per forward pass")
+    parser.add_argument(
+        "--long-document", choices=LONG_DOCUMENT_MODES, default="truncate",
+        help="a document longer than the window: truncate it, or chunk it into overlapping windows",
+    )
+    parser.add_argument("--chunk-stride", type=int, default=None, help="tokens between windows (default: half one)")
+    parser.add_argument(
+        "--chunk-aggregation", choices=CHUNK_AGGREGATIONS, default="max", help="combine window scores (default: max)"
+    )
 
 
 def reranker_from_args(args: argparse.Namespace) -> Reranker:
@@ -98,6 +109,9 @@ def reranker_from_args(args: argparse.Namespace) -> Reranker:
         dtype=args.dtype,
         max_length=args.max_length,
         max_batch_tokens=args.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
+        long_document=args.long_document,
+        chunk_stride=args.chunk_stride,
+        chunk_aggregation=args.chunk_aggregation,
     )
 
 
@@ -106,10 +120,14 @@ def _run_rerank(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None
     reranker = reranker_from_args(args)
     result = reranker.score(query, documents, raw=args.raw, show_progress=not args.quiet)
     results = jina_results(result, documents, top_n=args.top_n, return_documents=not args.no_documents)
+    for entry in results:
+        entry["truncated"] = result.truncated[entry["index"]]
+        entry["windows"] = result.windows[entry["index"]]
     output = {
         "model": reranker.model_name,
         "usage": {"total_tokens": result.num_tokens},
         "truncated_documents": result.num_truncated,
+        "chunked_documents": result.num_chunked,
         "results": results,
     }
     json.dump(output, stdout, ensure_ascii=False, indent=2 if args.pretty else None)
@@ -130,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     _add_model_arguments(rerank)
     rerank.set_defaults(handler=_run_rerank)
+    add_eval_command(commands)
+    add_serve_command(commands)
+    add_score_pairs_command(commands)
     return parser
 
 

@@ -1,0 +1,157 @@
+"""Loading a dataset in BEIR layout: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+
+``corpus.jsonl`` holds one ``{"_id", "title"?, "text"}`` object per line, ``queries.jsonl`` one ``{"_id", "text"}``
+per line, and ``qrels/<split>.tsv`` tab-separated ``query-id  corpus-id  score`` lines (integer grades) after an
+optional header line. Errors name the file and the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class DatasetError(ValueError):
+    """A dataset or run file is missing or malformed; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class BeirDocument:
+    title: str
+    text: str
+
+    @property
+    def full_text(self) -> str:
+        """What the reranker reads, as BEIR builds it: ``title + " " + text``, stripped."""
+        return f"{self.title} {self.text}".strip()
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    """A corpus, its queries and the relevance judgments of one split (query id -> document id -> grade)."""
+
+    corpus: dict[str, BeirDocument]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    directory: Path
+    split: str
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DatasetError(f"{path} line {number}: not JSON ({exc.msg})") from None
+                if not isinstance(item, dict):
+                    raise DatasetError(f"{path} line {number}: expected a JSON object, got {type(item).__name__}")
+                yield number, item
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 ({exc.reason})") from None
+
+
+def _string_field(item: dict[str, Any], name: str, where: str, *, required: bool) -> str:
+    value = item.get(name)
+    if value is None and not required:
+        return ""
+    if name == "_id" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # some exports write numeric ids
+    if not isinstance(value, str):
+        problem = "is missing" if value is None else f"must be a string, got {type(value).__name__}"
+        raise DatasetError(f"{where}: {name!r} {problem}")
+    return value
+
+
+def _require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DatasetError(f"{path} not found")
+    return path
+
+
+def load_corpus(path: Path) -> dict[str, BeirDocument]:
+    """Read ``corpus.jsonl``: document id -> title and text (a missing title is empty)."""
+    corpus: dict[str, BeirDocument] = {}
+    for number, item in _json_lines(_require_file(path)):
+        where = f"{path} line {number}"
+        doc_id = _string_field(item, "_id", where, required=True)
+        if doc_id in corpus:
+            raise DatasetError(f"{where}: duplicate document id {doc_id!r}")
+        corpus[doc_id] = BeirDocument(
+            _string_field(item, "title", where, required=False), _string_field(item, "text", where, required=True)
+        )
+    return corpus
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    """Read ``queries.jsonl``: query id -> text."""
+    queries: dict[str, str] = {}
+    for number, item in _json_lines(_require_file(path)):
+        where = f"{path} line {number}"
+        query_id = _string_field(item, "_id", where, required=True)
+        if query_id in queries:
+            raise DatasetError(f"{where}: duplicate query id {query_id!r}")
+        queries[query_id] = _string_field(item, "text", where, required=True)
+    return queries
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """Read ``qrels/<split>.tsv``: query id -> document id -> integer grade, in file order."""
+    qrels: dict[str, dict[str, int]] = {}
+    try:
+        lines = _require_file(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 ({exc.reason})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        if len(fields) != 3:
+            raise DatasetError(
+                f"{path} line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+                f"got {len(fields)}"
+            )
+        query_id, doc_id, grade = (field.strip() for field in fields)
+        try:
+            value = int(grade)
+        except ValueError:
+            if number == 1 and not _is_number(grade):  # the header line, "query-id  corpus-id  score"
+                continue
+            raise DatasetError(f"{path} line {number}: score {grade!r} is not an integer") from None
+        judged = qrels.setdefault(query_id, {})
+        if doc_id in judged:
+            raise DatasetError(f"{path} line {number}: query {query_id!r} judges document {doc_id!r} twice")
+        judged[doc_id] = value
+    return qrels
+
+
+def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDataset:
+    """Load a BEIR-layout dataset folder and the judgments of ``split``."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} not found")
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        available = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
+        raise DatasetError(f"{qrels_path} not found (splits in {root / 'qrels'}: {', '.join(available) or 'none'})")
+    return BeirDataset(
+        corpus=load_corpus(root / "corpus.jsonl"),
+        queries=load_queries(root / "queries.jsonl"),
+        qrels=load_qrels(qrels_path),
+        directory=root,
+        split=split,
+    )

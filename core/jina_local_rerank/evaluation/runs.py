@@ -1,0 +1,102 @@
+"""First-stage rankings: read from a TREC run file, or computed with BM25 (the ``bm25s`` package)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .beir import BeirDataset, DatasetError
+
+BM25_INSTALL_HINT = "BM25 needs the bm25s package: pip install 'jina-local-rerank[eval]' (or pass a run file)"
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """Candidate document ids per query, best first; ``seconds`` is the wall time spent producing them."""
+
+    name: str
+    rankings: dict[str, list[str]]
+    seconds: float
+
+
+def read_trec_run(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """Read a TREC run file (``query-id Q0 doc-id rank score tag`` per line): query id -> doc ids, best first.
+
+    Documents are ordered by score, highest first, ties in file order (the rank column is not used, as in
+    trec_eval). A document listed twice for one query is an error.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DatasetError(f"run file {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 ({exc.reason})") from None
+    scored: dict[str, dict[str, float]] = {}
+    for number, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6:
+            raise DatasetError(
+                f"{path} line {number}: expected 6 fields (query-id Q0 doc-id rank score tag), got {len(fields)}"
+            )
+        query_id, _, doc_id, _, score, _ = fields
+        try:
+            value = float(score)
+        except ValueError:
+            raise DatasetError(f"{path} line {number}: score {score!r} is not a number") from None
+        documents = scored.setdefault(query_id, {})
+        if doc_id in documents:
+            raise DatasetError(f"{path} line {number}: document {doc_id!r} listed twice for query {query_id!r}")
+        documents[doc_id] = value
+    return {
+        query_id: sorted(documents, key=lambda doc: -documents[doc])  # stable: ties keep file order
+        for query_id, documents in scored.items()
+    }
+
+
+def run_file_first_stage(path: str | os.PathLike[str]) -> FirstStage:
+    """The rankings of a TREC run file, timed."""
+    start = time.perf_counter()
+    rankings = read_trec_run(path)
+    return FirstStage(f"run:{os.fspath(path)}", rankings, time.perf_counter() - start)
+
+
+def bm25_first_stage(
+    dataset: BeirDataset, query_ids: Sequence[str], top_k: int, *, show_progress: bool = False
+) -> FirstStage:
+    """BM25 (bm25s defaults: Lucene variant, k1=1.5, b=0.75, English stopwords, no stemming) over the corpus.
+
+    Each query gets at most ``top_k`` documents sharing a term with it, by score, ties in corpus order; the
+    time covers indexing the corpus and retrieving for ``query_ids``.
+    """
+    try:
+        import bm25s
+    except ImportError:
+        raise ImportError(BM25_INSTALL_HINT) from None
+    start = time.perf_counter()
+    doc_ids = list(dataset.corpus)
+    if not doc_ids:
+        return FirstStage("bm25", {query_id: [] for query_id in query_ids}, time.perf_counter() - start)
+    texts = [document.full_text for document in dataset.corpus.values()]
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=show_progress), show_progress=show_progress)
+    query_tokens = bm25s.tokenize(
+        [dataset.queries[q] for q in query_ids], stopwords="en", return_ids=False, show_progress=show_progress
+    )
+    rankings: dict[str, list[str]] = {}
+    for query_id, tokens in zip(query_ids, query_tokens):
+        if not tokens:  # only stopwords: nothing to match (bm25s cannot score an empty query)
+            rankings[query_id] = []
+            continue
+        scores = retriever.get_scores(tokens)
+        matched = np.flatnonzero(scores > 0)
+        best = matched[np.lexsort((matched, -scores[matched]))][:top_k]
+        rankings[query_id] = [doc_ids[i] for i in best]
+    return FirstStage("bm25", rankings, time.perf_counter() - start)

@@ -1,0 +1,157 @@
+"""Request and response models of the rerank API (they double as its OpenAPI documentation).
+
+Two shapes: Jina's Reranker API (``POST /v1/rerank``) and Hugging Face Text Embeddings Inference's
+(``POST /rerank``). Fields a client sends that are not listed here are ignored, as the hosted APIs do, so that
+clients written for newer API versions still work. :func:`jina_response` and :func:`tei_response` turn scores
+into responses without any web framework, for every server that speaks these shapes.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+
+from ..reranker import ScoreResult, best_first, jina_results
+
+
+class TextDocument(BaseModel):
+    """A document given as an object, as Jina's API accepts it."""
+
+    text: StrictStr = Field(description="The document's text.")
+
+
+class JinaRerankRequest(BaseModel):
+    """Body of ``POST /v1/rerank``, as Jina's Reranker API defines it."""
+
+    model: StrictStr | None = Field(
+        None,
+        description="One of the served model names (see GET /v1/models); omitted means the served model.",
+        examples=["jina-reranker-v1-tiny-en"],
+    )
+    query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
+    documents: list[StrictStr | TextDocument] = Field(
+        description="Documents to rank: strings, or objects with a 'text' field.",
+        examples=[["A llama is a South American camelid.", {"text": "Paris is the capital of France."}]],
+    )
+    top_n: StrictInt | None = Field(
+        None, ge=1, description="Return only the best N results (default: all documents)."
+    )
+    return_documents: StrictBool = Field(True, description="Include each document's text in its result.")
+
+    def document_texts(self) -> list[str]:
+        """The documents as plain strings, in request order."""
+        return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
+
+
+class JinaDocument(BaseModel):
+    text: str
+
+
+class JinaResult(BaseModel):
+    index: int = Field(description="Position of the document in the request's 'documents'.")
+    relevance_score: float = Field(description="Sigmoid of the model's logit, 0..1; higher is more relevant.")
+    document: JinaDocument | None = Field(None, description="Present when the request asked return_documents.")
+
+
+class JinaUsage(BaseModel):
+    total_tokens: int = Field(description="Tokens of every (query, document) sequence scored, special tokens included.")
+    prompt_tokens: int = Field(description="Same as total_tokens (the model generates nothing).")
+
+
+class JinaRerankResponse(BaseModel):
+    """Response of ``POST /v1/rerank``: results best first."""
+
+    model: str
+    usage: JinaUsage
+    results: list[JinaResult]
+
+
+class TEIRerankRequest(BaseModel):
+    """Body of ``POST /rerank``, as Text Embeddings Inference defines it."""
+
+    query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
+    texts: list[StrictStr] = Field(
+        description="Documents to rank.", examples=[["A llama is a South American camelid.", "Paris is in France."]]
+    )
+    raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid scores.")
+    return_text: StrictBool = Field(False, description="Include each text in its result.")
+    truncate: StrictBool = Field(
+        False,
+        description="Allow documents longer than the model's window to be truncated; when false such a "
+        "request is answered with 413, as TEI does.",
+    )
+
+
+class TEIRerankResult(BaseModel):
+    index: int = Field(description="Position of the text in the request's 'texts'.")
+    score: float = Field(description="Sigmoid score 0..1, or the raw logit when raw_scores was set.")
+    text: str | None = Field(None, description="Present when the request asked return_text.")
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: str = "model"
+    owned_by: str = "jina-local-rerank"
+
+
+class ModelList(BaseModel):
+    """Response of ``GET /v1/models``: every name a request's 'model' may take."""
+
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class BatchingStats(BaseModel):
+    enabled: bool = Field(description="Whether concurrent requests are merged into shared scoring calls.")
+    requests: int = Field(description="Requests scored since the server started.")
+    batches: int = Field(description="Scoring calls made for them; fewer than requests means merging happened.")
+    pairs: int = Field(description="(query, document) pairs scored.")
+    in_flight: int = Field(description="Requests waiting for or being scored right now.")
+
+
+class Health(BaseModel):
+    """Response of ``GET /health``."""
+
+    status: str = "ok"
+    model: str = Field(description="The first served model name.")
+    device: str
+    dtype: str
+    max_length: int = Field(description="Pair window in tokens.")
+    batching: BatchingStats
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer (4xx and 5xx): FastAPI's shape; 422 validation errors carry a list of problems."""
+
+    detail: str | list[dict]
+
+
+def jina_response(request: JinaRerankRequest, result: ScoreResult, model: str) -> JinaRerankResponse:
+    """The Jina-API response for ``request`` given its scores.
+
+    ``result`` holds the scores of ``request.document_texts()`` in request order, computed without ``raw`` (the
+    Jina API reports sigmoid scores); ``model`` is the name to report (the one the request asked for, or the
+    served default). Results come best first by logit (ties keep request order), cut to ``request.top_n``, each
+    with its document when ``request.return_documents``. Framework-free: any server (FastAPI here, a Ray Serve
+    deployment) can build the answer with it and serialize it with ``model_dump(exclude_none=True)``.
+    """
+    results = jina_results(
+        result, request.document_texts(), top_n=request.top_n, return_documents=request.return_documents
+    )
+    return JinaRerankResponse(
+        model=model,
+        usage=JinaUsage(total_tokens=result.num_tokens, prompt_tokens=result.num_tokens),
+        results=[JinaResult.model_validate(entry) for entry in results],
+    )
+
+
+def tei_response(request: TEIRerankRequest, result: ScoreResult) -> list[TEIRerankResult]:
+    """The TEI response for ``request`` given its scores (computed without ``raw``): best first by logit.
+
+    Scores are sigmoid, or the logits when ``request.raw_scores``; each result carries its text when
+    ``request.return_text``. Framework-free, like :func:`jina_response`.
+    """
+    scores = result.logits if request.raw_scores else result.scores
+    return [
+        TEIRerankResult(index=index, score=scores[index], text=request.texts[index] if request.return_text else None)
+        for index in best_first(result.logits)
+    ]
