@@ -28,11 +28,12 @@ class JinaBertConfig:
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: ``hidden_size // num_attention_heads``."""
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
     def from_json_file(cls, path: Path) -> "JinaBertConfig":
-        """Read ``config.json``; raise :class:`UnsupportedModelError` if it is not a JinaBERT reranker."""
+        """Read ``config.json``; raise ``UnsupportedModelError`` if it is not a JinaBERT reranker."""
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -45,6 +46,7 @@ class JinaBertConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config.json") -> "JinaBertConfig":
+        """Check a parsed ``config.json`` (``source`` names it in errors) and keep the fields the model uses."""
         architectures = raw.get("architectures") or []
         if not SUPPORTED_ARCHITECTURES.intersection(architectures):
             raise UnsupportedModelError(
