@@ -1,0 +1,180 @@
+"""Files of (query, document) pairs: their formats, adding a score column, and scoring one in this process.
+
+A pairs file is JSON Lines (one object per line) or Parquet with a query column and a document column (names
+configurable); the scored copy holds the same rows, in the same order, with every input column kept and a score
+column added. Tables are Apache Arrow's (``pyarrow``), in this process and in the Ray Data job alike, so both
+write identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from ..reranker import Reranker
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+FORMATS = ("jsonl", "parquet")
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+DEFAULT_BATCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class PairColumns:
+    """Column names: ``query`` and ``document`` are read, ``score`` is added (and must not exist yet)."""
+
+    query: str = "query"
+    document: str = "document"
+    score: str = "score"
+
+    def __post_init__(self) -> None:
+        names = (self.query, self.document, self.score)
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"column names must be non-empty strings, got {name!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"query, document and score columns must differ, got {names}")
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+    except ImportError:
+        raise ImportError(
+            "pairs files need pyarrow: pip install 'jina-local-rerank[ray]' (or pyarrow alone without --ray)"
+        ) from None
+    return pyarrow
+
+
+def file_format(path: str | os.PathLike[str], given: str | None = None) -> str:
+    """``given`` if set, else the format named by ``path``'s suffix (.jsonl/.ndjson/.json or .parquet/.pq)."""
+    if given is not None:
+        if given not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {given!r}")
+        return given
+    fmt = _SUFFIX_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"cannot tell the format of {os.fspath(path)!r} from its suffix; name a .jsonl or .parquet file or "
+            f"pass the format ({', '.join(FORMATS)})"
+        )
+    return fmt
+
+
+def check_schema(names: Sequence[str], types: Sequence["pa.DataType"], columns: PairColumns) -> None:
+    """Raise ``ValueError`` unless the query and document columns exist as strings and the score column does not.
+
+    ``names`` and ``types`` are the input's column names and Arrow types, in the same order.
+    """
+    pa = _pyarrow()
+    names = list(names)
+    for role, name in (("query", columns.query), ("document", columns.document)):
+        if name not in names:
+            raise ValueError(f"no {role} column {name!r} in the input; its columns are {names}")
+        column_type = types[names.index(name)]
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise ValueError(f"{role} column {name!r} must hold strings, got {column_type}")
+    if columns.score in names:
+        raise ValueError(f"the input already has a {columns.score!r} column; choose another score column name")
+
+
+def add_scores(
+    table: "pa.Table", reranker: Reranker, columns: PairColumns, *, raw: bool = False, first_row: int | None = None
+) -> "pa.Table":
+    """``table`` with a float64 score column appended: sigmoid scores (logits if ``raw``) of its pairs.
+
+    ``first_row`` is the file row of the table's first row, to name a bad row in errors (None: unknown).
+    """
+    pa = _pyarrow()
+    check_schema(table.schema.names, table.schema.types, columns)
+    queries = table.column(columns.query).to_pylist()
+    documents = table.column(columns.document).to_pylist()
+    for offset, (query, document) in enumerate(zip(queries, documents)):
+        if query is None or document is None:
+            where = f"row {first_row + offset} (0-based)" if first_row is not None else "a row"
+            missing = columns.query if query is None else columns.document
+            raise ValueError(f"{where} has no {missing!r} value (null)")
+    scores = reranker.score_pairs(list(zip(queries, documents)), raw=raw).scores
+    return table.append_column(pa.field(columns.score, pa.float64()), pa.array(scores, pa.float64()))
+
+
+def read_tables(path: str | os.PathLike[str], fmt: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator["pa.Table"]:
+    """The file's rows as consecutive tables of at most ``batch_rows`` rows, read as they are needed."""
+    pa = _pyarrow()
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            yield pa.Table.from_batches([batch])
+        return
+    import pyarrow.json as pj
+
+    with pj.open_json(path) as reader:
+        for block in reader:  # blocks are sized in bytes, not rows
+            for start in range(0, block.num_rows, batch_rows):
+                yield pa.Table.from_batches([block.slice(start, batch_rows)])
+
+
+class TableWriter:
+    """Writes tables to one JSONL or Parquet file in the order given (a context manager)."""
+
+    def __init__(self, path: str | os.PathLike[str], fmt: str) -> None:
+        self.path = Path(path)
+        self.format = fmt
+        self._parquet = None
+        self._jsonl = open(self.path, "w", encoding="utf-8") if fmt == "jsonl" else None
+
+    def write(self, table: "pa.Table") -> None:
+        if self._jsonl is not None:
+            for row in table.to_pylist():
+                # default=str: dates and decimals read from Parquet have no JSON type of their own.
+                self._jsonl.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            return
+        if self._parquet is None:
+            import pyarrow.parquet as pq
+
+            self._parquet = pq.ParquetWriter(self.path, table.schema)
+        self._parquet.write_table(table)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        elif self._parquet is not None:
+            self._parquet.close()
+        else:  # no rows at all: still leave a valid (empty) Parquet file
+            import pyarrow.parquet as pq
+
+            pq.write_table(_pyarrow().table({}), self.path)
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def score_pairs_file_local(
+    input: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    reranker: Reranker,
+    columns: PairColumns = PairColumns(),
+    raw: bool = False,
+    input_format: str | None = None,
+    output_format: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> int:
+    """Score every pair of ``input`` in this process and write the rows plus scores to ``output``; returns rows."""
+    in_format = file_format(input, input_format)
+    out_format = file_format(output, output_format)
+    rows = 0
+    with TableWriter(output, out_format) as writer:
+        for table in read_tables(input, in_format, batch_rows):
+            writer.write(add_scores(table, reranker, columns, raw=raw, first_row=rows))
+            rows += table.num_rows
+    return rows
