@@ -123,7 +123,7 @@ def sentence_transformers_baseline(checkpoint: Path, workdir: Path) -> Callable[
 
 
 MEASURE_PROCESS = """
-import json, resource, sys, time
+import json, sys, time
 t0 = time.perf_counter()
 from jina_local_rerank import Reranker
 t1 = time.perf_counter()
@@ -134,7 +134,8 @@ rss_loaded = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 if len(sys.argv) > 4:
     query, documents = json.loads(open(sys.argv[4]).read())
     reranker.score(query, documents)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's size across exec.
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "rss_mb": rss_loaded, "peak_mb": peak}))
 """
 
