@@ -77,7 +77,8 @@ def check_top(value: Any, name: str) -> int | None:
     return value
 
 
-def _check_positive_int(value: Any, name: str) -> int:
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` if it is an integer >= 1, else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if value < 1:
@@ -136,16 +137,16 @@ class Reranker:
         token: str | bool | None = None,
     ) -> None:
         if max_length is not None:
-            _check_positive_int(max_length, "max_length")
+            check_positive_int(max_length, "max_length")
         if max_query_length is not None:
-            _check_positive_int(max_query_length, "max_query_length")
-        _check_positive_int(max_batch_tokens, "max_batch_tokens")
+            check_positive_int(max_query_length, "max_query_length")
+        check_positive_int(max_batch_tokens, "max_batch_tokens")
         if long_document not in LONG_DOCUMENT_MODES:
             raise ValueError(f"long_document must be one of {LONG_DOCUMENT_MODES}, got {long_document!r}")
         if chunk_aggregation not in CHUNK_AGGREGATIONS:
             raise ValueError(f"chunk_aggregation must be one of {CHUNK_AGGREGATIONS}, got {chunk_aggregation!r}")
         if chunk_stride is not None:
-            _check_positive_int(chunk_stride, "chunk_stride")
+            check_positive_int(chunk_stride, "chunk_stride")
         self.long_document = long_document
         self.chunk_stride = chunk_stride
         self.chunk_aggregation = chunk_aggregation

@@ -8,24 +8,15 @@ import json
 from pathlib import Path
 from typing import TextIO
 
+from ..argtypes import positive_int
 from .beir import load_beir
 from .metrics import NDCG_AT
 from .runner import EvaluationReport, evaluate, select_queries
 from .runs import BM25_INSTALL_HINT, FirstStage, bm25_first_stage, run_file_first_stage
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _cutoff_list(text: str) -> list[int]:
-    return [_positive_int(part) for part in text.split(",") if part.strip()]
+    return [positive_int(part) for part in text.split(",") if part.strip()]
 
 
 def add_eval_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -42,8 +33,8 @@ def add_eval_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentPa
     first = parser.add_mutually_exclusive_group()
     first.add_argument("--run", metavar="RUN_FILE", default=None, help="first stage from a TREC run file")
     first.add_argument("--bm25", action="store_true", help="first stage from BM25 over the corpus (the default)")
-    parser.add_argument("--top-k", type=_positive_int, default=100, help="candidates reranked per query (100)")
-    parser.add_argument("--max-queries", type=_positive_int, default=None, help="evaluate the first N queries")
+    parser.add_argument("--top-k", type=positive_int, default=100, help="candidates reranked per query (100)")
+    parser.add_argument("--max-queries", type=positive_int, default=None, help="evaluate the first N queries")
     parser.add_argument(
         "--cutoffs", type=_cutoff_list, default=None, help="recall/hit-rate depths, e.g. 5,10,100 (default: 10,TOP_K)"
     )

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..reranker import Reranker, _check_positive_int, best_first
+from ..reranker import Reranker, check_positive_int, best_first
 from .beir import BeirDataset, DatasetError
 from .metrics import NDCG_AT, mean_metrics, query_metrics
 from .runs import FirstStage
@@ -122,12 +122,12 @@ def evaluate(
     Candidates are scored with :meth:`Reranker.score` on ``title + " " + text`` and ordered by logit, ties in
     first-stage order. A query the first stage returned nothing for is evaluated with an empty ranking.
     """
-    _check_positive_int(top_k, "top_k")
+    check_positive_int(top_k, "top_k")
     if max_queries is not None:
-        _check_positive_int(max_queries, "max_queries")
+        check_positive_int(max_queries, "max_queries")
     cutoffs = tuple(cutoffs) if cutoffs is not None else default_cutoffs(top_k)
     for index, k in enumerate(cutoffs):
-        _check_positive_int(k, f"cutoffs[{index}]")
+        check_positive_int(k, f"cutoffs[{index}]")
     query_ids, skipped = select_queries(dataset, max_queries)
     progress = None
     if show_progress:

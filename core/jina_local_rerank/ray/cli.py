@@ -14,7 +14,8 @@ import time
 from typing import Any, TextIO
 
 from ..reranker import DEFAULT_MAX_BATCH_TOKENS, Reranker
-from ..server.cli import _non_negative_float, _positive_int
+from ..argtypes import positive_int
+from ..server.cli import _non_negative_float
 from ..server.settings import ServerSettings
 from . import DEFAULT_MAX_ONGOING_REQUESTS
 from .pairs_file import DEFAULT_BATCH_ROWS, FORMATS, PairColumns
@@ -63,13 +64,13 @@ def add_score_pairs_command(subparsers: Any) -> None:
     columns.add_argument("--output-format", choices=FORMATS, default=None, help="override the output's suffix")
     columns.add_argument("--raw", action="store_true", help="write raw logits instead of sigmoid scores")
     columns.add_argument(
-        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_ROWS,
+        "--batch-size", type=positive_int, default=DEFAULT_BATCH_ROWS,
         help=f"rows per scoring call (default: {DEFAULT_BATCH_ROWS})",
     )
     _add_model_arguments(command)
     ray = command.add_argument_group("Ray (with --ray)")
     ray.add_argument("--ray", action="store_true", help="score on a Ray cluster with an actor pool (the 'ray' extra)")
-    ray.add_argument("--num-actors", type=_positive_int, default=1, help="scoring actors, one model each (default: 1)")
+    ray.add_argument("--num-actors", type=positive_int, default=1, help="scoring actors, one model each (default: 1)")
     ray.add_argument(
         "--num-cpus-per-actor", type=_non_negative_float, default=1.0, help="CPUs each actor holds (default: 1)"
     )
@@ -138,7 +139,7 @@ def add_ray_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--ray`` and the replica options to the ``serve`` command's parser."""
     ray = parser.add_argument_group("Ray Serve (with --ray; the 'ray' extra)")
     ray.add_argument("--ray", action="store_true", help="serve from Ray Serve replicas instead of one process")
-    ray.add_argument("--num-replicas", type=_positive_int, default=1, help="replicas, one model each (default: 1)")
+    ray.add_argument("--num-replicas", type=positive_int, default=1, help="replicas, one model each (default: 1)")
     ray.add_argument(
         "--num-cpus-per-replica", type=_non_negative_float, default=1.0, help="CPUs each replica holds (default: 1)"
     )
@@ -146,12 +147,12 @@ def add_ray_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-gpus-per-replica", type=_non_negative_float, default=0.0, help="GPUs each replica holds (default: 0)"
     )
     ray.add_argument(
-        "--max-replicas", type=_positive_int, default=None,
+        "--max-replicas", type=positive_int, default=None,
         help="autoscale between --min-replicas and this many replicas (replaces --num-replicas)",
     )
     ray.add_argument("--min-replicas", type=int, default=1, help="fewest replicas when autoscaling (default: 1)")
     ray.add_argument(
-        "--max-ongoing-requests", type=_positive_int, default=DEFAULT_MAX_ONGOING_REQUESTS,
+        "--max-ongoing-requests", type=positive_int, default=DEFAULT_MAX_ONGOING_REQUESTS,
         help=f"requests in flight per replica; more wait in the proxy (default: {DEFAULT_MAX_ONGOING_REQUESTS})",
     )
     _add_cluster_argument(ray)

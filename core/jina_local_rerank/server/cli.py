@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any, TextIO
 
+from ..argtypes import positive_int
 from ..reranker import CHUNK_AGGREGATIONS, DEFAULT_MAX_BATCH_TOKENS, LONG_DOCUMENT_MODES
 from .settings import (
     API_KEY_ENV_VAR,
@@ -18,16 +19,6 @@ from .settings import (
 )
 
 LOOPBACK_HOSTS = ("localhost", "::1")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -53,9 +44,9 @@ def add_serve_command(subparsers: Any) -> None:
     model.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     model.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    model.add_argument("--max-length", type=_positive_int, default=None, help="pair window in tokens (default: the model's)")
+    model.add_argument("--max-length", type=positive_int, default=None, help="pair window in tokens (default: the model's)")
     model.add_argument("--long-document", choices=LONG_DOCUMENT_MODES, default="truncate", help="documents longer than the window: truncate, or score overlapping windows (chunk)")
-    model.add_argument("--chunk-stride", type=_positive_int, default=None, help="tokens between chunk windows (default: half a window)")
+    model.add_argument("--chunk-stride", type=positive_int, default=None, help="tokens between chunk windows (default: half a window)")
     model.add_argument("--chunk-aggregation", choices=CHUNK_AGGREGATIONS, default="max", help="combine a chunked document's window scores (default: max)")
     http = serve.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
@@ -64,13 +55,13 @@ def add_serve_command(subparsers: Any) -> None:
     http.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV_VAR}; unset: no auth)")
     http.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn log level")
     limits = serve.add_argument_group("limits (each answered with a 4xx JSON error)")
-    limits.add_argument("--max-documents", type=_positive_int, default=DEFAULT_MAX_DOCUMENTS, help=f"documents per request (default: {DEFAULT_MAX_DOCUMENTS}; 413 over it)")
-    limits.add_argument("--max-request-bytes", type=_positive_int, default=DEFAULT_MAX_REQUEST_BYTES, help=f"request body bytes (default: {DEFAULT_MAX_REQUEST_BYTES}; 413 over it)")
-    limits.add_argument("--max-document-chars", type=_positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help=f"characters per document and query (default: {DEFAULT_MAX_DOCUMENT_CHARS}; 413 over it)")
+    limits.add_argument("--max-documents", type=positive_int, default=DEFAULT_MAX_DOCUMENTS, help=f"documents per request (default: {DEFAULT_MAX_DOCUMENTS}; 413 over it)")
+    limits.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES, help=f"request body bytes (default: {DEFAULT_MAX_REQUEST_BYTES}; 413 over it)")
+    limits.add_argument("--max-document-chars", type=positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help=f"characters per document and query (default: {DEFAULT_MAX_DOCUMENT_CHARS}; 413 over it)")
     batching = serve.add_argument_group("batching")
     batching.add_argument("--batch-wait-ms", type=_non_negative_float, default=DEFAULT_BATCH_WAIT_MS, help=f"how long a batch waits for more requests, in milliseconds (default: {DEFAULT_BATCH_WAIT_MS})")
-    batching.add_argument("--batch-max-tokens", type=_positive_int, default=DEFAULT_MAX_BATCH_TOKENS, help=f"token budget of one merged batch and of one forward pass, padded tokens (default: {DEFAULT_MAX_BATCH_TOKENS})")
-    batching.add_argument("--batch-concurrency", type=_positive_int, default=DEFAULT_CONCURRENT_BATCHES, help=f"merged batches scored at the same time, each in its own thread (default: {DEFAULT_CONCURRENT_BATCHES})")
+    batching.add_argument("--batch-max-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS, help=f"token budget of one merged batch and of one forward pass, padded tokens (default: {DEFAULT_MAX_BATCH_TOKENS})")
+    batching.add_argument("--batch-concurrency", type=positive_int, default=DEFAULT_CONCURRENT_BATCHES, help=f"merged batches scored at the same time, each in its own thread (default: {DEFAULT_CONCURRENT_BATCHES})")
     batching.add_argument("--no-batching", action="store_true", help="score each request on its own (no merging)")
     from ..ray.cli import add_ray_serve_arguments  # here: ray.cli imports this module
 
