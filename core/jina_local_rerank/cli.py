@@ -102,6 +102,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reranker_from_args(args: argparse.Namespace) -> Reranker:
+    """The ``Reranker`` that a subcommand's model options (``--model``, ``--device``, ...) describe."""
     return Reranker(
         args.model,
         revision=args.revision,
@@ -135,6 +136,7 @@ def _run_rerank(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jina-local-rerank`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="jina-local-rerank", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     rerank = commands.add_parser("rerank", help="rerank documents for a query and print JSON results")

@@ -20,6 +20,8 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class BeirDocument:
+    """One corpus entry of a BEIR dataset."""
+
     title: str
     text: str
 

@@ -96,6 +96,7 @@ def _reranker_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_score_pairs(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    """``score-pairs``: score the input file's rows in process or on Ray, print a JSON summary."""
     columns = PairColumns(args.query_column, args.document_column, args.score_column)
     common = {
         "columns": columns,

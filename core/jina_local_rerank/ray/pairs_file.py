@@ -130,6 +130,7 @@ class TableWriter:
         self._jsonl = open(self.path, "w", encoding="utf-8") if fmt == "jsonl" else None
 
     def write(self, table: "pa.Table") -> None:
+        """Append ``table``'s rows to the output file."""
         if self._jsonl is not None:
             for row in table.to_pylist():
                 # default=str: dates and decimals read from Parquet have no JSON type of their own.
@@ -142,6 +143,7 @@ class TableWriter:
         self._parquet.write_table(table)
 
     def close(self) -> None:
+        """Flush and close the output file (an empty Parquet file if no rows came)."""
         if self._jsonl is not None:
             self._jsonl.close()
         elif self._parquet is not None:

@@ -123,6 +123,7 @@ class RerankDeployment:
         return app
 
     async def stats(self) -> ReplicaStats:
+        """This replica's batching counters and the sizes of its recent batches."""
         counters = self.scorer.counters
         return ReplicaStats(
             replica=ray.get_runtime_context().get_actor_name() or "",

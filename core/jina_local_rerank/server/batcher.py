@@ -38,11 +38,14 @@ class Scorer(Protocol):
     batching: bool
     counters: BatchCounters
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Start background work (called from the app's lifespan)."""
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Finish what is in flight and stop."""
 
-    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult: ...
+    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult:
+        """Scores of ``documents`` for ``query``, in input order."""
 
 
 class DirectScorer:

@@ -43,16 +43,22 @@ class JinaRerankRequest(BaseModel):
 
 
 class JinaDocument(BaseModel):
+    """A returned document, as Jina's API shapes it."""
+
     text: str
 
 
 class JinaResult(BaseModel):
+    """One ranked document of a Jina response."""
+
     index: int = Field(description="Position of the document in the request's 'documents'.")
     relevance_score: float = Field(description="Sigmoid of the model's logit, 0..1; higher is more relevant.")
     document: JinaDocument | None = Field(None, description="Present when the request asked return_documents.")
 
 
 class JinaUsage(BaseModel):
+    """Token usage of a Jina response."""
+
     total_tokens: int = Field(description="Tokens of every (query, document) sequence scored, special tokens included.")
     prompt_tokens: int = Field(description="Same as total_tokens (the model generates nothing).")
 
@@ -82,12 +88,16 @@ class TEIRerankRequest(BaseModel):
 
 
 class TEIRerankResult(BaseModel):
+    """One ranked text of a TEI ``/rerank`` response."""
+
     index: int = Field(description="Position of the text in the request's 'texts'.")
     score: float = Field(description="Sigmoid score 0..1, or the raw logit when raw_scores was set.")
     text: str | None = Field(None, description="Present when the request asked return_text.")
 
 
 class ModelCard(BaseModel):
+    """One served model name in ``GET /v1/models``."""
+
     id: str
     object: str = "model"
     owned_by: str = "jina-local-rerank"
@@ -101,6 +111,8 @@ class ModelList(BaseModel):
 
 
 class BatchingStats(BaseModel):
+    """Micro-batching counters reported by ``GET /health``."""
+
     enabled: bool = Field(description="Whether concurrent requests are merged into shared scoring calls.")
     requests: int = Field(description="Requests scored since the server started.")
     batches: int = Field(description="Scoring calls made for them; fewer than requests means merging happened.")

@@ -127,6 +127,7 @@ class JinaLocalRerank(BaseNodePostprocessor):
 
     @classmethod
     def class_name(cls) -> str:
+        """The name LlamaIndex serializes this postprocessor under."""
         return "JinaLocalRerank"
 
     @property
