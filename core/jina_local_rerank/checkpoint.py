@@ -104,7 +104,8 @@ def _download_from_hub(
     return folder
 
 
-def _expected_shapes(config: JinaBertConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: JinaBertConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of ``config`` holds, by name, with its shape."""
     h, i = config.hidden_size, config.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
         "bert.embeddings.word_embeddings.weight": (config.vocab_size, h),
@@ -164,7 +165,7 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -
     """
     config = JinaBertConfig.from_json_file(directory / "config.json")
     path, state = _read_state_dict(directory)
-    expected = _expected_shapes(config)
+    expected = expected_shapes(config)
     missing = [key for key in expected if key not in state]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""

@@ -84,7 +84,8 @@ def _read_request(args: argparse.Namespace, stdin: TextIO) -> tuple[str, list[st
     return query, documents
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options every subcommand shares (``--model``, ``--device``, lengths, long documents)."""
     parser.add_argument("--model", default=None, help="Hub id or local directory (default: $JINA_LOCAL_RERANK_MODEL or jinaai/jina-reranker-v1-tiny-en)")
     parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--no-documents", action="store_true", help="omit document texts from the output")
     rerank.add_argument("--pretty", action="store_true", help="indent the JSON output")
     rerank.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
-    _add_model_arguments(rerank)
+    add_model_arguments(rerank)
     rerank.set_defaults(handler=_run_rerank)
     add_eval_command(commands)
     add_serve_command(commands)

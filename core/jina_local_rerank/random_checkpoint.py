@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import _expected_shapes
+from .checkpoint import expected_shapes
 from .config import JinaBertConfig
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -103,7 +103,7 @@ def write_random_checkpoint(
     (directory / "config.json").write_text(json.dumps(_config_json(config), indent=2))
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
-    for key, tensor_shape in _expected_shapes(config).items():
+    for key, tensor_shape in expected_shapes(config).items():
         noise = torch.randn(tensor_shape, generator=generator)
         if "LayerNorm" in key or "layernorm" in key:
             tensor = 1 + 0.1 * noise if key.endswith("weight") else 0.1 * noise

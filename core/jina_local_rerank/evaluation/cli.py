@@ -21,7 +21,7 @@ def _cutoff_list(text: str) -> list[int]:
 
 def add_eval_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register the ``eval`` subcommand on the main parser's subparsers."""
-    from ..cli import _add_model_arguments  # the main CLI imports this module while building its parser
+    from ..cli import add_model_arguments  # the main CLI imports this module while building its parser
 
     parser = subparsers.add_parser(
         "eval",
@@ -41,7 +41,7 @@ def add_eval_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--json", metavar="OUT.json", default=None, help="write the results as JSON")
     parser.add_argument("--per-query", action="store_true", help="print and write per-query results too")
     parser.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
-    _add_model_arguments(parser)
+    add_model_arguments(parser)
 
     def handler(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         if args.run is None and importlib.util.find_spec("bm25s") is None:

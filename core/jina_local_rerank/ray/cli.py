@@ -14,8 +14,7 @@ import time
 from typing import Any, TextIO
 
 from ..reranker import DEFAULT_MAX_BATCH_TOKENS, Reranker
-from ..argtypes import positive_int
-from ..server.cli import _non_negative_float
+from ..argtypes import non_negative_float, positive_int
 from ..server.settings import ServerSettings
 from . import DEFAULT_MAX_ONGOING_REQUESTS
 from .pairs_file import DEFAULT_BATCH_ROWS, FORMATS, PairColumns
@@ -46,7 +45,7 @@ def _init_ray(address: str | None) -> None:
 
 def add_score_pairs_command(subparsers: Any) -> None:
     """Register ``score-pairs`` on the CLI's subparsers (``argparse`` ``add_subparsers()`` result)."""
-    from ..cli import _add_model_arguments
+    from ..cli import add_model_arguments
 
     command = subparsers.add_parser(
         "score-pairs",
@@ -67,15 +66,15 @@ def add_score_pairs_command(subparsers: Any) -> None:
         "--batch-size", type=positive_int, default=DEFAULT_BATCH_ROWS,
         help=f"rows per scoring call (default: {DEFAULT_BATCH_ROWS})",
     )
-    _add_model_arguments(command)
+    add_model_arguments(command)
     ray = command.add_argument_group("Ray (with --ray)")
     ray.add_argument("--ray", action="store_true", help="score on a Ray cluster with an actor pool (the 'ray' extra)")
     ray.add_argument("--num-actors", type=positive_int, default=1, help="scoring actors, one model each (default: 1)")
     ray.add_argument(
-        "--num-cpus-per-actor", type=_non_negative_float, default=1.0, help="CPUs each actor holds (default: 1)"
+        "--num-cpus-per-actor", type=non_negative_float, default=1.0, help="CPUs each actor holds (default: 1)"
     )
     ray.add_argument(
-        "--num-gpus-per-actor", type=_non_negative_float, default=0.0, help="GPUs each actor holds (default: 0)"
+        "--num-gpus-per-actor", type=non_negative_float, default=0.0, help="GPUs each actor holds (default: 0)"
     )
     _add_cluster_argument(ray)
     command.set_defaults(handler=run_score_pairs)
@@ -142,10 +141,10 @@ def add_ray_serve_arguments(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--ray", action="store_true", help="serve from Ray Serve replicas instead of one process")
     ray.add_argument("--num-replicas", type=positive_int, default=1, help="replicas, one model each (default: 1)")
     ray.add_argument(
-        "--num-cpus-per-replica", type=_non_negative_float, default=1.0, help="CPUs each replica holds (default: 1)"
+        "--num-cpus-per-replica", type=non_negative_float, default=1.0, help="CPUs each replica holds (default: 1)"
     )
     ray.add_argument(
-        "--num-gpus-per-replica", type=_non_negative_float, default=0.0, help="GPUs each replica holds (default: 0)"
+        "--num-gpus-per-replica", type=non_negative_float, default=0.0, help="GPUs each replica holds (default: 0)"
     )
     ray.add_argument(
         "--max-replicas", type=positive_int, default=None,

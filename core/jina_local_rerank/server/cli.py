@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from ..argtypes import positive_int
+from ..argtypes import non_negative_float, positive_int
 from ..reranker import CHUNK_AGGREGATIONS, DEFAULT_MAX_BATCH_TOKENS, LONG_DOCUMENT_MODES
 from .settings import (
     API_KEY_ENV_VAR,
@@ -19,16 +19,6 @@ from .settings import (
 )
 
 LOOPBACK_HOSTS = ("localhost", "::1")
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def add_serve_command(subparsers: Any) -> None:
@@ -59,7 +49,7 @@ def add_serve_command(subparsers: Any) -> None:
     limits.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES, help=f"request body bytes (default: {DEFAULT_MAX_REQUEST_BYTES}; 413 over it)")
     limits.add_argument("--max-document-chars", type=positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help=f"characters per document and query (default: {DEFAULT_MAX_DOCUMENT_CHARS}; 413 over it)")
     batching = serve.add_argument_group("batching")
-    batching.add_argument("--batch-wait-ms", type=_non_negative_float, default=DEFAULT_BATCH_WAIT_MS, help=f"how long a batch waits for more requests, in milliseconds (default: {DEFAULT_BATCH_WAIT_MS})")
+    batching.add_argument("--batch-wait-ms", type=non_negative_float, default=DEFAULT_BATCH_WAIT_MS, help=f"how long a batch waits for more requests, in milliseconds (default: {DEFAULT_BATCH_WAIT_MS})")
     batching.add_argument("--batch-max-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS, help=f"token budget of one merged batch and of one forward pass, padded tokens (default: {DEFAULT_MAX_BATCH_TOKENS})")
     batching.add_argument("--batch-concurrency", type=positive_int, default=DEFAULT_CONCURRENT_BATCHES, help=f"merged batches scored at the same time, each in its own thread (default: {DEFAULT_CONCURRENT_BATCHES})")
     batching.add_argument("--no-batching", action="store_true", help="score each request on its own (no merging)")
