@@ -20,6 +20,11 @@ from .settings import (
 
 LOOPBACK_HOSTS = ("localhost", "::1")
 
+# Idle keep-alive connections stay open this long. uvicorn's default (5 s) equals the idle expiry of pooled
+# clients such as httpx, so a client could reuse a connection just as the server closed it (a ReadError on a
+# POST, which clients do not retry); outlasting the clients' expiry lets them close idle connections first.
+KEEP_ALIVE_SECONDS = 75
+
 
 def add_serve_command(subparsers: Any) -> None:
     """Register ``serve`` on the CLI's subparsers (``argparse`` ``add_subparsers()`` result)."""
@@ -118,7 +123,13 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         flush=True,
     )
     try:
-        uvicorn.run(create_app(reranker, settings), host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            create_app(reranker, settings),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        )
     except KeyboardInterrupt:
         # uvicorn re-raises SIGINT after its graceful shutdown; the server has already stopped cleanly.
         pass
