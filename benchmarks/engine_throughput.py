@@ -6,7 +6,9 @@
 Workloads (see workloads.py): W1 1 query x 100 passages of 24-360 words; W2 1 query x 4 documents of ~4,700
 tokens; W3 the README example end to end; MQ many queries x passages. Baselines: the engine's simplest path
 (padded batches of 32 in input order, same weights) and sentence-transformers' CrossEncoder on a random BERT of
-the same cost per token (6 x 384 MiniLM shape). Model FLOPs count the dense layers and attention per token.
+the same cost per token (6 x 384 MiniLM shape). Model FLOPs count the dense layers and attention of every token
+in every layer (the issue's formula); the engine executes fewer (the last layer for <s> only), so its model
+GFLOP/s can exceed the matmul rate. On CPU, int8's ranking change is measured on the parity checkpoints.
 """
 
 from __future__ import annotations
@@ -37,25 +39,31 @@ ORIGINAL = {"W1 tokens/s": 1056.0, "W2 s": 112.7, "W3 s": 0.107, "load s": 18.5,
 
 
 def median_seconds(run: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    return interleaved_medians({"run": run}, repeats, warm_up)["run"]
+
+
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, warm_up: bool = True) -> dict[str, float]:
+    """Median seconds of each run, taken in rounds (one of each per round) so machine drift hits all alike."""
     if warm_up:
-        run()
-    times = []
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
-def matmul_gflops(device: str, dtype: torch.dtype) -> float:
-    """The machine's large-matmul rate in this run (median of 10)."""
+def matmul_run(device: str, dtype: torch.dtype) -> tuple[Callable[[], object], float]:
+    """A large square matmul (4 of them) and its FLOPs: the machine's reference rate, timed among the workloads."""
     n = 2048 if device == "cpu" else 8192
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = median_seconds(lambda: a @ b, 10)
-    return 2 * n**3 / seconds / 1e9
+    return (lambda: [a @ b for _ in range(4)]), 4 * 2 * n**3
 
 
 def pair_flops(config: JinaBertConfig, length: int) -> float:
@@ -63,6 +71,49 @@ def pair_flops(config: JinaBertConfig, length: int) -> float:
     dense = 2 * layers * (4 * h * h + 3 * h * i)
     attention = 4 * h * layers * length
     return length * (dense + attention)
+
+
+def executed_flops(config: JinaBertConfig, length: int) -> float:
+    """FLOPs the engine runs for one pair: every layer but the last in full, then the last layer's keys and values."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = 2 * (4 * h * h + 3 * h * i) + 4 * h * length
+    return length * ((layers - 1) * per_layer + 2 * 2 * h * h)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (no ties expected among float logits)."""
+
+    def ranks(values: list[float]) -> list[int]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0] * len(values)
+        for rank, index in enumerate(order):
+            result[index] = rank
+        return result
+
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ranks(a), ranks(b))) / (n * (n * n - 1))
+
+
+def int8_agreement(parity_dir: Path) -> list[dict]:
+    """int8 against fp32 on every parity checkpoint and case with 3+ documents: ranking agreement and logit change."""
+    golden = json.loads((parity_dir / "golden.json").read_text())
+    rows = []
+    for name in sorted(golden["results"]):
+        fp32 = Reranker(parity_dir / name, device="cpu", dtype="float32")
+        int8 = Reranker(parity_dir / name, device="cpu", dtype="int8")
+        for case in golden["cases"]:
+            pairs = case.get("pairs") or []
+            if len(pairs) < 3 or not all(isinstance(document, str) for _, document in pairs):
+                continue
+            a = fp32.score_pairs(pairs, raw=True).logits
+            b = int8.score_pairs(pairs, raw=True).logits
+            top3 = [set(sorted(range(len(x)), key=lambda i, x=x: -x[i])[:3]) for x in (a, b)]
+            rows.append({
+                "checkpoint": name, "case": case["name"], "documents": len(pairs), "spread": max(a) - min(a),
+                "max_change": max(abs(x - y) for x, y in zip(a, b)), "spearman": spearman(a, b),
+                "top3": len(top3[0] & top3[1]),
+            })
+    return rows
 
 
 def padded_baseline(reranker: Reranker, query: str, documents: list[str], batch_size: int = 32) -> list[float]:
@@ -152,17 +203,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--many-queries", type=int, default=10, help="queries in the MQ run (x 50 passages)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of the W1 runs (medians are reported)")
+    parser.add_argument("--many-queries", type=int, default=None, help="queries in the MQ run (x 50 passages); "
+                        "default 10 on CPU, 1,000 on CUDA")
+    parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "parity",
+                        help="golden checkpoints for the int8 ranking check (CPU; skipped where absent)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="jlr-bench-") as directory:
+        run_benchmark(args, Path(directory))
+
+
+def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
+    """Every workload, baseline and process measurement; prints the tables (and writes ``--json``)."""
     device = args.device
     dtype = args.dtype or ("float32" if device == "cpu" else "bfloat16")
-    workdir = Path(tempfile.mkdtemp(prefix="jlr-bench-"))
+    many_queries = args.many_queries or (10 if device == "cpu" else 1000)
     checkpoint = write_random_checkpoint(workdir / "tiny", TINY_SHAPE, tokenizer_vocab=8000)
     reranker = Reranker(checkpoint, device=device, dtype=dtype)
     config = reranker.engine.model.config
-    peak = matmul_gflops(device, torch.float32 if dtype == "float32" else torch.bfloat16)
+    matmul, matmul_flops = matmul_run(device, torch.float32 if dtype == "float32" else torch.bfloat16)
     rows: list[dict] = []
 
     def add(workload: str, impl: str, seconds: float, pairs: list[list[str]] | tuple[str, list[str]]) -> None:
@@ -176,29 +236,38 @@ def main() -> None:
         lengths = [len(ids) for ids in encoded.input_ids]
         flops = sum(pair_flops(config, n) for n in lengths)
         rows.append({
-            "workload": workload, "impl": impl, "seconds": seconds, "pairs/s": len(pairs) / seconds,
+            "workload": workload, "impl": impl, "seconds": seconds, "pairs/s": len(pairs) / seconds, "tokens": sum(lengths),
+            "executed GFLOP": sum(executed_flops(config, n) for n in lengths) / 1e9,
             "tokens/s": sum(lengths) / seconds, "GFLOP/s": flops / seconds / 1e9,
             "% matmul": 100 * flops / seconds / 1e9 / peak,
         })
 
     w1 = workloads.w1()
     w1_pairs = [[w1[0], d] for d in w1[1]]
-    add("W1", f"engine {dtype}", median_seconds(lambda: reranker.score(*w1), args.repeats), w1)
-    if device == "cpu":
-        int8 = Reranker(checkpoint, device="cpu", dtype="int8")
-        add("W1", "engine int8", median_seconds(lambda: int8.score(*w1), args.repeats), w1)
-    add("W1", "baseline: padded batches of 32", median_seconds(lambda: padded_baseline(reranker, *w1), args.repeats), w1)
-    if device == "cpu":
-        cross_encoder = sentence_transformers_baseline(checkpoint, workdir)
-        if cross_encoder is not None:
-            add("W1", "baseline: sentence-transformers", median_seconds(lambda: cross_encoder(w1_pairs), args.repeats), w1)
+    int8 = Reranker(checkpoint, device="cpu", dtype="int8") if device == "cpu" else None
+    w1_runs = {"matmul": matmul, f"engine {dtype}": lambda: reranker.score(*w1)}
+    if int8 is not None:
+        w1_runs["engine int8"] = lambda: int8.score(*w1)
+    w1_runs["baseline: padded batches of 32"] = lambda: padded_baseline(reranker, *w1)
+    cross_encoder = sentence_transformers_baseline(checkpoint, workdir) if device == "cpu" else None
+    if cross_encoder is not None:
+        w1_runs["baseline: sentence-transformers"] = lambda: cross_encoder(w1_pairs)
+    w1_seconds = interleaved_medians(w1_runs, args.repeats)
+    peak = matmul_flops / w1_seconds.pop("matmul") / 1e9
+    for impl, seconds in w1_seconds.items():
+        add("W1", impl, seconds, w1)
     tokens_per_word = sum(len(i) for i in reranker.engine.tokenizer.tokenize(w1[1])) / sum(len(d.split()) for d in w1[1])
     w2 = workloads.w2(tokens_per_word)
     add("W2", f"engine {dtype}", median_seconds(lambda: reranker.score(*w2), 1, warm_up=False), w2)
-    add("W3", f"engine {dtype} (rerank, end to end)", median_seconds(
-        lambda: reranker.rerank(workloads.SEED_QUERY, workloads.SEED_DOCUMENTS), 30), (workloads.SEED_QUERY, workloads.SEED_DOCUMENTS))
-    mq = workloads.many_queries(args.many_queries, 50)
-    add("MQ", f"engine {dtype}, {args.many_queries} queries x 50", median_seconds(lambda: reranker.score_pairs(mq), 1, warm_up=False), mq)
+    w3 = (workloads.SEED_QUERY, workloads.SEED_DOCUMENTS)
+    w3_runs = {f"engine {dtype} (rerank, end to end)": lambda: reranker.rerank(*w3)}
+    if int8 is not None:
+        w3_runs["engine int8 (rerank, end to end)"] = lambda: int8.rerank(*w3)
+    for impl, seconds in interleaved_medians(w3_runs, 30).items():
+        add("W3", impl, seconds, w3)
+    mq = workloads.many_queries(many_queries, 50)
+    add("MQ", f"engine {dtype}, {many_queries} queries x 50", median_seconds(lambda: reranker.score_pairs(mq), 1, warm_up=False), mq)
+    agreement = int8_agreement(args.parity_dir) if device == "cpu" and (args.parity_dir / "golden.json").is_file() else []
 
     w2_file = workdir / "w2.json"
     w2_file.write_text(json.dumps(w2))
@@ -206,6 +275,7 @@ def main() -> None:
     w2_process = measure_process(checkpoint, device, dtype, w2_file)
 
     print(f"\nmachine: {torch.get_num_threads()} threads, {device}; measured matmul rate {peak:.1f} GFLOP/s "
+          f"(2,048-square, median over the W1 rounds) "
           f"({'fp32' if dtype == 'float32' else 'bf16'})")
     print(f"model: full tiny shape, {sum(p.numel() for p in reranker.engine.model.parameters()):,} parameters, "
           f"random weights; W1 mean pair length {rows[0]['tokens/s'] * rows[0]['seconds'] / 100:.0f} tokens\n")
@@ -224,6 +294,16 @@ def main() -> None:
         print(f"| W1 engine / original (issue's measurement) | {engine_w1 / ORIGINAL['W1 tokens/s']:.1f}x |")
         w2_row = next(r for r in rows if r["workload"] == "W2")
         print(f"| W2 original s (issue's measurement) / engine s | {ORIGINAL['W2 s'] / w2_row['seconds']:.1f}x |")
+    w3_row = next(r for r in rows if r["workload"] == "W3")
+    print(f"| W3: {w3_row['tokens']} tokens; their executed FLOPs at the measured matmul rate (ms) | "
+          f"{w3_row['executed GFLOP'] / peak * 1e3:.0f} |")
+    if agreement:
+        print("\n| int8 vs fp32: checkpoint / case | documents | fp32 logit spread | max abs logit change | "
+              "Spearman | top-3 agreement |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for a in agreement:
+            print(f"| {a['checkpoint']} / {a['case']} | {a['documents']} | {a['spread']:.3f} | {a['max_change']:.3f} | "
+                  f"{a['spearman']:.3f} | {a['top3']}/3 |")
     print("\n| process measurement (fresh process) | value |")
     print("|---|---:|")
     print(f"| import jina_local_rerank (s) | {loaded['import_s']:.2f} |")
@@ -232,7 +312,7 @@ def main() -> None:
     print(f"| W2 peak resident (MB) | {w2_process['peak_mb']:.0f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "matmul_gflops": peak, "process": loaded,
-                                               "w2_process": w2_process}, indent=2))
+                                               "w2_process": w2_process, "int8_agreement": agreement}, indent=2))
 
 
 if __name__ == "__main__":
