@@ -13,7 +13,6 @@ import torch
 from jina_local_rerank import Reranker, cached_engines
 from jina_local_rerank.batching import pack_batches
 from jina_local_rerank.devices import resolve_dtype
-from jina_local_rerank.engine import CPU_PASS_TOKENS
 from jina_local_rerank.reranker import best_first
 
 QUERY = "How do I sort a list in Python?"
@@ -147,21 +146,6 @@ def test_pack_batches_respects_budget_and_covers_every_index():
     for batch in batches:
         assert len(batch) * max(lengths[i] for i in batch) <= 400
         assert lengths[batch[0]] == max(lengths[i] for i in batch)
-
-
-def test_cpu_forward_passes_stay_within_the_cpu_pass_budget(reranker: Reranker):
-    """On CPUs a pass holds at most CPU_PASS_TOKENS, whatever max_batch_tokens allows; a longer pair goes alone."""
-    docs = [("word " * n).strip() for n in (CPU_PASS_TOKENS // 2 + 300, *range(50, 650, 20))]  # ~2 tokens a word
-    passes: list[list[int]] = []
-    handle = reranker.engine.model.register_forward_pre_hook(lambda _, args: passes.append(list(args[1])))
-    try:
-        result = reranker.score(QUERY, docs)
-    finally:
-        handle.remove()
-    assert reranker.max_batch_tokens > CPU_PASS_TOKENS
-    assert len(passes[0]) == 1 and passes[0][0] > CPU_PASS_TOKENS
-    assert all(len(lengths) * max(lengths) <= CPU_PASS_TOKENS for lengths in passes[1:])
-    assert sum(map(len, passes)) == len(docs) and not any(result.truncated)
 
 
 def test_long_documents_are_truncated_and_counted(small_window_checkpoint_dir: Path, caplog):
