@@ -34,6 +34,8 @@ from jina_local_rerank.config import JinaBertConfig  # noqa: E402
 from jina_local_rerank.model import alibi_bias  # noqa: E402
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 
+PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
+
 # The original remote code through sentence-transformers, measured on this 2-core machine (issue text).
 ORIGINAL = {"W1 tokens/s": 1056.0, "W2 s": 112.7, "W3 s": 0.107, "load s": 18.5, "load MB": 7070.0}
 
@@ -206,7 +208,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the W1 runs (medians are reported)")
     parser.add_argument("--many-queries", type=int, default=None, help="queries in the MQ run (x 50 passages); "
                         "default 10 on CPU, 1,000 on CUDA")
-    parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "parity",
+    parser.add_argument("--parity-dir", type=Path, default=PARITY_DIR,
                         help="golden checkpoints for the int8 ranking check (CPU; skipped where absent)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -236,7 +238,8 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
         lengths = [len(ids) for ids in encoded.input_ids]
         flops = sum(pair_flops(config, n) for n in lengths)
         rows.append({
-            "workload": workload, "impl": impl, "seconds": seconds, "pairs/s": len(pairs) / seconds, "tokens": sum(lengths),
+            "workload": workload, "impl": impl, "seconds": seconds, "pairs/s": len(pairs) / seconds,
+            "tokens": sum(lengths),
             "executed GFLOP": sum(executed_flops(config, n) for n in lengths) / 1e9,
             "tokens/s": sum(lengths) / seconds, "GFLOP/s": flops / seconds / 1e9,
             "% matmul": 100 * flops / seconds / 1e9 / peak,
@@ -266,8 +269,10 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     for impl, seconds in interleaved_medians(w3_runs, 30).items():
         add("W3", impl, seconds, w3)
     mq = workloads.many_queries(many_queries, 50)
-    add("MQ", f"engine {dtype}, {many_queries} queries x 50", median_seconds(lambda: reranker.score_pairs(mq), 1, warm_up=False), mq)
-    agreement = int8_agreement(args.parity_dir) if device == "cpu" and (args.parity_dir / "golden.json").is_file() else []
+    mq_seconds = median_seconds(lambda: reranker.score_pairs(mq), 1, warm_up=False)
+    add("MQ", f"engine {dtype}, {many_queries} queries x 50", mq_seconds, mq)
+    has_parity = device == "cpu" and (args.parity_dir / "golden.json").is_file()
+    agreement = int8_agreement(args.parity_dir) if has_parity else []
 
     w2_file = workdir / "w2.json"
     w2_file.write_text(json.dumps(w2))

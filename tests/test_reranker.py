@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from jina_local_rerank import Reranker, cached_engines
+import jina_local_rerank.model as model_module
 from jina_local_rerank.batching import pack_batches
 from jina_local_rerank.devices import resolve_dtype
 from jina_local_rerank.reranker import best_first
@@ -191,6 +192,20 @@ def test_int8_quantizes_linear_layers_and_keeps_the_ranking_close(checkpoint_dir
     )
     with pytest.raises(ValueError, match="runs on the CPU only"):
         resolve_dtype("int8", torch.device("cuda"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_row_blocks_leave_scores_unchanged(checkpoint_dir: Path, reranker: Reranker, monkeypatch, dtype):
+    """Dense layers run CPU_BLOCK_ROWS rows at a time, partial last block included, for float and int8 layers."""
+    scorer = Reranker(checkpoint_dir, device="cpu", dtype=dtype)
+    docs = [("sorted list " * n).strip() for n in (3, 40, 11, 25)]
+    whole = scorer.score(QUERY, docs, raw=True).logits
+    monkeypatch.setattr(model_module, "CPU_BLOCK_ROWS", 16)
+    blocked = scorer.score(QUERY, docs, raw=True).logits
+    # int8 quantizes activations per call, so its blocks get their own scales: close, not identical.
+    tolerance = 1e-5 if dtype == "float32" else 0.3
+    assert blocked == pytest.approx(whole, abs=tolerance)
+    assert blocked == pytest.approx(reranker.score(QUERY, docs, raw=True).logits, abs=tolerance)
 
 
 def test_half_precision_stays_close_to_fp32(checkpoint_dir: Path, reranker: Reranker):

@@ -126,17 +126,19 @@ class PackedBatch:
             self.band = alibi_band(slopes, self.block_rows, self.width)
 
     def exact_mask(self, rows: range, keys: range, heads: slice = slice(None)) -> torch.Tensor:
-        """ALiBi bias ``[1, heads, len(rows), len(keys)]`` between query ``rows`` and ``keys`` of one sequence (a view)."""
+        """ALiBi bias ``[1, heads, len(rows), len(keys)]`` from query ``rows`` to ``keys`` of a sequence (a view)."""
         start = self.width - 1 - rows.start
         return self.band[None, heads, : len(rows), start + keys.start : start + keys.stop]
 
 
-def _key_windows(q_rows: torch.Tensor, key_norm: torch.Tensor, slopes: torch.Tensor, rows: range, length: int) -> list[range]:
+def _key_windows(
+    q_rows: torch.Tensor, key_norm: torch.Tensor, slopes: torch.Tensor, rows: range, length: int
+) -> list[range]:
     """Per head, the keys whose attention weight from query ``rows`` can exceed e^-NEGLIGIBLE_LOGIT of the largest.
 
     ``q_rows`` is ``[1, heads, len(rows), d]``, ``key_norm`` the largest key norm per head. Each row attends to
-    itself, and ``q.k_j - q.k_i <= |q| (|k_j| + |k_i|)``, so beyond ``(2 |q| max|k| scale + NEGLIGIBLE_LOGIT) / slope``
-    tokens the ALiBi penalty alone makes a key negligible.
+    itself, and ``q.k_j - q.k_i <= |q| (|k_j| + |k_i|)``, so beyond
+    ``(2 |q| max|k| scale + NEGLIGIBLE_LOGIT) / slope`` tokens the ALiBi penalty alone makes a key negligible.
     """
     spread = 2 * q_rows[0].norm(dim=-1).amax(-1) * key_norm / math.sqrt(q_rows.shape[-1])
     reach = ((spread + NEGLIGIBLE_LOGIT) / slopes).nan_to_num(nan=length).clamp(max=length).ceil()
