@@ -68,18 +68,21 @@ def matmul_run(device: str, dtype: torch.dtype) -> tuple[Callable[[], object], f
     return (lambda: [a @ b for _ in range(4)]), 4 * 2 * n**3
 
 
+def layer_flops_per_token(config: JinaBertConfig, length: int) -> float:
+    """One layer's FLOPs per token of an ``length``-token pair: its dense layers plus attention."""
+    h, i = config.hidden_size, config.intermediate_size
+    return 2 * (4 * h * h + 3 * h * i) + 4 * h * length
+
+
 def pair_flops(config: JinaBertConfig, length: int) -> float:
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    dense = 2 * layers * (4 * h * h + 3 * h * i)
-    attention = 4 * h * layers * length
-    return length * (dense + attention)
+    """The model's FLOPs for one pair (the issue's formula): every layer for every token."""
+    return length * config.num_hidden_layers * layer_flops_per_token(config, length)
 
 
 def executed_flops(config: JinaBertConfig, length: int) -> float:
     """FLOPs the engine runs for one pair: every layer but the last in full, then the last layer's keys and values."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    per_layer = 2 * (4 * h * h + 3 * h * i) + 4 * h * length
-    return length * ((layers - 1) * per_layer + 2 * 2 * h * h)
+    h = config.hidden_size
+    return length * ((config.num_hidden_layers - 1) * layer_flops_per_token(config, length) + 2 * 2 * h * h)
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import random
 import re
+import sys
+from pathlib import Path
 
-SEED_QUERY = "Organic skincare products for sensitive skin"
-SEED_DOCUMENTS = [
-    "Eco-friendly kitchenware for modern homes",
-    "Biodegradable cleaning supplies for eco-conscious consumers",
-    "Organic cotton baby clothes for sensitive skin",
-    "Natural organic skincare range for sensitive skin",
-    "Tech gadgets for smart homes: 2024 edition",
-    "Sustainable gardening tools and compost solutions",
-    "Sensitive skin-friendly facial cleansers and toners",
-    "Organic food wraps and storage solutions",
-    "All-natural pet food for dogs with allergies",
-    "Yoga mats made from recycled materials",
-]
+# W3 is the model card's example, as examples/quickstart.py runs it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from quickstart import DOCUMENTS as SEED_DOCUMENTS  # noqa: E402
+from quickstart import QUERY as SEED_QUERY  # noqa: E402
 
 
 def _words() -> list[str]:

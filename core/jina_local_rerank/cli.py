@@ -102,19 +102,23 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def reranker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``Reranker`` keyword arguments from a subcommand's model options (``--model`` itself excluded)."""
+    return {
+        "revision": args.revision,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_length": args.max_length,
+        "max_batch_tokens": args.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
+        "long_document": args.long_document,
+        "chunk_stride": args.chunk_stride,
+        "chunk_aggregation": args.chunk_aggregation,
+    }
+
+
 def reranker_from_args(args: argparse.Namespace) -> Reranker:
     """The ``Reranker`` that a subcommand's model options (``--model``, ``--device``, ...) describe."""
-    return Reranker(
-        args.model,
-        revision=args.revision,
-        device=args.device,
-        dtype=args.dtype,
-        max_length=args.max_length,
-        max_batch_tokens=args.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
-        long_document=args.long_document,
-        chunk_stride=args.chunk_stride,
-        chunk_aggregation=args.chunk_aggregation,
-    )
+    return Reranker(args.model, **reranker_options(args))
 
 
 def _run_rerank(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:

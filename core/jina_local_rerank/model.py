@@ -161,12 +161,13 @@ def _attention_exact(
         query_start, query_rows = (index, 1) if first_only else (start, length)
         qs = q[query_start : query_start + query_rows].transpose(0, 1)[None]
         windowed = length >= WINDOWED_MIN_LENGTH
-        key_norm = ks[0].norm(dim=-1).amax(-1) if windowed else None
+        if windowed:
+            key_norm = ks[0].norm(dim=-1).amax(-1)
         step = min(batch.block_rows, WINDOWED_BLOCK_ROWS) if windowed else batch.block_rows
         for first in range(0, query_rows, step):
             rows = range(first, min(query_rows, first + step))
             q_rows, target = qs[:, :, rows.start : rows.stop], out[query_start + rows.start : query_start + rows.stop]
-            windows = [] if key_norm is None else _key_windows(q_rows, key_norm, batch.slopes, rows, length)
+            windows = _key_windows(q_rows, key_norm, batch.slopes, rows, length) if windowed else []
             if all(len(keys) == length for keys in windows):
                 context = F.scaled_dot_product_attention(
                     q_rows, ks, vs, attn_mask=batch.exact_mask(rows, range(length))

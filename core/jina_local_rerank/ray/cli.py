@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..reranker import DEFAULT_MAX_BATCH_TOKENS, Reranker
 from ..argtypes import non_negative_float, positive_int
 from ..server.settings import ServerSettings
 from . import DEFAULT_MAX_ONGOING_REQUESTS
@@ -80,22 +79,10 @@ def add_score_pairs_command(subparsers: Any) -> None:
     command.set_defaults(handler=run_score_pairs)
 
 
-def _reranker_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``Reranker`` keyword arguments from the model flags (``--model`` excluded)."""
-    return {
-        "revision": args.revision,
-        "device": args.device,
-        "dtype": args.dtype,
-        "max_length": args.max_length,
-        "max_batch_tokens": args.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
-        "long_document": args.long_document,
-        "chunk_stride": args.chunk_stride,
-        "chunk_aggregation": args.chunk_aggregation,
-    }
-
-
 def run_score_pairs(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     """``score-pairs``: score the input file's rows in process or on Ray, print a JSON summary."""
+    from ..cli import reranker_from_args, reranker_options  # the main CLI imports this module
+
     columns = PairColumns(args.query_column, args.document_column, args.score_column)
     common = {
         "columns": columns,
@@ -116,13 +103,13 @@ def run_score_pairs(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> 
             batch_size=args.batch_size,
             num_cpus_per_actor=args.num_cpus_per_actor,
             num_gpus_per_actor=args.num_gpus_per_actor,
-            reranker_options=_reranker_options(args),
+            reranker_options=reranker_options(args),
             **common,
         )
     else:
         from .pairs_file import score_pairs_file_local
 
-        reranker = Reranker(args.model, **_reranker_options(args))
+        reranker = reranker_from_args(args)
         try:
             rows = score_pairs_file_local(
                 args.input, args.output, reranker=reranker, batch_rows=args.batch_size, **common

@@ -55,7 +55,7 @@ def add_serve_command(subparsers: Any) -> None:
     limits.add_argument("--max-document-chars", type=positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help=f"characters per document and query (default: {DEFAULT_MAX_DOCUMENT_CHARS}; 413 over it)")
     batching = serve.add_argument_group("batching")
     batching.add_argument("--batch-wait-ms", type=non_negative_float, default=DEFAULT_BATCH_WAIT_MS, help=f"how long a batch waits for more requests, in milliseconds (default: {DEFAULT_BATCH_WAIT_MS})")
-    batching.add_argument("--batch-max-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS, help=f"token budget of one merged batch and of one forward pass, padded tokens (default: {DEFAULT_MAX_BATCH_TOKENS})")
+    batching.add_argument("--batch-max-tokens", dest="max_batch_tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS, help=f"token budget of one merged batch and of one forward pass, padded tokens (default: {DEFAULT_MAX_BATCH_TOKENS})")
     batching.add_argument("--batch-concurrency", type=positive_int, default=DEFAULT_CONCURRENT_BATCHES, help=f"merged batches scored at the same time, each in its own thread (default: {DEFAULT_CONCURRENT_BATCHES})")
     batching.add_argument("--no-batching", action="store_true", help="score each request on its own (no merging)")
     from ..ray.cli import add_ray_serve_arguments  # here: ray.cli imports this module
@@ -80,19 +80,11 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
             "pip install 'jina-local-rerank[server]'"
         ) from None
     from ..checkpoint import default_model
+    from ..cli import reranker_options
     from ..reranker import Reranker
     from .settings import ServerSettings, default_served_names
 
-    reranker_options = {
-        "revision": args.revision,
-        "device": args.device,
-        "dtype": args.dtype,
-        "max_length": args.max_length,
-        "max_batch_tokens": args.batch_max_tokens,
-        "long_document": args.long_document,
-        "chunk_stride": args.chunk_stride,
-        "chunk_aggregation": args.chunk_aggregation,
-    }
+    options = reranker_options(args)
     model = default_model() if args.model is None else args.model
     settings = ServerSettings(
         served_model_names=tuple(args.served_model_name or default_served_names(model)),
@@ -107,9 +99,9 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     if args.ray:
         from ..ray.cli import run_serve_on_ray
 
-        run_serve_on_ray(args, reranker_options, settings)
+        run_serve_on_ray(args, options, settings)
         return
-    reranker = Reranker(model, **reranker_options)
+    reranker = Reranker(model, **options)
     if not settings.api_key and args.host not in LOOPBACK_HOSTS and not args.host.startswith("127."):
         print(
             f"jina-local-rerank: warning: listening on {args.host} without an API key; anyone who can reach "
