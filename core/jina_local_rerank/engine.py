@@ -6,19 +6,25 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .batching import pack_batches
 from .checkpoint import load_checkpoint, resolve_model_dir
+from .cpu_workers import cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
 from .model import JinaBertForReranking
 from .tokenization import PairTokenizer
 
 
 PROGRESS_MIN_SEQUENCES = 256
+
+# CPU workers take batches of the input split in CPU_WORKER_BATCHES per thread (more pieces balance the threads'
+# loads better), of padded tokens within CPU_WORKER_BATCH_TOKENS (fewer and larger batches run more efficiently).
+CPU_WORKER_BATCHES = 4
+CPU_WORKER_BATCH_TOKENS = (1024, 4096)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,24 @@ class ScoringEngine:
         """The model's window in tokens (``max_position_embeddings``, 8192 for the v1 family)."""
         return self.model.config.max_position_embeddings
 
+    def _schedule(
+        self, lengths: list[int], max_batch_tokens: int
+    ) -> tuple[list[list[int]], Callable[..., Iterable[list[float]]]]:
+        """Batches of sequence indices and the ``map`` that scores them: in this thread, or on CPU workers.
+
+        With several CPU threads, batches are cut smaller (see ``CPU_WORKER_BATCHES``) and, if
+        there are at least as many as threads, scored side by side by single-threaded workers.
+        """
+        batches = pack_batches(lengths, max_batch_tokens)
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if workers > 1:
+            smallest, largest = CPU_WORKER_BATCH_TOKENS
+            budget = min(max_batch_tokens, max(smallest, min(largest, sum(lengths) // (CPU_WORKER_BATCHES * workers))))
+            cut = pack_batches(lengths, budget)
+            if len(cut) >= workers:
+                return cut, cpu_worker_pool(workers).map
+        return batches, map
+
     def logits(
         self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: bool = False
     ) -> list[float]:
@@ -78,12 +102,17 @@ class ScoringEngine:
             unit="pair",
             disable=not show_progress or len(distinct) < PROGRESS_MIN_SEQUENCES,
         )
-        with progress, torch.inference_mode():
-            for batch in pack_batches([len(s) for s in distinct], max_batch_tokens):
-                members = [distinct[i] for i in batch]
-                input_ids = torch.tensor([token for seq in members for token in seq], device=self.device)
-                logits = self.model(input_ids, [len(seq) for seq in members], self.padded_attention)
-                for index, value in zip(batch, logits.tolist()):
+        batches, mapper = self._schedule([len(seq) for seq in distinct], max_batch_tokens)
+
+        def batch_logits(batch: list[int]) -> list[float]:
+            members = [distinct[i] for i in batch]
+            input_ids = torch.tensor([token for seq in members for token in seq], device=self.device)
+            with torch.inference_mode():
+                return self.model(input_ids, [len(seq) for seq in members], self.padded_attention).tolist()
+
+        with progress:
+            for batch, logits in zip(batches, mapper(batch_logits, batches)):
+                for index, value in zip(batch, logits):
                     results[index] = value
                 progress.update(len(batch))
         return [results[slot] for slot in owner]

@@ -1,0 +1,99 @@
+"""CPU workers: batches scored side by side by single-threaded threads, with the caller's thread settings intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from jina_local_rerank import Reranker
+
+QUERY = "how do I sort a list in python"
+# About 6,000 tokens in 60 pairs of different lengths: several worker batches on two threads.
+MANY_DOCS = [("sorted returns a new list " * (4 + n % 40)).strip() for n in range(60)]
+
+
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def threads_seen(reranker: Reranker, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record, for each forward pass, the thread that runs it and that thread's torch thread count."""
+    seen: list[tuple[str, int]] = []
+    forward = reranker.engine.model.forward
+
+    def recording_forward(*args, **kwargs):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(reranker.engine.model, "forward", recording_forward)
+    return seen
+
+
+def thread_count_of_a_new_thread() -> int:
+    counts: list[int] = []
+    thread = threading.Thread(target=lambda: counts.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return counts[0]
+
+
+def test_many_batches_run_on_single_threaded_workers(checkpoint_dir: Path, two_threads, monkeypatch):
+    reranker = Reranker(checkpoint_dir, device="cpu")
+    seen = threads_seen(reranker, monkeypatch)
+    parallel = reranker.score(QUERY, MANY_DOCS, raw=True).logits
+    assert len(seen) >= 2
+    assert all(name.startswith("jina-local-rerank-cpu") and count == 1 for name, count in seen)
+    # The caller and threads started later keep two threads.
+    assert torch.get_num_threads() == 2
+    assert thread_count_of_a_new_thread() == 2
+
+    seen.clear()
+    torch.set_num_threads(1)
+    serial = reranker.score(QUERY, MANY_DOCS, raw=True).logits
+    assert {name for name, _ in seen} == {threading.current_thread().name}
+    assert parallel == pytest.approx(serial, abs=1e-5)
+
+
+def test_a_single_batch_runs_in_the_calling_thread(checkpoint_dir: Path, two_threads, monkeypatch):
+    reranker = Reranker(checkpoint_dir, device="cpu")
+    seen = threads_seen(reranker, monkeypatch)
+    reranker.score(QUERY, MANY_DOCS[:3])
+    assert seen == [(threading.current_thread().name, 2)]
+
+
+def test_a_forked_child_scores_with_its_own_workers(checkpoint_dir: Path, two_threads):
+    """A child forked after the workers started (gunicorn, multiprocessing) does not wait on its parent's threads."""
+    reranker = Reranker(checkpoint_dir, device="cpu")
+    expected = reranker.score(QUERY, MANY_DOCS, raw=True).logits
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.write(write_end, json.dumps(reranker.score(QUERY, MANY_DOCS, raw=True).logits).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    received = b""
+    with os.fdopen(read_end, "rb") as pipe:
+        while select.select([pipe], [], [], 60)[0]:
+            chunk = pipe.read1(1 << 16)
+            if not chunk:
+                break
+            received += chunk
+        else:
+            os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    assert received, "the forked child did not finish scoring within 60 s"
+    assert json.loads(received) == pytest.approx(expected, abs=1e-5)
