@@ -122,11 +122,17 @@ class PackedBatch:
                 self.key_bias[row, length:] = torch.finfo(torch.float32).min
             if self.block_rows == self.width:
                 self.bias = alibi_bias(slopes, range(self.width), self.width)[None] + self.key_bias[:, None, None, :]
+        elif self.block_rows == self.width:
+            # Every sequence's bias is a corner of one square: rows only ``width`` apart, which the CPU flash kernel
+            # reads faster than the band's rows ``2 * width - 1`` apart.
+            self.square = alibi_bias(slopes, range(self.width), self.width)
         else:
             self.band = alibi_band(slopes, self.block_rows, self.width)
 
     def exact_mask(self, rows: range, keys: range, heads: slice = slice(None)) -> torch.Tensor:
         """ALiBi bias ``[1, heads, len(rows), len(keys)]`` from query ``rows`` to ``keys`` of a sequence (a view)."""
+        if self.block_rows == self.width:
+            return self.square[None, heads, rows.start : rows.stop, keys.start : keys.stop]
         start = self.width - 1 - rows.start
         return self.band[None, heads, : len(rows), start + keys.start : start + keys.stop]
 
