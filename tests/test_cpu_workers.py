@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from jina_local_rerank import Reranker
 
 QUERY = "how do I sort a list in python"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -17,7 +17,6 @@ from .cpu_workers import cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
 from .model import JinaBertForReranking
 from .tokenization import PairTokenizer
-
 
 PROGRESS_MIN_SEQUENCES = 256
 
