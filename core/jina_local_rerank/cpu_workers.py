@@ -8,6 +8,7 @@ own setting.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,17 @@ def _single_threaded() -> None:
         restore.join()
 
 
+@functools.cache
+def _per_thread_counts() -> bool:
+    """Whether torch's intra-op thread count is per thread: its OpenMP backend (the standard builds)."""
+    return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def cpu_worker_count() -> int:
+    """How many workers the calling thread's torch thread count asks for (1 where counts are not per thread)."""
+    return torch.get_num_threads() if _per_thread_counts() else 1
+
+
 def cpu_worker_pool(workers: int) -> ThreadPoolExecutor:
     """The process-wide pool of ``workers`` threads that each run torch operations on a single thread."""
     with _pools_lock:
@@ -41,5 +53,6 @@ def cpu_worker_pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
-# A forked child has none of the parent's threads: it starts its own pools.
-os.register_at_fork(after_in_child=_pools.clear)
+# A forked child has none of its parent's threads: it starts its own pools (fork is POSIX only).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pools.clear)

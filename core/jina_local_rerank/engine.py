@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .batching import pack_batches
 from .checkpoint import load_checkpoint, resolve_model_dir
-from .cpu_workers import cpu_worker_pool
+from .cpu_workers import cpu_worker_count, cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
 from .model import JinaBertForReranking
 from .tokenization import PairTokenizer
@@ -74,7 +74,7 @@ class ScoringEngine:
         there are at least as many as threads, scored side by side by single-threaded workers.
         """
         batches = pack_batches(lengths, max_batch_tokens)
-        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        workers = cpu_worker_count() if self.device.type == "cpu" else 1
         if workers > 1:
             smallest, largest = CPU_WORKER_BATCH_TOKENS
             budget = min(max_batch_tokens, max(smallest, min(largest, sum(lengths) // (CPU_WORKER_BATCHES * workers))))
