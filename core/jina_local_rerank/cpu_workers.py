@@ -1,7 +1,7 @@
 """Single-threaded CPU worker threads, so that independent batches run side by side, one per core.
 
 On CPUs a batch's small GEMMs and per-sequence attention calls scale poorly across threads; a batch per core keeps
-every core busy without that synchronization (W1 in ``benchmarks/engine_throughput.py``: about 15% faster on two
+every core busy without that synchronization (W1 in ``benchmarks/engine_throughput.py``: 10-15% faster on two
 cores). torch's intra-op thread count is per thread, so the workers run one thread each while the caller keeps its
 own setting.
 """

@@ -73,7 +73,6 @@ class ScoringEngine:
         With several CPU threads, batches are cut smaller (see ``CPU_WORKER_BATCHES``) and, if
         there are at least as many as threads, scored side by side by single-threaded workers.
         """
-        batches = pack_batches(lengths, max_batch_tokens)
         workers = cpu_worker_count() if self.device.type == "cpu" else 1
         if workers > 1:
             smallest, largest = CPU_WORKER_BATCH_TOKENS
@@ -81,7 +80,7 @@ class ScoringEngine:
             cut = pack_batches(lengths, budget)
             if len(cut) >= workers:
                 return cut, cpu_worker_pool(workers).map
-        return batches, map
+        return pack_batches(lengths, max_batch_tokens), map
 
     def logits(
         self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: bool = False
