@@ -136,7 +136,7 @@ def test_windows_fit_the_batch_budget(small_window_checkpoint_dir: Path) -> None
     rng = random.Random(3)  # aperiodic texts: no two windows are the same sequence (the engine scores those once)
     documents = [" ".join(rng.choices(WORDS, k=length)) for length in (300, 150, 5, 170)]
     batches: list[list[int]] = []  # the sequence lengths of each forward pass
-    handle = chunking.engine.model.register_forward_pre_hook(lambda _, args: batches.append(list(args[1])))
+    handle = chunking.engine.model.register_forward_pre_hook(lambda _, args: batches.append(args[1].lengths))
     try:
         result = chunking.score(QUERY, documents)
     finally:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jina_local_rerank import Reranker
+from jina_local_rerank.attention import ExactLengthAttention, PaddedAttention
 
 CHECKPOINTS = ("tiny", "turbo", "heads8")
 ATOL = 1e-4
@@ -24,16 +25,17 @@ def parity_reranker(request: pytest.FixtureRequest, parity_dir: Path) -> tuple[s
     return request.param, Reranker(parity_dir / request.param, device="cpu", dtype="float32")
 
 
-@pytest.mark.parametrize("padded_attention", [False, True], ids=["exact-length", "padded"])
-def test_model_matches_golden_logits_on_golden_inputs(parity_reranker, golden, padded_attention):
+@pytest.mark.parametrize("mode", [ExactLengthAttention, PaddedAttention], ids=["exact-length", "padded"])
+def test_model_matches_golden_logits_on_golden_inputs(parity_reranker, golden, mode):
     """Both attention paths (per-sequence for CPUs, one padded batch for GPUs) reproduce the original."""
     name, reranker = parity_reranker
     for case in golden["cases"]:
         expected = golden["results"][name][case["name"]]
         lengths = expected["seq_lens"]
         packed = [t for ids, n in zip(expected["input_ids"], lengths) for t in ids[:n]]
+        model = reranker.engine.model
         with torch.inference_mode():
-            logits = reranker.engine.model(torch.tensor(packed), lengths, padded_attention)
+            logits = model(torch.tensor(packed), mode(lengths, model.alibi_slopes))
         error = (logits - torch.tensor(expected["logits"])).abs().max().item()
         assert error < ATOL, f"{name}/{case['name']}: max |logit error| {error:.2e}"
 

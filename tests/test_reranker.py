@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jina_local_rerank import Reranker, cached_engines
-import jina_local_rerank.model as model_module
+import jina_local_rerank.row_blocks as row_blocks_module
 from jina_local_rerank.batching import pack_batches
 from jina_local_rerank.devices import resolve_dtype
 from jina_local_rerank.reranker import best_first
@@ -200,7 +200,7 @@ def test_row_blocks_leave_scores_unchanged(checkpoint_dir: Path, reranker: Reran
     scorer = Reranker(checkpoint_dir, device="cpu", dtype=dtype)
     docs = [("sorted list " * n).strip() for n in (3, 40, 11, 25)]
     whole = scorer.score(QUERY, docs, raw=True).logits
-    monkeypatch.setattr(model_module, "CPU_BLOCK_ROWS", 16)
+    monkeypatch.setattr(row_blocks_module, "CPU_BLOCK_ROWS", 16)
     blocked = scorer.score(QUERY, docs, raw=True).logits
     # int8 quantizes activations per call, so its blocks get their own scales: close, not identical.
     tolerance = 1e-5 if dtype == "float32" else 0.3

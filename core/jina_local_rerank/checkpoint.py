@@ -16,7 +16,8 @@ import torch
 
 from .config import JinaBertConfig
 from .errors import CheckpointError, ModelNotFoundError
-from .model import JinaBertForReranking, alibi_slopes
+from .attention import alibi_slopes
+from .model import JinaBertForReranking
 
 DEFAULT_MODEL = "jinaai/jina-reranker-v1-tiny-en"
 MODEL_ENV_VAR = "JINA_LOCAL_RERANK_MODEL"

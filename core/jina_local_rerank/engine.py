@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .attention import ExactLengthAttention, PackedAttention, PaddedAttention
 from .batching import pack_batches
 from .checkpoint import load_checkpoint, resolve_model_dir
 from .cpu_workers import cpu_worker_count, cpu_worker_pool
@@ -58,7 +59,7 @@ class ScoringEngine:
         self.device = next(model.parameters()).device
         self.dtype = dtype  # torch.qint8 for a dynamically quantized model
         # One padded attention call per batch suits GPUs; per-sequence exact-length attention suits CPUs.
-        self.padded_attention = self.device.type != "cpu"
+        self.attention: type[PackedAttention] = ExactLengthAttention if self.device.type == "cpu" else PaddedAttention
 
     @property
     def max_length(self) -> int:
@@ -105,8 +106,9 @@ class ScoringEngine:
         def batch_logits(batch: list[int]) -> list[float]:
             members = [distinct[i] for i in batch]
             input_ids = torch.tensor([token for seq in members for token in seq], device=self.device)
+            attention = self.attention([len(seq) for seq in members], self.model.alibi_slopes)
             with torch.inference_mode():
-                return self.model(input_ids, [len(seq) for seq in members], self.padded_attention).tolist()
+                return self.model(input_ids, attention).tolist()
 
         with progress:
             for batch, logits in zip(batches, mapper(batch_logits, batches)):
