@@ -31,7 +31,8 @@ import ray  # noqa: E402
 from jina_local_rerank import Reranker  # noqa: E402
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 from jina_local_rerank.ray.batch import score_pairs_file  # noqa: E402
-from jina_local_rerank.ray.pairs_file import score_pairs_file_local  # noqa: E402
+from jina_local_rerank.pairs_file import score_pairs_file_local  # noqa: E402
+from jina_local_rerank.options import RerankerOptions  # noqa: E402
 
 
 def write_input(path: Path, pairs: int, max_words: int) -> None:
@@ -79,10 +80,9 @@ def main() -> None:
         score_pairs_file(
             source,
             workdir / f"ray{actors}.jsonl",
-            model=model,
+            options=RerankerOptions(model=model, device="cpu"),
             num_actors=actors,
             batch_size=args.batch_size,
-            reranker_options={"device": "cpu"},
         )
         # Ray gives an actor of 1 CPU one intra-op thread (OMP_NUM_THREADS=1).
         rows.append((f"Ray Data, {actors} actor{'s' if actors > 1 else ''}", actors, 1, time.perf_counter() - started))

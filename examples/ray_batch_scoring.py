@@ -18,6 +18,7 @@ from pathlib import Path
 
 import ray
 
+from jina_local_rerank import RerankerOptions
 from jina_local_rerank.ray import score_pairs_file
 
 QUERIES = [
@@ -53,7 +54,7 @@ def main() -> None:
 
     # A single-machine instance on loopback; ray.init(address="auto") joins a running cluster instead.
     ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    rows = score_pairs_file(pairs, scored, model=args.model, num_actors=1)
+    rows = score_pairs_file(pairs, scored, options=RerankerOptions(model=args.model), num_actors=1)
     ray.shutdown()
 
     print(f"scored {rows} pairs into {scored.name}")

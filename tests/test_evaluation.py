@@ -281,7 +281,7 @@ def test_malformed_run_files(tmp_path: Path, content: str, message: str) -> None
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DatasetError, match=message):
         read_trec_run(path)
-    with pytest.raises(DatasetError, match="not found"):
+    with pytest.raises(DatasetError, match="missing.trec does not exist"):
         read_trec_run(tmp_path / "missing.trec")
 
 
@@ -399,9 +399,10 @@ def test_cli_round_trip_with_bm25_and_chunking(
     pytest.importorskip("bm25s")
     out = tmp_path / "eval.json"
     model = ["--model", str(small_window_checkpoint_dir), "--device", "cpu", "--long-document", "chunk"]
-    done = run_cli("eval", str(dataset_dir), "--bm25", "--top-k", "5", "--json", str(out), "--per-query", *model)
+    args = ["--bm25", "--top-k", "5", "--json", str(out), "--per-query", "--progress"]
+    done = run_cli("eval", str(dataset_dir), *args, *model)
     assert done.returncode == 0, done.stderr
-    assert "reranking" in done.stderr  # the progress bar
+    assert "reranking" in done.stderr  # the progress bar, shown from the start with --progress
     for row in ("metric", "ndcg@10", "mrr@10", "recall@5", "hit_rate@5", "time (s)"):
         assert f"\n{row}" in done.stdout
     assert "recall@10" not in done.stdout  # a depth past top-k would only repeat recall@5

@@ -24,7 +24,7 @@ from types import ModuleType
 import pytest
 
 from jina_local_rerank import Reranker
-from jina_local_rerank.reranker import best_first
+from jina_local_rerank.ranking import best_first
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "examples"

@@ -19,7 +19,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from pydantic import ValidationError
 
 from jina_local_rerank import Reranker
-from jina_local_rerank.reranker import best_first
+from jina_local_rerank.ranking import best_first
 from langchain_jina_local_rerank import JinaLocalCrossEncoder, JinaLocalRerank
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

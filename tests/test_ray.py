@@ -30,8 +30,9 @@ from ray import serve
 
 from jina_local_rerank import Reranker
 from jina_local_rerank.cli import main
+from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.ray import PairColumns, build_app, score_pairs_file
-from jina_local_rerank.reranker import best_first
+from jina_local_rerank.ranking import best_first
 from jina_local_rerank.server.settings import ServerSettings
 
 pytestmark = pytest.mark.ray
@@ -101,10 +102,9 @@ def test_batch_job_scores_3000_pairs_like_the_engine_in_row_order(
     rows = score_pairs_file(
         tmp_path / "pairs.jsonl",
         tmp_path / "scored.jsonl",
-        model=checkpoint_dir,
+        options=RerankerOptions(model=checkpoint_dir, device="cpu"),
         num_actors=2,  # 2 actors x 1 CPU hold the whole cluster: reads must still get to run
         batch_size=200,
-        reranker_options={"device": "cpu"},
     )
     assert rows == 3000
     assert_scored(read_rows(tmp_path / "scored.jsonl"), records, engine)
@@ -118,7 +118,7 @@ def test_batch_job_names_a_missing_column_before_scoring(
         score_pairs_file(
             tmp_path / "pairs.jsonl",
             tmp_path / "scored.jsonl",
-            model=checkpoint_dir,
+            options=RerankerOptions(model=checkpoint_dir),
             columns=PairColumns(document="passage"),
         )
 
@@ -127,7 +127,9 @@ def test_batch_job_names_a_null_document(ray_cluster: None, checkpoint_dir: Path
     rows = [{"query": "q", "document": "d"}, {"query": "q", "document": None}]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     with pytest.raises(ValueError, match=r"null values in the input: 'document' in 1 row\(s\)"):
-        score_pairs_file(tmp_path / "pairs.jsonl", tmp_path / "scored.jsonl", model=checkpoint_dir)
+        score_pairs_file(
+            tmp_path / "pairs.jsonl", tmp_path / "scored.jsonl", options=RerankerOptions(model=checkpoint_dir)
+        )
 
 
 def run_cli(argv: list[str]) -> tuple[int, dict[str, Any] | None]:
@@ -202,7 +204,7 @@ SERVE_PREFIX = "/rerank-test"
 def app(serve_port: int, checkpoint_dir: Path) -> Iterator[ServeApp]:
     """One Serve app (1 replica of 1 CPU) for the tests of a class, deleted after them."""
     settings = ServerSettings(served_model_names=("jina-reranker-test",), batch_wait_ms=20)
-    application = build_app(checkpoint_dir, reranker_options={"device": "cpu"}, settings=settings)
+    application = build_app(RerankerOptions(model=checkpoint_dir, device="cpu"), settings=settings)
     serve.run(application, name="rerank-test", route_prefix=SERVE_PREFIX)
     yield ServeApp(serve_port, SERVE_PREFIX)
     serve.delete("rerank-test")

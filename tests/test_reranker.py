@@ -14,7 +14,7 @@ from jina_local_rerank import Reranker, cached_engines
 import jina_local_rerank.row_blocks as row_blocks_module
 from jina_local_rerank.batching import pack_batches
 from jina_local_rerank.devices import resolve_dtype
-from jina_local_rerank.reranker import best_first
+from jina_local_rerank.ranking import best_first
 
 QUERY = "How do I sort a list in Python?"
 DOCS = [
@@ -105,7 +105,7 @@ def test_bad_input_names_the_argument(reranker: Reranker, call, error, message):
     [
         ({"device": "tpu"}, "device 'tpu'"),
         ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "cuda:99"}, "device 'cuda"),
-        ({"dtype": "int4"}, "dtype 'int4'"),
+        ({"dtype": "int4"}, "dtype must be one of .*got 'int4'"),
         ({"max_batch_tokens": 100}, "max_batch_tokens 100 is smaller than one pair"),
         ({"max_length": 10_000}, "exceeds the model's window"),
         ({"max_length": 0}, "max_length must be >= 1"),

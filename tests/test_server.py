@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from jina_local_rerank import Reranker
-from jina_local_rerank.reranker import best_first
+from jina_local_rerank.ranking import best_first
 from jina_local_rerank.server.batcher import MicroBatcher
 from jina_local_rerank.server.schemas import JinaRerankRequest, jina_response
 from jina_local_rerank.server.settings import ServerSettings, default_served_names

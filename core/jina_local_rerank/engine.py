@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .attention import ExactLengthAttention, PackedAttention, PaddedAttention
 from .batching import pack_batches
@@ -17,9 +16,8 @@ from .checkpoint import load_checkpoint, resolve_model_dir
 from .cpu_workers import cpu_worker_count, cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
 from .model import JinaBertForReranking
+from .progress import progress_bar
 from .tokenization import PairTokenizer
-
-PROGRESS_MIN_SEQUENCES = 256
 
 # CPU workers take batches of the input split in CPU_WORKER_BATCHES per thread (more pieces balance the threads'
 # loads better), of padded tokens within CPU_WORKER_BATCH_TOKENS (fewer and larger batches run more efficiently).
@@ -89,18 +87,13 @@ class ScoringEngine:
         """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` padded tokens.
 
         Identical sequences are scored once, so duplicates get bit-identical logits (exact ties). With
-        ``show_progress``, inputs of at least ``PROGRESS_MIN_SEQUENCES`` show a progress bar on stderr.
+        ``show_progress``, work that takes more than a few seconds shows a progress bar on stderr.
         """
         slots: dict[tuple[int, ...], int] = {}
         owner = [slots.setdefault(tuple(seq), len(slots)) for seq in sequences]
         distinct = list(slots)
         results: list[float] = [0.0] * len(distinct)
-        progress = tqdm(
-            total=len(distinct),
-            desc="scoring",
-            unit="pair",
-            disable=not show_progress or len(distinct) < PROGRESS_MIN_SEQUENCES,
-        )
+        progress = progress_bar("scoring", "sequence", show_progress, total=len(distinct))
         batches, mapper = self._schedule([len(seq) for seq in distinct], max_batch_tokens)
 
         def batch_logits(batch: list[int]) -> list[float]:
@@ -161,6 +154,12 @@ def release_engine(engine: ScoringEngine) -> bool:
             del _cache[engine.key]
             return True
         return False
+
+
+def is_cached(engine: ScoringEngine) -> bool:
+    """Whether ``engine`` is still the process-wide engine for its key (not released or cleared)."""
+    with _cache_lock:
+        return _cache.get(engine.key) is engine
 
 
 def clear_engine_cache() -> None:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from .checkpoint import default_model
-from .engine import ScoringEngine, get_engine, release_engine
+from .engine import ScoringEngine, get_engine, is_cached, release_engine
+from .options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
+from .ranking import ranked_indices
 from .tokenization import SPECIAL_TOKENS_PER_PAIR
+from .validation import check_documents, check_query
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_BATCH_TOKENS = 16384
-DEFAULT_MAX_QUERY_LENGTH = 512
-LONG_DOCUMENT_MODES = ("truncate", "chunk")
-CHUNK_AGGREGATIONS = ("max", "mean_top2")
-
 
 @dataclass(frozen=True)
 class ScoreResult:
@@ -50,53 +48,12 @@ class ScoreResult:
         return sum(self.truncated)
 
 
-def check_query(query: Any, name: str = "query") -> str:
-    """Return ``query`` if it is a string, else raise ``TypeError`` naming ``name``."""
-    if not isinstance(query, str):
-        raise TypeError(f"{name} must be a string, got {type(query).__name__}")
-    return query
-
-
-def _check_documents(documents: Any) -> list[str]:
-    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-        raise TypeError(f"documents must be a list of strings, got {type(documents).__name__}")
-    for index, doc in enumerate(documents):
-        if not isinstance(doc, str):
-            raise TypeError(f"documents[{index}] must be a string, got {type(doc).__name__}")
-    return list(documents)
-
-
-def check_top(value: Any, name: str) -> int | None:
-    """Return a ``top_k``/``top_n`` value (None or an int >= 1), else raise naming ``name``."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """Return ``value`` if it is an integer >= 1, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def best_first(scores: Sequence[float]) -> list[int]:
-    """Indices of ``scores`` from best to worst; ties keep input order."""
-    return sorted(range(len(scores)), key=lambda i: -scores[i])
-
-
 def jina_results(
     result: ScoreResult, documents: Sequence[str], *, top_n: int | None, return_documents: bool
 ) -> list[dict[str, Any]]:
     """Shape ``result`` like the Jina Reranker API's ``results``: best first, at most ``top_n``."""
     ranked = []
-    for index in best_first(result.logits)[:top_n]:
+    for index in ranked_indices(result.logits, top_n=top_n):
         entry: dict[str, Any] = {"index": index, "relevance_score": result.scores[index]}
         if return_documents:
             entry["document"] = {"text": documents[index]}
@@ -107,8 +64,10 @@ def jina_results(
 class Reranker:
     """A local Jina reranker v1 (tiny, turbo or any JinaBERT cross-encoder checkpoint).
 
-    ``model`` is a Hugging Face Hub id or a local directory (default: ``$JINA_LOCAL_RERANK_MODEL``, else
-    ``jinaai/jina-reranker-v1-tiny-en``). The weights are loaded once per
+    ``Reranker(model, **options)`` takes the :class:`~jina_local_rerank.options.RerankerOptions` by keyword (or
+    one ``RerankerOptions`` object): ``model`` is a Hub id or a local directory (default:
+    ``$JINA_LOCAL_RERANK_MODEL``, else ``jinaai/jina-reranker-v1-tiny-en``); ``revision``, ``device``, ``dtype``,
+    ``cache_dir`` and ``token`` say where it comes from and runs. The weights are loaded once per
     (model, revision, device, dtype) in the process and shared by every ``Reranker`` with the same key, so
     creating more of them is cheap; their own settings (lengths, batch budget) may differ.
 
@@ -120,57 +79,42 @@ class Reranker:
     ``chunk_aggregation`` (``"max"`` or ``"mean_top2"``, the mean of the best two).
     """
 
-    def __init__(
-        self,
-        model: str | os.PathLike[str] | None = None,
-        *,
-        revision: str | None = None,
-        device: str | torch.device | None = "auto",
-        dtype: str | torch.dtype | None = "auto",
-        max_length: int | None = None,
-        max_query_length: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        long_document: str = "truncate",
-        chunk_stride: int | None = None,
-        chunk_aggregation: str = "max",
-        cache_dir: str | os.PathLike[str] | None = None,
-        token: str | bool | None = None,
-    ) -> None:
-        if max_length is not None:
-            check_positive_int(max_length, "max_length")
-        if max_query_length is not None:
-            check_positive_int(max_query_length, "max_query_length")
-        check_positive_int(max_batch_tokens, "max_batch_tokens")
-        if long_document not in LONG_DOCUMENT_MODES:
-            raise ValueError(f"long_document must be one of {LONG_DOCUMENT_MODES}, got {long_document!r}")
-        if chunk_aggregation not in CHUNK_AGGREGATIONS:
-            raise ValueError(f"chunk_aggregation must be one of {CHUNK_AGGREGATIONS}, got {chunk_aggregation!r}")
-        if chunk_stride is not None:
-            check_positive_int(chunk_stride, "chunk_stride")
-        self.long_document = long_document
-        self.chunk_stride = chunk_stride
-        self.chunk_aggregation = chunk_aggregation
-        model = default_model() if model is None else model
+    def __init__(self, model: str | os.PathLike[str] | RerankerOptions | None = None, **options: Any) -> None:
+        if isinstance(model, RerankerOptions):
+            if options:
+                raise TypeError("pass a RerankerOptions or keyword options, not both")
+            self.options = model
+        else:
+            self.options = RerankerOptions.from_dict({"model": model, **options})
+        opts = self.options
+        self.long_document = opts.long_document
+        self.chunk_stride = opts.chunk_stride
+        self.chunk_aggregation = opts.chunk_aggregation
+        self.model_name = opts.model or default_model()
         self.engine: ScoringEngine = get_engine(
-            model, revision=revision, device=device, dtype=dtype, cache_dir=cache_dir, token=token
+            self.model_name,
+            revision=opts.revision,
+            device=opts.device,
+            dtype=opts.dtype,
+            cache_dir=opts.cache_dir,
+            token=opts.token,
         )
-        self.model_name = os.fspath(model)
         window = self.engine.max_length
-        if max_length is not None and max_length > window:
-            raise ValueError(f"max_length {max_length} exceeds the model's window of {window} tokens")
-        self.max_length = max_length or window
-        self.max_query_length = max_query_length or min(DEFAULT_MAX_QUERY_LENGTH, self.max_length // 2)
+        if opts.max_length is not None and opts.max_length > window:
+            raise ValueError(f"max_length {opts.max_length} exceeds the model's window of {window} tokens")
+        self.max_length = opts.max_length or window
+        self.max_query_length = opts.max_query_length or min(DEFAULT_MAX_QUERY_LENGTH, self.max_length // 2)
         if self.max_query_length > self.max_length - SPECIAL_TOKENS_PER_PAIR - 1:
             raise ValueError(
                 f"max_query_length {self.max_query_length} leaves no room for the document within "
                 f"max_length {self.max_length}"
             )
-        if max_batch_tokens < self.max_length:
+        if opts.max_batch_tokens < self.max_length:
             raise ValueError(
-                f"max_batch_tokens {max_batch_tokens} is smaller than one pair of max_length {self.max_length} "
+                f"max_batch_tokens {opts.max_batch_tokens} is smaller than one pair of max_length {self.max_length} "
                 "tokens; raise max_batch_tokens or lower max_length"
             )
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = opts.max_batch_tokens
 
     @property
     def device(self) -> torch.device:
@@ -191,13 +135,16 @@ class Reranker:
     def release(self) -> None:
         """Drop the shared weights from the process cache; they are freed once no object holds them."""
         release_engine(self.engine)
+        with _rerankers_lock:
+            for options in [key for key, value in _rerankers.items() if value.engine is self.engine]:
+                del _rerankers[options]
 
     def score(
         self, query: str, documents: Sequence[str], *, raw: bool = False, show_progress: bool = False
     ) -> ScoreResult:
         """Score every document against ``query``; results in input order (sigmoid, or logits if ``raw``)."""
         query = check_query(query)
-        documents = _check_documents(documents)
+        documents = check_documents(documents)
         return self._score([query], [(0, doc) for doc in documents], raw=raw, show_progress=show_progress)
 
     def score_pairs(
@@ -232,10 +179,9 @@ class Reranker:
         raw: bool = False,
     ) -> list[dict[str, Any]]:
         """sentence-transformers ``CrossEncoder.rank`` output: ``[{"corpus_id", "score", "text"?}]``, best first."""
-        top_k = check_top(top_k, "top_k")
         result = self.score(query, documents, raw=raw)
         ranked = []
-        for index in best_first(result.logits)[:top_k]:
+        for index in ranked_indices(result.logits, top_n=top_k, top_name="top_k"):
             entry: dict[str, Any] = {"corpus_id": index, "score": result.scores[index]}
             if return_documents:
                 entry["text"] = documents[index]
@@ -252,7 +198,6 @@ class Reranker:
         raw: bool = False,
     ) -> list[dict[str, Any]]:
         """Jina Reranker API results: ``[{"index", "relevance_score", "document": {"text"}?}]``, best first."""
-        top_n = check_top(top_n, "top_n")
         result = self.score(query, documents, raw=raw)
         return jina_results(result, documents, top_n=top_n, return_documents=return_documents)
 
@@ -296,3 +241,23 @@ class Reranker:
         if self.chunk_aggregation == "max":
             return [max(values) for values in per_pair]
         return [sum(best := sorted(values, reverse=True)[:2]) / len(best) for values in per_pair]
+
+
+_rerankers: dict[RerankerOptions, Reranker] = {}
+_rerankers_lock = threading.Lock()
+
+
+def reranker_for(options: RerankerOptions) -> Reranker:
+    """The process-wide ``Reranker`` for ``options``, built on first use (adapters call this on every use).
+
+    Equal options give the same object, so a component whose settings change simply gets another one; the weights
+    behind it are shared per (model, revision, device, dtype) either way.
+    """
+    with _rerankers_lock:
+        reranker = _rerankers.get(options)
+    if reranker is None or not is_cached(reranker.engine):  # a released engine is loaded again
+        # Built outside the lock: loading takes a while, and two racing builds share the cached engine anyway.
+        reranker = Reranker(options)
+        with _rerankers_lock:
+            reranker = _rerankers[options] = reranker
+    return reranker

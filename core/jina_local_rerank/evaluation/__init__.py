@@ -1,28 +1,39 @@
-"""Measuring a reranker on a BEIR-layout dataset: first stage (BM25 or a run file) versus reranked."""
+"""Measuring a reranker on a BEIR-layout dataset: first stage (BM25 or a run file) versus reranked.
 
-from .beir import BeirDataset, BeirDocument, DatasetError, load_beir
-from .metrics import hit_rate_at, mean_metrics, mrr_at, ndcg_at, query_metrics, recall_at
-from .runner import EvaluationReport, QueryEvaluation, default_cutoffs, evaluate, select_queries
-from .runs import FirstStage, bm25_first_stage, read_trec_run, run_file_first_stage
+The names below are imported on first use, so the command line's parser loads neither torch nor numpy.
+"""
 
-__all__ = [
-    "BeirDataset",
-    "BeirDocument",
-    "DatasetError",
-    "EvaluationReport",
-    "FirstStage",
-    "QueryEvaluation",
-    "bm25_first_stage",
-    "default_cutoffs",
-    "evaluate",
-    "hit_rate_at",
-    "load_beir",
-    "mean_metrics",
-    "mrr_at",
-    "ndcg_at",
-    "query_metrics",
-    "read_trec_run",
-    "recall_at",
-    "run_file_first_stage",
-    "select_queries",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "BeirDataset": ".beir",
+    "BeirDocument": ".beir",
+    "DatasetError": ".beir",
+    "load_beir": ".beir",
+    "hit_rate_at": ".metrics",
+    "mean_metrics": ".metrics",
+    "mrr_at": ".metrics",
+    "ndcg_at": ".metrics",
+    "query_metrics": ".metrics",
+    "recall_at": ".metrics",
+    "EvaluationReport": ".runner",
+    "QueryEvaluation": ".runner",
+    "default_cutoffs": ".runner",
+    "evaluate": ".runner",
+    "select_queries": ".runner",
+    "FirstStage": ".runs",
+    "bm25_first_stage": ".runs",
+    "read_trec_run": ".runs",
+    "run_file_first_stage": ".runs",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

@@ -5,25 +5,26 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..argtypes import positive_int
-from .beir import load_beir
+from ..cli.arguments import add_progress_argument
+from ..files import check_output_path, write_text_atomically
+from ..options import add_option_arguments, options_from_args
 from .metrics import NDCG_AT
-from .runner import EvaluationReport, evaluate, select_queries
-from .runs import BM25_INSTALL_HINT, FirstStage, bm25_first_stage, run_file_first_stage
+from .runs import BM25_INSTALL_HINT
+
+if TYPE_CHECKING:
+    from .runner import EvaluationReport
 
 
 def _cutoff_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",") if part.strip()]
 
 
-def add_eval_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Register the ``eval`` subcommand on the main parser's subparsers."""
-    from ..cli import add_model_arguments  # the main CLI imports this module while building its parser
-
-    parser = subparsers.add_parser(
+def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``eval`` to the CLI's subcommands."""
+    parser = commands.add_parser(
         "eval",
         help="measure NDCG@10, MRR@10, recall and hit rate on a BEIR-layout dataset, before and after reranking",
         description="Rerank each query's first-stage candidates and compare both rankings with the judgments.",
@@ -40,19 +41,24 @@ def add_eval_command(subparsers: "argparse._SubParsersAction[argparse.ArgumentPa
     )
     parser.add_argument("--json", metavar="OUT.json", default=None, help="write the results as JSON")
     parser.add_argument("--per-query", action="store_true", help="print and write per-query results too")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
-    add_model_arguments(parser)
+    add_progress_argument(parser)
+    add_option_arguments(parser)
 
     def handler(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         if args.run is None and importlib.util.find_spec("bm25s") is None:
             parser.error(BM25_INSTALL_HINT)  # before loading the dataset or the model
+        if args.json:
+            check_output_path(args.json, what="--json")  # before hours of reranking, not after
         _run_eval(args, stdout)
 
     parser.set_defaults(handler=handler)
 
 
 def _run_eval(args: argparse.Namespace, stdout: TextIO) -> None:
-    from ..cli import reranker_from_args
+    from ..reranker import Reranker
+    from .beir import load_beir
+    from .runner import evaluate, select_queries
+    from .runs import FirstStage, bm25_first_stage, run_file_first_stage
 
     dataset = load_beir(args.dataset, args.split)
     first_stage: FirstStage
@@ -60,8 +66,8 @@ def _run_eval(args: argparse.Namespace, stdout: TextIO) -> None:
         first_stage = run_file_first_stage(args.run)
     else:
         query_ids, _ = select_queries(dataset, args.max_queries)
-        first_stage = bm25_first_stage(dataset, query_ids, args.top_k, show_progress=not args.quiet)
-    reranker = reranker_from_args(args)
+        first_stage = bm25_first_stage(dataset, query_ids, args.top_k, show_progress=args.progress)
+    reranker = Reranker(options_from_args(args))
     report = evaluate(
         reranker,
         dataset,
@@ -69,18 +75,15 @@ def _run_eval(args: argparse.Namespace, stdout: TextIO) -> None:
         top_k=args.top_k,
         max_queries=args.max_queries,
         cutoffs=args.cutoffs,
-        show_progress=not args.quiet,
+        show_progress=args.progress,
     )
     stdout.write(format_report(report, per_query=args.per_query))
     if args.json:
         text = json.dumps(report.to_dict(per_query=args.per_query), ensure_ascii=False, indent=2) + "\n"
-        try:
-            Path(args.json).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"cannot write --json {args.json}: {exc.strerror}") from None
+        write_text_atomically(args.json, text, "--json")
 
 
-def format_report(report: EvaluationReport, *, per_query: bool = False) -> str:
+def format_report(report: "EvaluationReport", *, per_query: bool = False) -> str:
     """The summary table (first stage versus reranked, with the difference), optionally one line per query."""
     data = report.to_dict()
     documents = data["documents"]

@@ -6,7 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..reranker import Reranker, check_positive_int, best_first
+from ..progress import progress_bar
+from ..ranking import best_first
+from ..reranker import Reranker
+from ..validation import check_positive_int
 from .beir import BeirDataset, DatasetError
 from .metrics import NDCG_AT, mean_metrics, query_metrics
 from .runs import FirstStage
@@ -129,20 +132,11 @@ def evaluate(
     for index, k in enumerate(cutoffs):
         check_positive_int(k, f"cutoffs[{index}]")
     query_ids, skipped = select_queries(dataset, max_queries)
-    progress = None
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=len(query_ids), desc="reranking", unit="query")
     results = []
-    try:
+    with progress_bar("reranking", "query", show_progress, total=len(query_ids)) as progress:
         for query_id in query_ids:
             results.append(_evaluate_query(reranker, dataset, first_stage, query_id, top_k, cutoffs))
-            if progress is not None:
-                progress.update(1)
-    finally:
-        if progress is not None:
-            progress.close()
+            progress.update(1)
     return EvaluationReport(
         dataset=str(dataset.directory),
         split=dataset.split,

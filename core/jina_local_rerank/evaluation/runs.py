@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..files import FileProblem, read_text_file
 from .beir import BeirDataset, DatasetError
 
 BM25_INSTALL_HINT = "BM25 needs the bm25s package: pip install 'jina-local-rerank[eval]' (or pass a run file)"
@@ -32,11 +33,9 @@ def read_trec_run(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DatasetError(f"run file {path} not found") from None
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 ({exc.reason})") from None
+        lines = read_text_file(path, "run file").splitlines()
+    except FileProblem as exc:
+        raise DatasetError(str(exc)) from None
     scored: dict[str, dict[str, float]] = {}
     for number, line in enumerate(lines, start=1):
         fields = line.split()

@@ -14,17 +14,17 @@ import ray
 import ray.data
 from ray.data.expressions import col
 
+from ..options import RerankerOptions
 from ..reranker import Reranker
+from ..validation import check_positive_int
 from .pairs_file import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
 
 
 class PairScorer:
     """Ray Data callable class: one :class:`Reranker` per actor, built once; adds the score column to each batch."""
 
-    def __init__(
-        self, model: str | None, reranker_options: dict[str, Any], columns: PairColumns, raw: bool
-    ) -> None:
-        self.reranker = Reranker(model, **reranker_options)
+    def __init__(self, options: RerankerOptions, columns: PairColumns, raw: bool) -> None:
+        self.reranker = Reranker(options)
         self.columns = columns
         self.raw = raw
 
@@ -35,34 +35,33 @@ class PairScorer:
 def score_pairs_dataset(
     dataset: ray.data.Dataset,
     *,
-    model: str | os.PathLike[str] | None = None,
+    options: RerankerOptions = RerankerOptions(),
     num_actors: int = 1,
     batch_size: int = DEFAULT_BATCH_ROWS,
     columns: PairColumns = PairColumns(),
     raw: bool = False,
     num_cpus_per_actor: float = 1,
     num_gpus_per_actor: float = 0,
-    reranker_options: dict[str, Any] | None = None,
 ) -> ray.data.Dataset:
     """``dataset`` plus a float64 score column, computed by ``num_actors`` actors (lazy, like every Ray Dataset).
 
     Each actor holds ``num_cpus_per_actor`` CPUs and ``num_gpus_per_actor`` GPUs and builds one
-    ``Reranker(model, **reranker_options)`` (device, dtype, max_length, max_batch_tokens, ...); ``model`` must
-    be a Hub id or a directory present on every node. Batches of ``batch_size`` rows go to one ``score_pairs``
+    ``Reranker(options)`` (model, device, dtype, max_length, max_batch_tokens, ...); ``options.model`` must be a
+    Hub id or a directory present on every node. Batches of ``batch_size`` rows go to one ``score_pairs``
     call each (which packs them into forward passes under the Reranker's ``max_batch_tokens``). Rows keep their
     input order when the dataset's ``context.execution_options.preserve_order`` is set, as
     :func:`score_pairs_file` does.
     """
-    for name, value in (("num_actors", num_actors), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check_positive_int(num_actors, "num_actors")
+    check_positive_int(batch_size, "batch_size")
+    if not isinstance(options, RerankerOptions):
+        raise TypeError(f"options must be a RerankerOptions, got {type(options).__name__}")
     schema = dataset.schema()
     check_schema(schema.names, schema.types, columns)
     return dataset.map_batches(
         PairScorer,
         fn_constructor_kwargs={
-            "model": None if model is None else os.fspath(model),
-            "reranker_options": dict(reranker_options or {}),
+            "options": options,
             "columns": columns,
             "raw": raw,
         },
@@ -102,7 +101,7 @@ def score_pairs_file(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
-    model: str | os.PathLike[str] | None = None,
+    options: RerankerOptions = RerankerOptions(),
     num_actors: int = 1,
     batch_size: int = DEFAULT_BATCH_ROWS,
     columns: PairColumns = PairColumns(),
@@ -111,7 +110,6 @@ def score_pairs_file(
     output_format: str | None = None,
     num_cpus_per_actor: float = 1,
     num_gpus_per_actor: float = 0,
-    reranker_options: dict[str, Any] | None = None,
     show_progress: bool = False,
 ) -> int:
     """Score the pairs of ``input`` on Ray and write its rows plus the score column to ``output``; returns rows.
@@ -129,14 +127,13 @@ def score_pairs_file(
     dataset.context.enable_progress_bars = show_progress
     scored = score_pairs_dataset(
         dataset,
-        model=model,
+        options=options,
         num_actors=num_actors,
         batch_size=batch_size,
         columns=columns,
         raw=raw,
         num_cpus_per_actor=num_cpus_per_actor,
         num_gpus_per_actor=num_gpus_per_actor,
-        reranker_options=reranker_options,
     )  # checks the columns; lazy, like every Ray Dataset
     _check_no_nulls(dataset, columns)
     rows = 0

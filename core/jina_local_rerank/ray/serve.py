@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from ..checkpoint import default_model
-from ..reranker import DEFAULT_MAX_BATCH_TOKENS, Reranker, ScoreResult
+from ..options import DEFAULT_MAX_BATCH_TOKENS, RerankerOptions
+from ..reranker import Reranker, ScoreResult
 from ..server.app import create_app
 from ..server.batcher import BatchCounters, estimate_tokens, slice_result
 from ..server.settings import ServerSettings, default_served_names
@@ -105,10 +106,10 @@ class ReplicaStats(BaseModel):
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
 class RerankDeployment:
-    """One replica: loads ``Reranker(model, **reranker_options)`` and serves it under ``settings``."""
+    """One replica: loads ``Reranker(options)`` and serves it under ``settings``."""
 
-    def __init__(self, model: str, reranker_options: dict[str, Any], settings: ServerSettings) -> None:
-        self.reranker = Reranker(model, **reranker_options)
+    def __init__(self, options: RerankerOptions, settings: ServerSettings) -> None:
+        self.reranker = Reranker(options)
         self.settings = settings
         self.scorer = ServeBatchScorer(
             self.reranker,
@@ -135,9 +136,8 @@ class RerankDeployment:
 
 
 def build_app(
-    model: str | os.PathLike[str] | None = None,
+    options: RerankerOptions = RerankerOptions(),
     *,
-    reranker_options: dict[str, Any] | None = None,
     settings: ServerSettings | None = None,
     num_replicas: int | None = None,
     ray_actor_options: dict[str, Any] | None = None,
@@ -146,9 +146,9 @@ def build_app(
 ) -> serve.Application:
     """The Serve application: pass it to ``serve.run``.
 
-    ``model``: Hub id or a directory present on every node (default: ``$JINA_LOCAL_RERANK_MODEL`` here, else the
-    tiny model). ``reranker_options``: ``Reranker`` keyword arguments (device, dtype, max_length,
-    max_batch_tokens, which is also the merged batch's token budget, ...). ``settings``: served names, API key,
+    ``options``: the replicas' ``Reranker`` options (``model``: a Hub id or a directory present on every node,
+    default ``$JINA_LOCAL_RERANK_MODEL`` here, else the tiny model; device, dtype, max_length, max_batch_tokens,
+    which is also the merged batch's token budget, ...). ``settings``: served names, API key,
     limits and batching (``batch_wait_ms`` is ``@serve.batch``'s wait); default: the model's names, no auth.
     Replicas: ``num_replicas`` (default 1) or ``autoscaling_config`` (Serve's, e.g. ``{"min_replicas": 1,
     "max_replicas": 4}``), each with ``ray_actor_options`` (default ``{"num_cpus": 1}``; ``{"num_gpus": 1}`` for
@@ -156,8 +156,9 @@ def build_app(
     """
     if num_replicas is not None and autoscaling_config is not None:
         raise ValueError("pass num_replicas or autoscaling_config, not both")
-    model = os.fspath(default_model() if model is None else model)
-    settings = settings or ServerSettings(served_model_names=default_served_names(model))
+    # Resolved here, so every replica loads the same model whatever its environment says.
+    options = options.replace(model=options.model or default_model())
+    settings = settings or ServerSettings(served_model_names=default_served_names(options.model))
     replicas: dict[str, Any] = (
         {"autoscaling_config": autoscaling_config} if autoscaling_config else {"num_replicas": num_replicas or 1}
     )
@@ -166,4 +167,4 @@ def build_app(
         max_ongoing_requests=max_ongoing_requests,
         **replicas,
     )
-    return deployment.bind(model, dict(reranker_options or {}), settings)
+    return deployment.bind(options, settings)

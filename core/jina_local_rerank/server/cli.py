@@ -8,7 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from ..argtypes import non_negative_float, positive_int
-from ..reranker import CHUNK_AGGREGATIONS, DEFAULT_MAX_BATCH_TOKENS, LONG_DOCUMENT_MODES
+from ..options import RerankerOptions, add_option_arguments, options_from_args
 from .settings import (
     API_KEY_ENV_VAR,
     DEFAULT_BATCH_WAIT_MS,
@@ -16,6 +16,8 @@ from .settings import (
     DEFAULT_MAX_DOCUMENT_CHARS,
     DEFAULT_MAX_DOCUMENTS,
     DEFAULT_MAX_REQUEST_BYTES,
+    ServerSettings,
+    default_served_names,
 )
 
 LOOPBACK_HOSTS = ("localhost", "::1")
@@ -26,23 +28,15 @@ LOOPBACK_HOSTS = ("localhost", "::1")
 KEEP_ALIVE_SECONDS = 75
 
 
-def add_serve_command(subparsers: Any) -> None:
-    """Register ``serve`` on the CLI's subparsers (``argparse`` ``add_subparsers()`` result)."""
-    serve = subparsers.add_parser(
+def register(commands: Any) -> None:
+    """Add ``serve`` to the CLI's subcommands (``argparse`` ``add_subparsers()`` result)."""
+    serve = commands.add_parser(
         "serve",
         help="serve the Jina Reranker API (POST /v1/rerank) and TEI's POST /rerank over HTTP",
         description="Serve a local JinaBERT reranker behind a drop-in Jina Reranker API. Stop with Ctrl-C or "
         "SIGTERM: requests in flight finish first.",
     )
-    model = serve.add_argument_group("model")
-    model.add_argument("--model", default=None, help="Hub id or local directory (default: $JINA_LOCAL_RERANK_MODEL or jinaai/jina-reranker-v1-tiny-en)")
-    model.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    model.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
-    model.add_argument("--max-length", type=positive_int, default=None, help="pair window in tokens (default: the model's)")
-    model.add_argument("--long-document", choices=LONG_DOCUMENT_MODES, default="truncate", help="documents longer than the window: truncate, or score overlapping windows (chunk)")
-    model.add_argument("--chunk-stride", type=positive_int, default=None, help="tokens between chunk windows (default: half a window)")
-    model.add_argument("--chunk-aggregation", choices=CHUNK_AGGREGATIONS, default="max", help="combine a chunked document's window scores (default: max)")
+    add_option_arguments(serve)
     http = serve.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     http.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
@@ -55,13 +49,31 @@ def add_serve_command(subparsers: Any) -> None:
     limits.add_argument("--max-document-chars", type=positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help=f"characters per document and query (default: {DEFAULT_MAX_DOCUMENT_CHARS}; 413 over it)")
     batching = serve.add_argument_group("batching")
     batching.add_argument("--batch-wait-ms", type=non_negative_float, default=DEFAULT_BATCH_WAIT_MS, help=f"how long a batch waits for more requests, in milliseconds (default: {DEFAULT_BATCH_WAIT_MS})")
-    batching.add_argument("--batch-max-tokens", dest="max_batch_tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS, help=f"token budget of one merged batch and of one forward pass, padded tokens (default: {DEFAULT_MAX_BATCH_TOKENS})")
     batching.add_argument("--batch-concurrency", type=positive_int, default=DEFAULT_CONCURRENT_BATCHES, help=f"merged batches scored at the same time, each in its own thread (default: {DEFAULT_CONCURRENT_BATCHES})")
     batching.add_argument("--no-batching", action="store_true", help="score each request on its own (no merging)")
-    from ..ray.cli import add_ray_serve_arguments  # here: ray.cli imports this module
-
-    add_ray_serve_arguments(serve)
     serve.set_defaults(handler=run_serve)
+
+
+def serve_options(args: argparse.Namespace) -> RerankerOptions:
+    """The engine options of ``serve``, with the model resolved (its names are what clients ask for)."""
+    from ..checkpoint import default_model
+
+    options = options_from_args(args)
+    return options.replace(model=options.model or default_model())
+
+
+def settings_from_args(args: argparse.Namespace, options: RerankerOptions) -> ServerSettings:
+    """The server settings (served names, key, limits, batching) that ``serve``'s flags describe."""
+    return ServerSettings(
+        served_model_names=tuple(args.served_model_name or default_served_names(options.model)),
+        api_key=args.api_key or os.environ.get(API_KEY_ENV_VAR) or None,
+        max_documents=args.max_documents,
+        max_request_bytes=args.max_request_bytes,
+        max_document_chars=args.max_document_chars,
+        batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms,
+        batch_concurrency=args.batch_concurrency,
+    )
 
 
 def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
@@ -75,33 +87,14 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
 
         from .app import create_app
     except ImportError as exc:
-        raise SystemExit(
-            f"jina-local-rerank: error: serve needs the 'server' extra ({exc.name} is missing): "
-            "pip install 'jina-local-rerank[server]'"
+        raise ImportError(
+            f"serve needs the 'server' extra ({exc.name} is missing): pip install 'jina-local-rerank[server]'"
         ) from None
-    from ..checkpoint import default_model
-    from ..cli import reranker_options
     from ..reranker import Reranker
-    from .settings import ServerSettings, default_served_names
 
-    options = reranker_options(args)
-    model = default_model() if args.model is None else args.model
-    settings = ServerSettings(
-        served_model_names=tuple(args.served_model_name or default_served_names(model)),
-        api_key=args.api_key or os.environ.get(API_KEY_ENV_VAR) or None,
-        max_documents=args.max_documents,
-        max_request_bytes=args.max_request_bytes,
-        max_document_chars=args.max_document_chars,
-        batching=not args.no_batching,
-        batch_wait_ms=args.batch_wait_ms,
-        batch_concurrency=args.batch_concurrency,
-    )
-    if args.ray:
-        from ..ray.cli import run_serve_on_ray
-
-        run_serve_on_ray(args, options, settings)
-        return
-    reranker = Reranker(model, **options)
+    options = serve_options(args)
+    settings = settings_from_args(args, options)
+    reranker = Reranker(options)
     if not settings.api_key and args.host not in LOOPBACK_HOSTS and not args.host.startswith("127."):
         print(
             f"jina-local-rerank: warning: listening on {args.host} without an API key; anyone who can reach "

@@ -8,16 +8,21 @@ write identical files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from ..reranker import Reranker
+from .files import atomic_output, check_output_path
+from .progress import progress_bar
+
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from .reranker import Reranker
 
 FORMATS = ("jsonl", "parquet")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -84,7 +89,7 @@ def check_schema(names: Sequence[str], types: Sequence["pa.DataType"], columns: 
 
 
 def add_scores(
-    table: "pa.Table", reranker: Reranker, columns: PairColumns, *, raw: bool = False, first_row: int | None = None
+    table: "pa.Table", reranker: "Reranker", columns: PairColumns, *, raw: bool = False, first_row: int | None = None
 ) -> "pa.Table":
     """``table`` with a float64 score column appended: sigmoid scores (logits if ``raw``) of its pairs.
 
@@ -121,16 +126,30 @@ def read_tables(path: str | os.PathLike[str], fmt: str, batch_rows: int = DEFAUL
 
 
 class TableWriter:
-    """Writes tables to one JSONL or Parquet file in the order given (a context manager)."""
+    """Writes tables to one JSONL or Parquet file in the order given (a context manager).
+
+    Rows go to a temporary file that replaces ``path`` only when the ``with`` block ends without an error (see
+    :func:`~jina_local_rerank.files.atomic_output`): a failed run leaves an existing file untouched.
+    """
 
     def __init__(self, path: str | os.PathLike[str], fmt: str) -> None:
         self.path = Path(path)
         self.format = fmt
         self._parquet = None
-        self._jsonl = open(self.path, "w", encoding="utf-8") if fmt == "jsonl" else None
+        self._jsonl = None
+        self._temporary: Path | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "TableWriter":
+        self._temporary = self._stack.enter_context(atomic_output(self.path))
+        if self.format == "jsonl":
+            self._jsonl = self._stack.enter_context(open(self._temporary, "w", encoding="utf-8"))
+        return self
 
     def write(self, table: "pa.Table") -> None:
         """Append ``table``'s rows to the output file."""
+        if self._temporary is None:
+            raise RuntimeError("TableWriter must be used in a with block")
         if self._jsonl is not None:
             for row in table.to_pylist():
                 # default=str: dates and decimals read from Parquet have no JSON type of their own.
@@ -139,44 +158,46 @@ class TableWriter:
         if self._parquet is None:
             import pyarrow.parquet as pq
 
-            self._parquet = pq.ParquetWriter(self.path, table.schema)
+            self._parquet = pq.ParquetWriter(self._temporary, table.schema)
         self._parquet.write_table(table)
 
-    def close(self) -> None:
-        """Flush and close the output file (an empty Parquet file if no rows came)."""
-        if self._jsonl is not None:
-            self._jsonl.close()
+    def __exit__(self, *exc_info: object) -> bool | None:
+        if exc_info[0] is None and self.format == "parquet":
+            if self._parquet is not None:
+                self._parquet.close()
+            else:  # no rows at all: still leave a valid (empty) Parquet file
+                import pyarrow.parquet as pq
+
+                pq.write_table(_pyarrow().table({}), self._temporary)
         elif self._parquet is not None:
             self._parquet.close()
-        else:  # no rows at all: still leave a valid (empty) Parquet file
-            import pyarrow.parquet as pq
-
-            pq.write_table(_pyarrow().table({}), self.path)
-
-    def __enter__(self) -> "TableWriter":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        return self._stack.__exit__(*exc_info)
 
 
 def score_pairs_file_local(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
-    reranker: Reranker,
+    reranker: "Reranker",
     columns: PairColumns = PairColumns(),
     raw: bool = False,
     input_format: str | None = None,
     output_format: str | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    show_progress: bool = False,
 ) -> int:
-    """Score every pair of ``input`` in this process and write the rows plus scores to ``output``; returns rows."""
+    """Score every pair of ``input`` in this process and write the rows plus scores to ``output``; returns rows.
+
+    ``output`` must differ from ``input``; it is replaced only once every row was scored and written. With
+    ``show_progress``, a progress bar of rows shows on stderr when the work takes more than a few seconds.
+    """
+    check_output_path(output, input)
     in_format = file_format(input, input_format)
     out_format = file_format(output, output_format)
     rows = 0
-    with TableWriter(output, out_format) as writer:
+    with TableWriter(output, out_format) as writer, progress_bar("scoring", "row", show_progress) as progress:
         for table in read_tables(input, in_format, batch_rows):
             writer.write(add_scores(table, reranker, columns, raw=raw, first_row=rows))
             rows += table.num_rows
+            progress.update(table.num_rows)
     return rows

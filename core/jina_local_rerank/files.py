@@ -1,0 +1,109 @@
+"""Reading the user's input files and writing output files without ever losing one.
+
+Every command that writes a file goes through :func:`atomic_output`: results go to a temporary file beside the
+target, which replaces it only when the whole output was written, so a failed run (bad input, full disk,
+Ctrl-C) leaves an existing file as it was and creates none. :func:`check_output_path` refuses an output that is
+the input itself (also through links), before anything is read or written. Errors are ``FileProblem``, one
+line naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class FileProblem(ValueError):
+    """An input file cannot be read, or an output file cannot be written; the message names the file."""
+
+
+# Errors of writing itself (not of reading the input inside the same ``with`` block).
+_WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    return exc.strerror or str(exc)
+
+
+def read_text_file(path: str | os.PathLike[str], what: str) -> str:
+    """The UTF-8 text of ``path``; ``what`` names the file's role in errors (``--input``, ``RUN_FILE``...)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileProblem(f"{what} {path} is a directory, not a file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileProblem(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise FileProblem(f"cannot read {what} {path}: {_reason(exc)}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileProblem(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # follows links; hard links share the inode too
+    except OSError:
+        return False
+
+
+def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike[str], what: str = "output") -> Path:
+    """``output`` as a path, if it can be written and is none of ``inputs``; else ``FileProblem`` saying why."""
+    path = Path(output)
+    for source in inputs:
+        if _same_file(path, Path(source)) or path.resolve() == Path(source).resolve():
+            raise FileProblem(f"{what} {path} is the input file {source}; choose another output file")
+    if path.is_dir():
+        raise FileProblem(f"{what} {path} is a directory; name a file to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileProblem(f"cannot write {what} {path}: the folder {folder} does not exist")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(output: str | os.PathLike[str], what: str = "output") -> Iterator[Path]:
+    """Yield a temporary path beside ``output``; on success it replaces ``output``, on any error it is removed."""
+    path = check_output_path(output, what=what)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+    except OSError as exc:
+        temporary_path.unlink(missing_ok=True)
+        if exc.errno in _WRITE_FAILURES:  # the disk, not the input: name the output
+            raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+        raise
+    except BaseException:
+        temporary_path.unlink(missing_ok=True)
+        raise
+    try:
+        if path.exists():
+            # mkstemp creates the file 0600; the result keeps the permissions of the file it replaces.
+            os.chmod(temporary_path, path.stat().st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary_path, 0o666 & ~umask)
+        os.replace(temporary_path, path)
+    except OSError as exc:
+        temporary_path.unlink(missing_ok=True)
+        raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+
+
+def write_text_atomically(output: str | os.PathLike[str], text: str, what: str = "output") -> None:
+    """Write ``text`` (UTF-8) to ``output`` through :func:`atomic_output`."""
+    with atomic_output(output, what) as temporary:
+        temporary.write_text(text, encoding="utf-8")

@@ -1,0 +1,167 @@
+"""The engine options: which checkpoint to load and how to score with it, as one frozen, validated object.
+
+:class:`RerankerOptions` is the one home of these options: their defaults, their checks (one rule per option,
+whatever the entry point), their conversion to and from plain dicts (for the adapters' serialization), and their
+command-line flags (:func:`add_option_arguments`, :func:`options_from_args`). ``Reranker``, every framework
+adapter, every subcommand, the server and the Ray jobs take their options here, so adding an option is a change
+in this file. No torch is imported: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .argtypes import positive_int
+from .validation import check_choice, check_optional_positive_int, check_optional_text, check_positive_int
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_QUERY_LENGTH = 512
+LONG_DOCUMENT_MODES = ("truncate", "chunk")
+CHUNK_AGGREGATIONS = ("max", "mean_top2")
+DEVICE_HELP = "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'"
+# Canonical dtype names and their short aliases; devices.py maps the canonical names to torch dtypes.
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+
+
+def _option(default: Any, help: str, **cli: Any) -> Any:
+    """A dataclass field carrying its documentation and its argparse settings (``type``, ``choices``...)."""
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+def _torch_name(value: Any) -> Any:
+    """``torch.device``/``torch.dtype`` objects as the strings the options hold (``torch.float16`` -> ``float16``)."""
+    if type(value).__module__ == "torch" and type(value).__name__ in ("device", "dtype"):
+        return str(value).removeprefix("torch.")
+    return value
+
+
+@dataclass(frozen=True)
+class RerankerOptions:
+    """Everything that decides a :class:`~jina_local_rerank.Reranker`'s scores; lengths are in tokens.
+
+    Frozen and hashable: equal options mean the same reranker (see
+    :func:`~jina_local_rerank.reranker.reranker_for`). Invalid values raise ``TypeError``/``ValueError`` naming
+    the option at construction.
+    """
+
+    model: str | None = _option(
+        None,
+        "Hub id or local directory of the checkpoint (default: $JINA_LOCAL_RERANK_MODEL, else "
+        "jinaai/jina-reranker-v1-tiny-en). A relative path that exists is a directory, never a Hub id.",
+    )
+    revision: str | None = _option(None, "Hub revision of the model: branch, tag or commit")
+    device: str = _option("auto", f"where to run: {DEVICE_HELP}")
+    dtype: str = _option(
+        "auto",
+        "weights and activations: 'auto' (bf16 on CUDA where supported, else fp16; fp32 elsewhere), 'float32', "
+        "'bfloat16', 'float16', or 'int8' (CPU: linear layers quantized, scores within ~0.1 of fp32)",
+        choices=DTYPES + tuple(DTYPE_ALIASES),
+    )
+    max_length: int | None = _option(
+        None, "pair window in tokens (default: the model's, 8192)", type=positive_int
+    )
+    max_query_length: int | None = _option(
+        None, f"query cap in tokens (default: min({DEFAULT_MAX_QUERY_LENGTH}, max_length // 2))", type=positive_int
+    )
+    max_batch_tokens: int = _option(
+        DEFAULT_MAX_BATCH_TOKENS, "padded tokens per forward pass; bounds memory", type=positive_int
+    )
+    long_document: str = _option(
+        "truncate",
+        "a document longer than the window: 'truncate' it, or 'chunk' it into overlapping windows",
+        choices=LONG_DOCUMENT_MODES,
+    )
+    chunk_stride: int | None = _option(
+        None, "tokens between chunk windows (default: half a window)", type=positive_int
+    )
+    chunk_aggregation: str = _option(
+        "max", "how chunk logits combine: 'max', or 'mean_top2' (the mean of the best two)", choices=CHUNK_AGGREGATIONS
+    )
+    cache_dir: str | None = _option(None, "Hugging Face cache folder (default: the hub's, $HF_HUB_CACHE)")
+    token: str | bool | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "help": "Hugging Face token for private or gated models (default: $HF_TOKEN or the saved login)",
+            "cli": {},
+            "secret": True,
+        },
+    )
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "model", check_optional_text(self.model, "model"))
+        set_(self, "revision", check_optional_text(self.revision, "revision"))
+        set_(self, "cache_dir", check_optional_text(self.cache_dir, "cache_dir"))
+        device = _torch_name(self.device)
+        if device is None:
+            device = "auto"
+        if not isinstance(device, str) or not device:
+            raise TypeError(f"device must be a string such as {DEVICE_HELP}, got {type(self.device).__name__}")
+        set_(self, "device", device)
+        dtype = _torch_name(self.dtype)
+        dtype = "auto" if dtype is None else dtype
+        if isinstance(dtype, str):
+            dtype = DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
+        if dtype == "qint8":
+            dtype = "int8"
+        set_(self, "dtype", check_choice(dtype, DTYPES, "dtype"))
+        for name in ("max_length", "max_query_length", "chunk_stride"):
+            check_optional_positive_int(getattr(self, name), name)
+        if self.max_batch_tokens is None:
+            set_(self, "max_batch_tokens", DEFAULT_MAX_BATCH_TOKENS)
+        check_positive_int(self.max_batch_tokens, "max_batch_tokens")
+        check_choice(self.long_document, LONG_DOCUMENT_MODES, "long_document")
+        check_choice(self.chunk_aggregation, CHUNK_AGGREGATIONS, "chunk_aggregation")
+        if self.token is not None and not isinstance(self.token, (str, bool)):
+            raise TypeError(f"token must be a string, a bool or None, got {type(self.token).__name__}")
+
+    def replace(self, **changes: Any) -> RerankerOptions:
+        """A copy with ``changes`` applied (and checked)."""
+        return replace(self, **changes)
+
+    def to_dict(self, *, secrets: bool = False) -> dict[str, Any]:
+        """Every option by name, as plain JSON values; the token only with ``secrets`` (never serialize it)."""
+        return {
+            option.name: getattr(self, option.name)
+            for option in fields(self)
+            if secrets or not option.metadata.get("secret")
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RerankerOptions:
+        """Options from :meth:`to_dict` output (or any subset of the names); an unknown name is a ``TypeError``."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"options must be a mapping of option names to values, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(OPTION_NAMES))
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))}; known: {', '.join(OPTION_NAMES)}")
+        return cls(**data)
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(option.name for option in fields(RerankerOptions))
+
+
+def option_help(name: str) -> str:
+    """The documentation of option ``name`` (for adapters' field descriptions)."""
+    return next(option.metadata["help"] for option in fields(RerankerOptions) if option.name == name)
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, title: str = "model and scoring") -> None:
+    """Register one ``--flag`` per option (``--max-batch-tokens`` for ``max_batch_tokens``...) in a group."""
+    group = parser.add_argument_group(title)
+    for option in fields(RerankerOptions):
+        flag = "--" + option.name.replace("_", "-")
+        default = option.default
+        shown = f" (default: {default})" if default is not None and "default:" not in option.metadata["help"] else ""
+        group.add_argument(flag, default=default, help=option.metadata["help"] + shown, **option.metadata["cli"])
+
+
+def options_from_args(args: argparse.Namespace) -> RerankerOptions:
+    """The options a subcommand's flags (registered by :func:`add_option_arguments`) describe."""
+    return RerankerOptions(**{name: getattr(args, name) for name in OPTION_NAMES})

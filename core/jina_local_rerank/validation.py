@@ -1,0 +1,78 @@
+"""Argument checks shared by every entry point: each raises ``TypeError``/``ValueError`` naming the argument.
+
+No torch, no framework: the options object, the scoring API, the adapters, the CLI and the server all call these,
+so a value is judged the same way wherever it comes in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+
+def check_query(query: Any, name: str = "query") -> str:
+    """Return ``query`` if it is a string, else raise ``TypeError`` naming ``name``."""
+    if not isinstance(query, str):
+        raise TypeError(f"{name} must be a string, got {type(query).__name__}")
+    return query
+
+
+def check_documents(documents: Any, name: str = "documents") -> list[str]:
+    """A new list of the ``documents`` strings; ``TypeError`` naming the first one that is not a string."""
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise TypeError(f"{name} must be a list of strings, got {type(documents).__name__}")
+    for index, doc in enumerate(documents):
+        if not isinstance(doc, str):
+            raise TypeError(f"{name}[{index}] must be a string, got {type(doc).__name__}")
+    return list(documents)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """Return ``value`` if it is an integer >= 1 (not a bool), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_optional_positive_int(value: Any, name: str) -> int | None:
+    """None, or an integer >= 1; a ``top_k``/``top_n``/length value."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer or None, got {type(value).__name__}")
+    return check_positive_int(value, name)
+
+
+def check_threshold(value: Any, name: str = "score_threshold") -> float | None:
+    """None, or a finite number (a score threshold); NaN would silently drop every result, so it is refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number or None, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return float(value)
+
+
+def check_choice(value: Any, choices: Sequence[str], name: str) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_optional_text(value: Any, name: str) -> str | None:
+    """None, or a non-empty string (a path-like becomes its string)."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must not be empty (pass None for the default)")
+    return value
