@@ -68,6 +68,14 @@ def config_json(config: JinaBertConfig) -> dict[str, Any]:
     }
 
 
+def source_config(directory: Path) -> dict[str, Any]:
+    """The raw ``config.json`` of the checkpoint in ``directory`` (checked to be a JinaBERT reranker's), every key
+    kept, for writing a checkpoint derived from it in the same format."""
+    path = directory / "config.json"
+    JinaBertConfig.from_json_file(path)  # the loader's checks and messages
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def save_weights(path: Path, tensors: Mapping[str, torch.Tensor], config: JinaBertConfig) -> None:
     """Write ``tensors`` to ``path`` as bf16 safetensors, in ``expected_shapes`` order, after checking each one.
 

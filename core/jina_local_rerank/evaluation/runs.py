@@ -83,10 +83,10 @@ class BM25Index:
         self.size = len(texts)
         self.show_progress = show_progress
         self._retriever = bm25s.BM25()
-        if texts:
-            self._retriever.index(
-                bm25s.tokenize(list(texts), stopwords="en", show_progress=show_progress), show_progress=show_progress
-            )
+        corpus_tokens = bm25s.tokenize(list(texts), stopwords="en", show_progress=show_progress) if texts else None
+        self._indexed = bool(corpus_tokens and corpus_tokens.vocab)  # a corpus of stopwords alone has no terms
+        if self._indexed:
+            self._retriever.index(corpus_tokens, show_progress=show_progress)
 
     def scores(self, queries: Sequence[str]) -> Iterator[np.ndarray]:
         """Each query's score for every text (``[len(texts)]``, 0 where no term is shared), in query order."""
@@ -94,7 +94,7 @@ class BM25Index:
             list(queries), stopwords="en", return_ids=False, show_progress=self.show_progress
         )
         for tokens in query_tokens:
-            if not tokens or not self.size:  # only stopwords: nothing to match (bm25s cannot score an empty query)
+            if not tokens or not self._indexed:  # only stopwords: nothing to match (bm25s cannot score an empty query)
                 yield np.zeros(self.size, dtype=np.float32)
             else:
                 yield self._retriever.get_scores(tokens)
