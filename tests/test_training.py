@@ -534,6 +534,14 @@ def test_cli_train_and_its_one_line_errors(checkpoint_dir: Path, tmp_path: Path)
     assert completed.stderr == f"jina-local-rerank: error: {bad} line 2: field 'positive' must be a string, got int\n"
     assert not (tmp_path / "x").exists()
 
+    completed = run_cli("distill", "--teacher", str(checkpoint_dir), "--student-layers", "1", "--device", "cpu",
+                        "--train", str(train), "--eval-fraction", "0.34", "--output", str(tmp_path / "student"),
+                        "--negatives", "2", "--max-length", "64", "--teacher-cache", str(tmp_path / "cache"), "--quiet")
+    assert completed.returncode == 0, completed.stderr
+    assert "spearman" in completed.stdout and "ndcg@10" in completed.stdout
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert "distilled from" in (tmp_path / "student" / "README.md").read_text()
+
     completed = run_cli("distill", "--train", str(train), "--output", str(tmp_path / "y"))
     assert completed.returncode == 2 and "distill needs --teacher" in completed.stderr
     completed = run_cli("distill", "--teacher", str(checkpoint_dir), "--train", str(train), "--output", str(tmp_path / "y"))
