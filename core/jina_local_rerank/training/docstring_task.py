@@ -1,11 +1,16 @@
 """A retrieval task every machine has offline, and the trained JinaBERT built on it.
 
-The standard library's docstrings: a docstring's summary line is the query, the rest of that docstring its one
-relevant document, every other docstring a candidate. :func:`write_docstring_dataset` writes it in BEIR layout
-(``train`` and ``test`` splits of the queries over one corpus), so it exercises the same paths as a user's data,
-and :func:`train_docstring_reranker` trains a small JinaBERT on it from random weights: a reranker whose rankings
+The standard library's docstrings: a docstring's summary line is the query, that whole docstring its one relevant
+document, every other docstring a candidate. :func:`write_docstring_dataset` writes it in BEIR layout (a
+``train`` and a ``test`` dataset), so it exercises the same paths as a user's data, and
+:func:`train_docstring_reranker` trains a small JinaBERT on it from random weights: a reranker whose rankings
 mean something (held-out NDCG@10 far above an untrained model's), for tests and benchmarks that need one
 (quantization agreement, long-document strategies).
+
+The document keeps its summary line on purpose. Matching a summary to the rest of its docstring alone is a
+semantic task that a transformer trained from random weights does not learn in minutes (measured: held-out
+NDCG@10 stays within noise of the untrained model's after 1.5M training tokens), while finding the document
+that states the query, among BM25's best candidates, it learns in one or two.
 """
 
 from __future__ import annotations
@@ -46,13 +51,14 @@ MODULES = (
 MIN_SUMMARY_WORDS = 4
 MIN_DOCUMENT_WORDS = 15
 
-# The trained reranker: small enough to train in about a minute on two CPU cores.
-DOCSTRING_SHAPE = CheckpointShape(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256)
-DOCSTRING_MAX_LENGTH = 128
+# The trained reranker: small enough to train in about two minutes on two CPU cores. No mining margin: each
+# query has exactly one answer by construction, so BM25's best candidates are the hard negatives to learn from.
+DOCSTRING_SHAPE = CheckpointShape(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128)
+DOCSTRING_MAX_LENGTH = 64
 DOCSTRING_TEST_QUERIES = 100
 DOCSTRING_CONFIG = TrainingConfig(
-    epochs=2, learning_rate=1e-3, warmup_ratio=0.1, negatives=7, step_tokens=8192, eval_top_k=20, seed=0,
-    show_progress="never",
+    epochs=2, learning_rate=3e-3, warmup_ratio=0.1, negatives=7, mining_margin=None, step_tokens=4096,
+    eval_top_k=20, save_every=None, seed=0, show_progress="never",
 )
 
 
@@ -117,7 +123,8 @@ def write_docstring_dataset(directory: str | os.PathLike[str], *, test_queries: 
                 (root / "queries.jsonl").open("w", encoding="utf-8") as queries:
             for index in members:
                 name, summary, rest = pairs[index]
-                corpus.write(json.dumps({"_id": f"d{index}", "title": "", "text": rest}) + "\n")
+                document = {"_id": f"d{index}", "title": "", "text": f"{summary}\n\n{rest}"}
+                corpus.write(json.dumps(document) + "\n")
                 queries.write(json.dumps({"_id": f"q{index}", "text": summary, "name": name}) + "\n")
         rows = "".join(f"q{index}\td{index}\t1\n" for index in members)
         (root / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows, encoding="utf-8")

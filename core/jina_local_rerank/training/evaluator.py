@@ -36,7 +36,8 @@ class EvalQuery:
 
 
 class RerankingEvaluator:
-    """Mean metrics of a model over held-out queries; ``metric`` is the one the best checkpoint is chosen by.
+    """Mean metrics of a model over held-out queries; ``metric`` is the one the best checkpoint is chosen by
+    (NDCG@10 where documents are judged, else Spearman with the teacher).
 
     Candidates are tokenized once; each call scores them all through the engine and ranks them by logit.
     """
@@ -83,11 +84,14 @@ class RerankingEvaluator:
         return cls(queries, f"{Path(directory)} ({split}, BM25 top {top_k})")
 
     def with_teacher(self, teacher: list[tuple[float, ...]]) -> "RerankingEvaluator":
-        """The same queries with the teacher's logits for their candidates (in order)."""
+        """The same queries with the teacher's logits for their candidates (in order); the best checkpoint is then
+        the one closest to the teacher (Spearman), what distillation optimizes."""
         queries = [
             EvalQuery(query.query, query.documents, query.qrels, logits) for query, logits in zip(self.queries, teacher)
         ]
-        return RerankingEvaluator(queries, self.name)
+        evaluator = RerankingEvaluator(queries, self.name)
+        evaluator.metric = SPEARMAN
+        return evaluator
 
     def _sequences(self, engine: ScoringEngine, max_length: int, max_query_length: int) -> list[list[int]]:
         settings = (max_length, max_query_length)
