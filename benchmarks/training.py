@@ -33,6 +33,7 @@ import torch
 from jina_local_rerank.evaluation.runs import BM25Index
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint
+from jina_local_rerank.engine import get_engine
 from jina_local_rerank.tokenization import PairTokenizer
 from jina_local_rerank.training import Trainer, TrainingConfig
 from jina_local_rerank.training.docstring_task import docstring_pairs
@@ -191,7 +192,7 @@ def main() -> None:
         rows = triplets(args.queries)
         data = workdir / "train.jsonl"
         data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        lengths = pair_lengths(rows, PairTokenizer.from_directory(checkpoint))
+        lengths = pair_lengths(rows, get_engine(checkpoint, device="cpu").tokenizer)
         step_tokens = round(statistics.fmean(lengths) * args.batch_pairs)  # the same real tokens per step
 
         st = sentence_transformers_run(checkpoint, rows, args.steps, args.batch_pairs, args.device, workdir, lengths)

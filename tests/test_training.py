@@ -635,15 +635,17 @@ def test_distillation_raises_the_students_rank_correlation_with_its_teacher(trai
     from jina_local_rerank.training.docstring_task import DOCSTRING_MAX_LENGTH
 
     train, test = docstring_task
-    teacher = RerankerOptions(model=str(trained_reranker.output), device="cpu", max_length=DOCSTRING_MAX_LENGTH)
-    config = TrainingConfig(loss="margin-mse", epochs=1, learning_rate=1e-3, negatives=7, step_tokens=8192,
+    run = RerankerOptions(device="cpu", max_length=DOCSTRING_MAX_LENGTH)  # the student's (and teacher's) engine
+    config = TrainingConfig(loss="margin-mse", epochs=3, learning_rate=2e-3, negatives=7, step_tokens=4096,
                             eval_top_k=20, mining_margin=None, show_progress="never")
-    result = Trainer(teacher=teacher, student_layers=1, train=train, eval=test, output=tmp_path / "student",
-                     config=config, teacher_cache_dir=tmp_path / "cache").fit()
+    result = Trainer(run, teacher=str(trained_reranker.output), student_layers=2, train=train, eval=test,
+                     output=tmp_path / "student", config=config, teacher_cache_dir=tmp_path / "cache").fit()
     before, after = result.before["spearman"], result.after["spearman"]
-    print(f"distillation into 1 of the teacher's layers: held-out Spearman with the teacher {before:.3f} before, "
-          f"{after:.3f} after ({result.steps} steps)")
-    assert after >= 0.8 and after >= before + 0.2
-    assert json.loads((tmp_path / "student" / "config.json").read_text())["num_hidden_layers"] == 1
+    print(f"distillation into 2 of the teacher's 4 layers: held-out Spearman with the teacher {before:.3f} before, "
+          f"{after:.3f} after ({result.steps} steps); NDCG@10 {result.before['ndcg@10']:.3f} -> "
+          f"{result.after['ndcg@10']:.3f}")
+    assert after >= 0.8 and after >= before + 0.4
+    assert result.best_step > 0
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["num_hidden_layers"] == 2
     assert sorted(read_safetensors(tmp_path / "student" / "model.safetensors")[0]) == sorted(
         expected_shapes(JinaBertConfig.from_json_file(tmp_path / "student" / "config.json")))

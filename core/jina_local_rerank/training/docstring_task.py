@@ -30,6 +30,7 @@ from .config import TrainingConfig
 from .trainer import Trainer, TrainingResult
 
 # Standard-library modules that import without side effects on every platform; their docstrings are the corpus.
+# Not sys: its hooks are process state that test runners and debuggers replace (with other docstrings).
 MODULES = (
     "abc argparse array ast asyncio.base_events asyncio.events asyncio.locks asyncio.protocols asyncio.queues "
     "asyncio.streams asyncio.subprocess asyncio.tasks asyncio.transports base64 bdb binascii bisect builtins bz2 "
@@ -43,7 +44,7 @@ MODULES = (
     "multiprocessing.context multiprocessing.pool multiprocessing.queues netrc numbers operator optparse os pathlib "
     "pickle pickletools pkgutil platform plistlib poplib pprint queue quopri random re reprlib runpy sched secrets "
     "select selectors shlex shutil signal smtplib socket socketserver sqlite3 ssl stat statistics string struct "
-    "subprocess symtable sys sysconfig tabnanny tarfile tempfile textwrap threading time timeit tokenize trace "
+    "subprocess symtable sysconfig tabnanny tarfile tempfile textwrap threading time timeit tokenize trace "
     "traceback tracemalloc unicodedata unittest.case unittest.mock urllib.error urllib.parse urllib.request "
     "urllib.robotparser uuid warnings wave weakref wsgiref.handlers wsgiref.simple_server xml.dom.minidom "
     "xml.etree.ElementTree xml.sax.handler xml.sax.saxutils zipfile zipimport zlib zoneinfo"
@@ -51,13 +52,13 @@ MODULES = (
 MIN_SUMMARY_WORDS = 4
 MIN_DOCUMENT_WORDS = 15
 
-# The trained reranker: small enough to train in about two minutes on two CPU cores. No mining margin: each
+# The trained reranker: small enough to train in under a minute on two CPU cores, deep enough to distill. No mining margin: each
 # query has exactly one answer by construction, so BM25's best candidates are the hard negatives to learn from.
-DOCSTRING_SHAPE = CheckpointShape(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128)
+DOCSTRING_SHAPE = CheckpointShape(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, intermediate_size=128)
 DOCSTRING_MAX_LENGTH = 64
 DOCSTRING_TEST_QUERIES = 100
 DOCSTRING_CONFIG = TrainingConfig(
-    epochs=2, learning_rate=3e-3, warmup_ratio=0.1, negatives=7, mining_margin=None, step_tokens=4096,
+    epochs=2, learning_rate=1e-3, warmup_ratio=0.1, negatives=7, mining_margin=None, step_tokens=4096,
     eval_top_k=20, save_every=None, seed=0, show_progress="never",
 )
 
@@ -143,7 +144,7 @@ def train_docstring_reranker(
     and write it to ``directory``; evaluated on the held-out queries (BM25 top ``config.eval_top_k``).
 
     ``dataset`` is where the task is written (default: a temporary folder). The same ``config`` on the same
-    Python gives the same model.
+    Python and torch gives the same model.
     """
     with tempfile.TemporaryDirectory(prefix="docstring-task-") as scratch:
         train, test = write_docstring_dataset(Path(dataset) if dataset is not None else Path(scratch) / "dataset",
