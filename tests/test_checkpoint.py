@@ -144,7 +144,10 @@ def test_hub_id_not_cached_offline_says_how_to_fix(tmp_path: Path):
     with pytest.raises(ModelNotFoundError) as info:
         Reranker("acme/missing-model", cache_dir=tmp_path / "empty", device="cpu")
     message = str(info.value)
-    assert "not in the Hugging Face cache" in message and "local directory" in message
+    assert "not in the Hugging Face cache" in message and "local checkpoint directory" in message
+    # What a shell user and a Python user each type, and that "acme/missing-model" is no folder here either.
+    assert "--model /path/to/dir" in message and "model='/path/to/dir'" in message
+    assert "$JINA_LOCAL_RERANK_MODEL" in message and "no directory acme/missing-model exists" in message
 
 
 def test_cli_uses_hub_cache_with_hf_hub_offline(checkpoint_dir: Path, tmp_path: Path):

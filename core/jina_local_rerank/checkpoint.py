@@ -59,7 +59,7 @@ def resolve_model_dir(
     if path.exists():
         raise ModelNotFoundError(f"model {name!r} is a file; pass the checkpoint's directory")
     if not _HUB_ID.match(name) or name.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"model directory {name!r} does not exist")
+        raise ModelNotFoundError(f"model directory {name!r} does not exist (relative to {Path.cwd()})")
     return _download_from_hub(name, revision=revision, cache_dir=cache_dir, token=token)
 
 
@@ -97,10 +97,13 @@ def _download_from_hub(
     except LocalEntryNotFoundError:
         cache = cache_dir or constants.HF_HUB_CACHE
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        # "org/name" may also have been meant as a relative directory: say that none exists.
+        not_a_folder = f"; no directory {repo_id} exists under {Path.cwd()} either" if "/" in repo_id else ""
         raise ModelNotFoundError(
             f"{repo_id!r} (revision {revision or 'main'}) is not in the Hugging Face cache at {cache} and the Hub "
-            f"cannot be reached{offline}. Download it on a connected machine (`hf download {repo_id}`) and copy "
-            f"the cache, or pass a local directory: Reranker(model='/path/to/{repo_id.split('/')[-1]}')."
+            f"cannot be reached{offline}{not_a_folder}. Download it on a connected machine (`hf download "
+            f"{repo_id}`) and copy the cache, or use a local checkpoint directory: --model /path/to/dir on the "
+            f"command line, model='/path/to/dir' in Python, or ${MODEL_ENV_VAR}=/path/to/dir for both."
         ) from None
     return folder
 

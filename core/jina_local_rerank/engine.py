@@ -16,7 +16,7 @@ from .checkpoint import load_checkpoint, resolve_model_dir
 from .cpu_workers import cpu_worker_count, cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
 from .model import JinaBertForReranking
-from .progress import progress_bar
+from .progress import Progress, progress_bar
 from .tokenization import PairTokenizer
 
 # CPU workers take batches of the input split in CPU_WORKER_BATCHES per thread (more pieces balance the threads'
@@ -82,7 +82,7 @@ class ScoringEngine:
         return pack_batches(lengths, max_batch_tokens), map
 
     def logits(
-        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: bool = False
+        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: Progress = False
     ) -> list[float]:
         """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` padded tokens.
 

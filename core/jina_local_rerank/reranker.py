@@ -13,6 +13,7 @@ import torch
 from .checkpoint import default_model
 from .engine import ScoringEngine, get_engine, is_cached, release_engine
 from .options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
+from .progress import Progress
 from .ranking import ranked_indices
 from .tokenization import SPECIAL_TOKENS_PER_PAIR
 from .validation import check_documents, check_query
@@ -140,15 +141,19 @@ class Reranker:
                 del _rerankers[options]
 
     def score(
-        self, query: str, documents: Sequence[str], *, raw: bool = False, show_progress: bool = False
+        self, query: str, documents: Sequence[str], *, raw: bool = False, show_progress: Progress = False
     ) -> ScoreResult:
-        """Score every document against ``query``; results in input order (sigmoid, or logits if ``raw``)."""
+        """Score every document against ``query``; results in input order (sigmoid, or logits if ``raw``).
+
+        ``show_progress``: True (or ``"auto"``) shows a progress bar on stderr once scoring has run a few seconds,
+        ``"always"`` from the start (the same in :meth:`score_pairs`, :meth:`rank` and :meth:`rerank`).
+        """
         query = check_query(query)
         documents = check_documents(documents)
         return self._score([query], [(0, doc) for doc in documents], raw=raw, show_progress=show_progress)
 
     def score_pairs(
-        self, pairs: Sequence[Sequence[str]], *, raw: bool = False, show_progress: bool = False
+        self, pairs: Sequence[Sequence[str]], *, raw: bool = False, show_progress: Progress = False
     ) -> ScoreResult:
         """Score (query, document) pairs whose queries may differ; results in input order."""
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
@@ -177,9 +182,10 @@ class Reranker:
         return_documents: bool = False,
         *,
         raw: bool = False,
+        show_progress: Progress = False,
     ) -> list[dict[str, Any]]:
         """sentence-transformers ``CrossEncoder.rank`` output: ``[{"corpus_id", "score", "text"?}]``, best first."""
-        result = self.score(query, documents, raw=raw)
+        result = self.score(query, documents, raw=raw, show_progress=show_progress)
         ranked = []
         for index in ranked_indices(result.logits, top_n=top_k, top_name="top_k"):
             entry: dict[str, Any] = {"corpus_id": index, "score": result.scores[index]}
@@ -196,9 +202,10 @@ class Reranker:
         return_documents: bool = True,
         *,
         raw: bool = False,
+        show_progress: Progress = False,
     ) -> list[dict[str, Any]]:
         """Jina Reranker API results: ``[{"index", "relevance_score", "document": {"text"}?}]``, best first."""
-        result = self.score(query, documents, raw=raw)
+        result = self.score(query, documents, raw=raw, show_progress=show_progress)
         return jina_results(result, documents, top_n=top_n, return_documents=return_documents)
 
     def _score(

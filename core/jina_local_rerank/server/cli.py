@@ -8,6 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from ..argtypes import non_negative_float, positive_int
+from ..extras import install_hint
 from ..options import RerankerOptions, add_option_arguments, options_from_args
 from .settings import (
     API_KEY_ENV_VAR,
@@ -87,9 +88,7 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
 
         from .app import create_app
     except ImportError as exc:
-        raise ImportError(
-            f"serve needs the 'server' extra ({exc.name} is missing): pip install 'jina-local-rerank[server]'"
-        ) from None
+        raise ImportError(f"serve needs {exc.name}: {install_hint('server')}") from None
     from ..reranker import Reranker
 
     options = serve_options(args)

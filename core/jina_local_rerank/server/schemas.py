@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
-from ..reranker import ScoreResult, best_first, jina_results
+from ..ranking import best_first
+from ..reranker import ScoreResult, jina_results
 
 
 class TextDocument(BaseModel):
