@@ -90,7 +90,7 @@ class ScoringEngine:
         ``show_progress``, work that takes more than a few seconds shows a progress bar on stderr.
         """
         slots: dict[tuple[int, ...], int] = {}
-        owner = [slots.setdefault(tuple(seq), len(slots)) for seq in sequences]
+        slot_of = [slots.setdefault(tuple(seq), len(slots)) for seq in sequences]
         distinct = list(slots)
         results: list[float] = [0.0] * len(distinct)
         progress = progress_bar("scoring", "sequence", show_progress, total=len(distinct))
@@ -108,7 +108,7 @@ class ScoringEngine:
                 for index, value in zip(batch, logits):
                     results[index] = value
                 progress.update(len(batch))
-        return [results[slot] for slot in owner]
+        return [results[slot] for slot in slot_of]
 
 
 _cache: dict[EngineKey, ScoringEngine] = {}
