@@ -38,6 +38,7 @@ class JinaRerankRequest(BaseModel):
     query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
     documents: list[StrictStr | TextDocument] = Field(
         description="Documents to rank: strings, or objects with a 'text' field.",
+        fail_fast=True,  # one wrong entry is reported, not one error per entry of a huge list
         examples=[["A llama is a South American camelid.", {"text": "Paris is the capital of France."}]],
     )
     top_n: StrictInt | None = Field(
@@ -87,7 +88,7 @@ class CohereRerankRequest(BaseModel):
     )
     query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
     documents: list[StrictStr | TextDocument] = Field(
-        description="Documents to rank (strings; objects with a 'text' field are accepted too)."
+        description="Documents to rank (strings; objects with a 'text' field are accepted too).", fail_fast=True
     )
     top_n: StrictInt | None = Field(None, ge=1, description="Return only the best N results (default: all).")
     max_tokens_per_doc: StrictInt | None = Field(
@@ -141,7 +142,9 @@ class TEIRerankRequest(BaseModel):
 
     query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
     texts: list[StrictStr] = Field(
-        description="Documents to rank.", examples=[["A llama is a South American camelid.", "Paris is in France."]]
+        description="Documents to rank.",
+        examples=[["A llama is a South American camelid.", "Paris is in France."]],
+        fail_fast=True,
     )
     raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid scores.")
     return_text: StrictBool = Field(False, description="Include each text in its result.")
