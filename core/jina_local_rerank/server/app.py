@@ -180,8 +180,7 @@ class RequestBodyLimit:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                # The client went away; let the app see the disconnect.
-                break
+                return  # the client went away (or was timed out) before sending its whole body
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
