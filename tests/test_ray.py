@@ -32,6 +32,7 @@ from jina_local_rerank import Reranker
 from jina_local_rerank.cli import main
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.ray import PairColumns, build_app, score_pairs_file
+from jina_local_rerank.ray.serve import ServeBatchScorer
 from jina_local_rerank.ranking import best_first
 from jina_local_rerank.server.settings import ServerSettings
 
@@ -236,7 +237,7 @@ class TestServe:
         wrong_type = httpx.post(f"{app.url}/v1/rerank", json={"query": "q", "documents": [3]}, timeout=HTTP_TIMEOUT)
         assert wrong_type.status_code == 422
 
-    async def test_concurrent_requests_are_merged_into_batches(self, app: ServeApp, engine: Reranker) -> None:
+    async def test_concurrent_requests_get_their_own_scores(self, app: ServeApp, engine: Reranker) -> None:
         before = app.stats()
         requests = [
             (f"query {i} {WORDS[i]}", [f"{WORDS[j]} document {i}" for j in range(i % 5 + 1)]) for i in range(16)
@@ -250,8 +251,22 @@ class TestServe:
             assert_jina_answer(response.json(), query, documents, engine)
         after = app.stats()
         new_batches = after["batch_sizes"][len(before["batch_sizes"]):]
+        # How the proxy's arrivals fall into batches is timing; what they add up to is not.
         assert sum(new_batches) == 16 == after["requests"] - before["requests"]
-        assert max(new_batches) > 1, new_batches
+
+    def test_v2_tei_and_operations_routes(self, app: ServeApp, engine: Reranker) -> None:
+        documents = ["A llama is a camelid.", "Paris is in France."]
+        cohere = httpx.post(f"{app.url}/v2/rerank", json={"model": "jina-reranker-test", "query": "llama",
+                                                           "documents": documents}, timeout=HTTP_TIMEOUT)
+        assert cohere.status_code == 200, cohere.text
+        expected = engine.score("llama", documents)
+        assert [r["index"] for r in cohere.json()["results"]] == best_first(expected.logits)
+        tei = httpx.post(f"{app.url}/rerank", json={"query": "llama", "texts": []}, timeout=HTTP_TIMEOUT)
+        assert tei.status_code == 400 and tei.json()["error_type"] == "empty"
+        assert httpx.get(f"{app.url}/info", timeout=HTTP_TIMEOUT).json()["model_id"] == "jina-reranker-test"
+        assert httpx.get(f"{app.url}/ready", timeout=HTTP_TIMEOUT).status_code == 200
+        assert "jina_local_rerank_requests_total" in httpx.get(f"{app.url}/metrics", timeout=HTTP_TIMEOUT).text
+        assert cohere.headers["x-request-id"]
 
     def test_killed_replica_is_replaced_without_hanging(self, app: ServeApp, engine: Reranker) -> None:
         victim = app.stats()["replica"]
@@ -275,6 +290,22 @@ class TestServe:
             assert time.monotonic() < deadline, "no replica answered within 120 s of the kill"
             time.sleep(1)
         assert app.stats()["replica"] != victim
+
+
+async def test_serve_batch_scorer_merges_what_waits_together(engine: Reranker) -> None:
+    """``@serve.batch`` in this process: requests queued in one step of the event loop make one call, split back
+    to each its own scores, with the counters the single-machine server keeps."""
+    requests = [(f"query {i}", [f"{WORDS[j]} document {i}" for j in range(i % 4 + 1)]) for i in range(16)]
+    scorer = ServeBatchScorer(engine, batching=True, max_batch_tokens=engine.max_batch_tokens, batch_wait_s=0.0)
+    results = await asyncio.gather(*(scorer.score(engine.encode(query, docs)) for query, docs in requests))
+    for (query, documents), result in zip(requests, results):
+        assert result.scores == pytest.approx(engine.score(query, documents).scores, abs=TOLERANCE)
+    assert [call.requests for call in scorer.counters.calls] == [tuple(range(16))]
+    assert scorer.counters.requests == 16 and scorer.counters.pairs == sum(len(d) for _, d in requests)
+
+    one_each = ServeBatchScorer(engine, batching=False, max_batch_tokens=engine.max_batch_tokens, batch_wait_s=0.0)
+    await asyncio.gather(*(one_each.score(engine.encode(query, docs)) for query, docs in requests[:4]))
+    assert [len(call.requests) for call in one_each.counters.calls] == [1, 1, 1, 1]
 
 
 def test_serve_command_with_ray_deploys_and_stops(

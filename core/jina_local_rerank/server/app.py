@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
+import functools
 import json
 import logging
 import re
@@ -56,6 +57,9 @@ access_logger = logging.getLogger("jina_local_rerank.access")
 error_logger = logging.getLogger("jina_local_rerank.server")
 
 TEI_ROUTES = ("/rerank", "/info")
+# Requests of at most this many characters are tokenized on the event loop (well under a millisecond); longer
+# ones in a worker thread, so a large request never stalls the loop.
+INLINE_TOKENIZE_CHARS = 16_384
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_SCOPE_KEY = "jina_local_rerank.request_id"
 # A client's own request id is kept when it is this safe to log and echo; otherwise a new one is made.
@@ -363,13 +367,13 @@ def create_app(reranker: Reranker, settings: ServerSettings, scorer: Scorer | No
         settings.check_capacity(counters.in_flight)
         counters.in_flight += 1
         try:
-            encoded = await asyncio.to_thread(
-                reranker.encode,
-                query,
-                documents,
-                truncation_side=truncation_side,
-                max_document_length=max_document_length,
+            encode = functools.partial(
+                reranker.encode, query, documents, truncation_side=truncation_side, max_document_length=max_document_length
             )
+            if len(query) + sum(map(len, documents)) <= INLINE_TOKENIZE_CHARS:
+                encoded = encode()
+            else:
+                encoded = await asyncio.to_thread(encode)
             settings.check_encoding(encoded, reranker.max_length, field_name, truncation)
             return await scorer.score(encoded)
         finally:

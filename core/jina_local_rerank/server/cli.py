@@ -165,7 +165,7 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
             host=args.host,
             port=args.port,
             log_level=args.log_level,
-            log_config=log_config(),
+            log_config=log_config(args.log_level),
             access_log=False,  # the app writes its own access log, with request ids
             http=deadline_protocol(settings.request_read_timeout_s),
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
@@ -175,11 +175,12 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         pass
 
 
-def log_config() -> dict[str, Any]:
-    """uvicorn's logging configuration plus the app's loggers (access log and errors) on uvicorn's handler."""
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration plus the app's loggers (access log and errors) on uvicorn's handler, at
+    ``level`` (the access log writes at info)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     for name in ("jina_local_rerank.access", "jina_local_rerank.server"):
-        config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
     return config
