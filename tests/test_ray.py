@@ -32,7 +32,8 @@ from jina_local_rerank import Reranker
 from jina_local_rerank.cli import main
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.ray import PairColumns, build_app, score_pairs_file
-from jina_local_rerank.ray.serve import ServeBatchScorer
+from jina_local_rerank.merging import encoded_tokens
+from jina_local_rerank.ray.serve import ServeBatchScorer, _Request
 from jina_local_rerank.ranking import best_first
 from jina_local_rerank.server.settings import ServerSettings
 
@@ -292,20 +293,19 @@ class TestServe:
         assert app.stats()["replica"] != victim
 
 
-async def test_serve_batch_scorer_merges_what_waits_together(engine: Reranker) -> None:
-    """``@serve.batch`` in this process: requests queued in one step of the event loop make one call, split back
-    to each its own scores, with the counters the single-machine server keeps."""
+async def test_serve_batch_scorer_merges_and_splits_with_the_servers_functions(engine: Reranker) -> None:
+    """The body ``@serve.batch`` runs for a batch (called directly: the decorator needs a replica): one scoring
+    call for the requests given, each request's logits split back, counted as the single-machine server counts."""
     requests = [(f"query {i}", [f"{WORDS[j]} document {i}" for j in range(i % 4 + 1)]) for i in range(16)]
     scorer = ServeBatchScorer(engine, batching=True, max_batch_tokens=engine.max_batch_tokens, batch_wait_s=0.0)
-    results = await asyncio.gather(*(scorer.score(engine.encode(query, docs)) for query, docs in requests))
-    for (query, documents), result in zip(requests, results):
+    encoded = [engine.encode(query, docs) for query, docs in requests]
+    batch = [_Request(index, request, encoded_tokens(request)) for index, request in enumerate(encoded)]
+    logits = await ServeBatchScorer._merged.__wrapped__(scorer, batch)
+    for (query, documents), request, part in zip(requests, encoded, logits):
+        result = engine.result_from_logits(request, part)
         assert result.scores == pytest.approx(engine.score(query, documents).scores, abs=TOLERANCE)
     assert [call.requests for call in scorer.counters.calls] == [tuple(range(16))]
-    assert scorer.counters.requests == 16 and scorer.counters.pairs == sum(len(d) for _, d in requests)
-
-    one_each = ServeBatchScorer(engine, batching=False, max_batch_tokens=engine.max_batch_tokens, batch_wait_s=0.0)
-    await asyncio.gather(*(one_each.score(engine.encode(query, docs)) for query, docs in requests[:4]))
-    assert [len(call.requests) for call in one_each.counters.calls] == [1, 1, 1, 1]
+    assert scorer.counters.tokens == sum(encoded_tokens(request) for request in encoded)
 
 
 def test_serve_command_with_ray_deploys_and_stops(

@@ -17,7 +17,7 @@ from ray.data.expressions import col
 from ..options import RerankerOptions
 from ..reranker import Reranker
 from ..validation import check_positive_int
-from .pairs_file import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
+from ..pairs_file import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
 
 
 class PairScorer:
