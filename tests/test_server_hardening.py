@@ -204,6 +204,17 @@ def test_without_an_api_key_only_local_and_allowed_host_names_are_served(
         assert "--allowed-host" in text and "attacker" not in text
 
 
+def test_probes_answer_whatever_the_host(port: int) -> None:
+    """Load balancers and orchestrators probe a server by its IP address: /health, /ready, /metrics answer."""
+    for path in ("/health", "/ready", "/metrics"):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", path, headers={"Host": "10.1.2.3:8080"})
+            assert connection.getresponse().status == 200, path
+        finally:
+            connection.close()
+
+
 def test_request_ids_on_every_response_and_in_the_access_log(server: Server) -> None:
     mine = httpx.get(f"{server.url}/v1/models", headers={"X-Request-ID": "trace-42.a"}, timeout=30)
     assert mine.headers["x-request-id"] == "trace-42.a"

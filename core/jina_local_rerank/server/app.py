@@ -57,6 +57,8 @@ access_logger = logging.getLogger("jina_local_rerank.access")
 error_logger = logging.getLogger("jina_local_rerank.server")
 
 TEI_ROUTES = ("/rerank", "/info")
+# Routes that answer whatever the Host: probes and scrapers address a server by its IP; they hold no API.
+PROBE_ROUTES = ("/health", "/ready", "/metrics")
 # Requests of at most this many characters are tokenized on the event loop (well under a millisecond); longer
 # ones in a worker thread, so a large request never stalls the loop.
 INLINE_TOKENIZE_CHARS = 16_384
@@ -107,7 +109,7 @@ class FrontDoor:
     connection.
 
     Every response carries ``X-Request-ID`` (the client's own if it sent a safe one). A request whose ``Host``
-    the settings do not answer for gets 400 before anything else runs. An exception that escapes the app is
+    the settings do not answer for gets 400 before anything else runs (except on the probe routes). An exception that escapes the app is
     logged with its traceback and answered with a JSON 500 (when nothing was sent yet), so the keep-alive
     connection stays usable for the client's next request.
     """
@@ -141,7 +143,8 @@ class FrontDoor:
 
         try:
             try:
-                self.settings.check_host(headers.get(b"host", b"").decode("latin-1"))
+                if path not in PROBE_ROUTES:
+                    self.settings.check_host(headers.get(b"host", b"").decode("latin-1"))
             except RequestRejected as exc:
                 await error_response(path, exc.status_code, exc.detail)(scope, receive, send_with_id)
             else:
