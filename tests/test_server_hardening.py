@@ -75,6 +75,8 @@ CATALOG = {
     "lone-surrogate-key": ("/v1/rerank", b'{"query": "q", "documents": ["a"], "\\ud800": 1}', 422, "key"),
     "not-utf8": ("/v1/rerank", b'{"query": "\xff\xfe", "documents": ["a"]}', 422, "not valid JSON"),
     "deeply-nested": ("/v1/rerank", b"[" * 100_000, 422, "nested too deeply"),
+    "nested-just-parsable": ("/v1/rerank", b"[" * 900 + b"]" * 900, 422, "body"),
+    "nested-in-a-document": ("/v1/rerank", b'{"query": "q", "documents": ' + b"[" * 900 + b"]" * 900 + b"}", 422, "documents"),
     "truncated-json": ("/v1/rerank", b'{"query": "q", "documents": ["a"', 422, "not valid JSON"),
     "body-is-a-list": ("/v1/rerank", b'["q", "a"]', 422, "body"),
     "empty-body": ("/v1/rerank", b"", 422, "missing"),

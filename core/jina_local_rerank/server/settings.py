@@ -77,30 +77,33 @@ def check_api_key_value(key: str, source: str) -> str:
     return key
 
 
-def lone_surrogate_path(value: Any, path: str = "body") -> str | None:
+def lone_surrogate_path(value: Any) -> str | None:
     """Where the first string with a lone surrogate (not encodable as UTF-8) is in parsed JSON, e.g.
-    ``documents[3]``; None if there is none."""
-    if isinstance(value, str):
-        if value.isascii():
-            return None
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            found = lone_surrogate_path(item, f"{path}[{index}]")
-            if found:
-                return found
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if lone_surrogate_path(key) is not None:
-                return f"a key of {path}"
-            found = lone_surrogate_path(item, key if path == "body" else f"{path}.{key}")
-            if found:
-                return found
+    ``documents[3]`` or ``documents[0].text``; None if there is none. Iterative, so any nesting depth is fine."""
+    stack: list[tuple[Any, str]] = [(value, "body")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and not _is_utf8_encodable(item):
+                return path
+        elif isinstance(item, list):
+            stack.extend((entry, f"{path}[{index}]") for index, entry in reversed(list(enumerate(item))))
+        elif isinstance(item, dict):
+            for key in item:
+                if not key.isascii() and not _is_utf8_encodable(key):
+                    return f"a key of {path}"
+            stack.extend(
+                (entry, key if path == "body" else f"{path}.{key}") for key, entry in reversed(list(item.items()))
+            )
     return None
+
+
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validation_errors(errors: Sequence[dict[str, Any]], limit: int = MAX_REPORTED_ERRORS) -> list[dict[str, Any]]:
