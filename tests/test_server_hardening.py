@@ -3,6 +3,7 @@ overload, and the operations routes (metrics, request ids, readiness), against r
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -313,18 +314,13 @@ class HeldBatcher(MicroBatcher):
         return super()._forward(sequences)
 
 
-@pytest.fixture
-def held_server(reranker: Reranker) -> Iterator[tuple[str, HeldBatcher]]:
-    """The app on a real uvicorn in a thread, with 2 requests admitted at most and a scorer held shut."""
+@contextlib.contextmanager
+def uvicorn_in_a_thread(app: Any, **config: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn on a free loopback port, in a thread of this process; yields its URL."""
     import uvicorn
 
-    from jina_local_rerank.server.app import create_app
-
-    settings = ServerSettings(served_model_names=("held",), max_queued_requests=2)
-    scorer = HeldBatcher(reranker, max_wait_ms=0)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(reranker, settings, scorer=scorer), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -332,11 +328,45 @@ def held_server(reranker: Reranker) -> Iterator[tuple[str, HeldBatcher]]:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", scorer
+        yield f"http://127.0.0.1:{port}"
     finally:
-        scorer.gate.set()
         server.should_exit = True
         thread.join(timeout=60)
+
+
+@pytest.fixture
+def held_server(reranker: Reranker) -> Iterator[tuple[str, HeldBatcher]]:
+    """The app with 2 requests admitted at most and a scorer held shut."""
+    from jina_local_rerank.server.app import create_app
+
+    settings = ServerSettings(served_model_names=("held",), max_queued_requests=2)
+    scorer = HeldBatcher(reranker, max_wait_ms=0)
+    with uvicorn_in_a_thread(create_app(reranker, settings, scorer=scorer)) as url:
+        try:
+            yield url, scorer
+        finally:
+            scorer.gate.set()  # before uvicorn stops: it waits for the requests in flight
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_the_read_deadline_works_with_either_http_parser(reranker: Reranker, parser: str) -> None:
+    """uvicorn uses httptools where installed, else h11: both protocols close a stalled connection, and serve."""
+    if parser == "httptools":
+        pytest.importorskip("httptools")
+    from jina_local_rerank.server import connections
+    from jina_local_rerank.server.app import create_app
+
+    protocol = connections.deadline_protocol(READ_TIMEOUT_S) if parser == "httptools" else connections._h11_protocol(READ_TIMEOUT_S)
+    app = create_app(reranker, ServerSettings(served_model_names=("m",)))
+    with uvicorn_in_a_thread(app, http=protocol) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=CLOSE_BOUND_S) as sock:
+            sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nContent-Length: 90\r\n\r\n{")
+            data, elapsed = read_until_closed(sock)
+        assert data == b"" and elapsed < CLOSE_BOUND_S
+        with httpx.Client(base_url=url, timeout=30) as client:  # whole requests, on one kept-alive connection
+            for _ in range(3):
+                assert client.post("/v1/rerank", json={"query": "q", "documents": ["a"]}).status_code == 200
 
 
 def test_overload_gets_429_with_retry_after_and_readiness_drops(held_server: tuple[str, HeldBatcher]) -> None:
