@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import io
 import json
+import random
 import socket
 import threading
 import time
@@ -397,3 +398,51 @@ def test_overload_gets_429_with_retry_after_and_readiness_drops(held_server: tup
         sender.join(timeout=120)
     assert [answer.status_code for answer in answers] == [200, 200]
     assert httpx.get(f"{url}/ready", timeout=30).json() == {"ready": True, "in_flight": 0, "max_queued_requests": 2}
+
+
+def random_json(rng: random.Random, depth: int = 0) -> Any:
+    """A random JSON value: strings (some with lone surrogates), numbers of every size, lists, objects, nulls."""
+    kind = rng.randrange(9 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2, 10**30, -(10**30), rng.randint(-5, 50)])
+    if kind == 3:
+        return rng.choice([0.5, -0.0, 1e308, -1e-308, rng.random()])
+    if kind in (4, 5):
+        return rng.choice(["", " ", "q", "llama", "a\ud800", "\udfffb", "x" * rng.randint(0, 300), "\u00e9\u4e2d"])
+    if kind in (6, 7):
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+    keys = ["query", "documents", "texts", "top_n", "model", "return_documents", "truncate", "raw_scores",
+            "truncation_direction", "max_tokens_per_doc", "return_text", "text", "\ud800"]
+    return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
+
+
+def test_random_bodies_never_get_a_5xx_or_lose_the_connection(port: int) -> None:
+    """200 random bodies (seeded), shaped like each route's and not: every answer is below 500, on one connection."""
+    rng = random.Random(15)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+        sock = connection.sock
+        statuses = []
+        for _ in range(200):
+            route = rng.choice(["/v1/rerank", "/v2/rerank", "/rerank"])
+            body: Any = random_json(rng)
+            if rng.random() < 0.6:  # mostly the route's own fields, with random values
+                field = "texts" if route == "/rerank" else "documents"
+                body = {"query": random_json(rng), field: [random_json(rng) for _ in range(rng.randint(0, 4))],
+                        **(body if isinstance(body, dict) else {})}
+            payload = json.dumps(body).encode()  # ASCII: lone surrogates travel as \ud800 escapes
+            connection.request("POST", route, body=payload, headers={"Content-Type": "application/json"})
+            answer = connection.getresponse()
+            text = answer.read()
+            assert answer.status < 500, (route, payload[:300], text[:300])
+            assert connection.sock is sock, (route, payload[:300])
+            statuses.append(answer.status)
+    finally:
+        connection.close()
+    assert {200, 400, 422} <= set(statuses)  # the bodies reached the model, TEI's empty check and validation
