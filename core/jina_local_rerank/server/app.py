@@ -109,9 +109,9 @@ class FrontDoor:
     connection.
 
     Every response carries ``X-Request-ID`` (the client's own if it sent a safe one). A request whose ``Host``
-    the settings do not answer for gets 400 before anything else runs (except on the probe routes). An exception that escapes the app is
-    logged with its traceback and answered with a JSON 500 (when nothing was sent yet), so the keep-alive
-    connection stays usable for the client's next request.
+    the settings do not answer for gets 400 before anything else runs (the probe routes excepted). An exception
+    that escapes the app is logged with its traceback and answered with a JSON 500 (when nothing was sent yet),
+    so the keep-alive connection stays usable for the client's next request.
     """
 
     def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics, routes: Sequence[str]) -> None:
