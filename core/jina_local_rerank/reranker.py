@@ -15,7 +15,7 @@ from .engine import ScoringEngine, get_engine, is_cached, release_engine
 from .options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
 from .progress import Progress
 from .ranking import ranked_indices
-from .tokenization import SPECIAL_TOKENS_PER_PAIR
+from .tokenization import SPECIAL_TOKENS_PER_PAIR, EncodedPairs
 from .validation import check_documents, check_query
 
 logger = logging.getLogger(__name__)
@@ -213,14 +213,7 @@ class Reranker:
     ) -> ScoreResult:
         if not pairs:
             return ScoreResult([], [], [], [], 0, [])
-        encoded = self.engine.tokenizer.encode_pairs(
-            queries,
-            pairs,
-            max_length=self.max_length,
-            max_query_length=self.max_query_length,
-            long_document=self.long_document,
-            chunk_stride=self.chunk_stride,
-        )
+        encoded = self._encode(queries, pairs)
         if any(encoded.query_truncated):
             logger.warning("query truncated to max_query_length=%d tokens", self.max_query_length)
         truncated = sum(encoded.document_truncated)
@@ -229,13 +222,57 @@ class Reranker:
                 "%d of %d documents truncated to fit max_length=%d tokens", truncated, len(pairs), self.max_length
             )
         sequence_logits = self.engine.logits(encoded.input_ids, self.max_batch_tokens, show_progress)
-        logits = self._combine_windows(sequence_logits, encoded.owner, len(pairs))
+        return self.result_from_logits(encoded, sequence_logits, raw=raw)
+
+    def _encode(self, queries: list[str], pairs: list[tuple[int, str]], **cuts: Any) -> EncodedPairs:
+        return self.engine.tokenizer.encode_pairs(
+            queries,
+            pairs,
+            max_length=self.max_length,
+            max_query_length=self.max_query_length,
+            long_document=self.long_document,
+            chunk_stride=self.chunk_stride,
+            **cuts,
+        )
+
+    # Pre-encoded scoring, for servers: tokenize a request once with ``encode``, check limits on the encoding
+    # (token budgets, truncation), score its sequences with ``engine.logits`` (possibly merged with other
+    # requests' sequences), then build its result with ``result_from_logits``. ``score`` is these three steps.
+
+    def encode(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncation_side: str = "right",
+        max_document_length: int | None = None,
+    ) -> EncodedPairs:
+        """The token sequences ``score(query, documents)`` scores, special tokens included.
+
+        ``truncation_side="left"`` keeps the end of a document that does not fit; ``max_document_length`` cuts
+        every document to that many tokens first (both count as truncation).
+        """
+        query = check_query(query)
+        documents = check_documents(documents)
+        return self._encode(
+            [query],
+            [(0, doc) for doc in documents],
+            truncation_side=truncation_side,
+            max_document_length=max_document_length,
+        )
+
+    def result_from_logits(
+        self, encoded: EncodedPairs, sequence_logits: Sequence[float], *, raw: bool = False
+    ) -> ScoreResult:
+        """The ``ScoreResult`` of ``encoded`` given the raw logit of each of its sequences, in order."""
+        num_pairs = len(encoded.windows)
+        logits = self._combine_windows(list(sequence_logits), encoded.owner, num_pairs)
         scores = logits if raw else torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
-        token_counts = [0] * len(pairs)
+        token_counts = [0] * num_pairs
         for pair_index, ids in zip(encoded.owner, encoded.input_ids):
             token_counts[pair_index] += len(ids)
         return ScoreResult(
-            scores, logits, encoded.document_truncated, encoded.windows, sum(token_counts), token_counts
+            scores, logits, list(encoded.document_truncated), list(encoded.windows), sum(token_counts), token_counts
         )
 
     def _combine_windows(self, sequence_logits: list[float], owner: list[int], num_pairs: int) -> list[float]:

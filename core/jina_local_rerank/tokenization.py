@@ -100,13 +100,19 @@ class PairTokenizer:
         max_query_length: int,
         long_document: str = "truncate",
         chunk_stride: int | None = None,
+        truncation_side: str = "right",
+        max_document_length: int | None = None,
     ) -> EncodedPairs:
         """Encode ``pairs`` of (index into ``queries``, document) within ``max_length`` tokens.
 
         Each query keeps at most ``max_query_length`` tokens. A document longer than what is left of the window
         (its room) is truncated, or with ``long_document="chunk"`` split into overlapping windows of the room,
         ``chunk_stride`` tokens apart (default half the room, at most the room), each encoded as its own sequence.
+        ``truncation_side="left"`` keeps a truncated document's end instead of its start; ``max_document_length``
+        first cuts every document to that many tokens (counted as truncation).
         """
+        if truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
         query_ids = self.tokenize(queries)
         doc_ids = self.tokenize([doc for _, doc in pairs])
         input_ids: list[list[int]] = []
@@ -117,13 +123,16 @@ class PairTokenizer:
             query_truncated.append(len(query) > max_query_length)
             query = query[:max_query_length]
             room = max_length - SPECIAL_TOKENS_PER_PAIR - len(query)
+            capped = max_document_length is not None and len(doc) > max_document_length
+            if capped:
+                doc = doc[-max_document_length:] if truncation_side == "left" else doc[:max_document_length]
             if long_document == "chunk":
                 stride = max(1, min(chunk_stride or room // 2, room))
                 starts = window_starts(len(doc), room, stride)
-                doc_truncated.append(False)
+                doc_truncated.append(capped)
             else:
-                starts = [0]
-                doc_truncated.append(len(doc) > room)
+                starts = [max(0, len(doc) - room) if truncation_side == "left" else 0]
+                doc_truncated.append(capped or len(doc) > room)
             windows.append(len(starts))
             for start in starts:
                 window = doc[start : start + room]
