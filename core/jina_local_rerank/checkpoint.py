@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from .config import JinaBertConfig
 from .errors import CheckpointError, ModelNotFoundError
 from .attention import alibi_slopes
 from .model import JinaBertForReranking
+from .quantization import quantize_linear_layers
 
 DEFAULT_MODEL = "jinaai/jina-reranker-v1-tiny-en"
 MODEL_ENV_VAR = "JINA_LOCAL_RERANK_MODEL"
@@ -162,7 +162,8 @@ def _read_state_dict(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -> JinaBertForReranking:
     """Build the model from ``directory`` in ``dtype`` on ``device``; every tensor is checked by name and shape.
 
-    ``torch.qint8`` loads fp32 weights and dynamically quantizes the linear layers (CPU).
+    ``torch.qint8`` loads fp32 weights and quantizes the encoder's linear layers to int8 (CPU; see
+    :mod:`~jina_local_rerank.quantization`).
     """
     config = JinaBertConfig.from_json_file(directory / "config.json")
     path, state = _read_state_dict(directory)
@@ -192,9 +193,5 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -
     model.alibi_slopes = alibi_slopes(config.num_attention_heads).to(device)
     model.eval()
     if dtype == torch.qint8:
-        with warnings.catch_warnings():
-            # Eager-mode dynamic quantization is deprecated in favour of torchao, but still the fastest CPU path
-            # that needs no extra dependency.
-            warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        quantize_linear_layers(model.bert.encoder)
     return model
