@@ -80,11 +80,11 @@ def test_wrong_shape_names_tensor_and_shapes(broken_copy: Path):
 
 
 def test_missing_weights_and_tokenizer_are_named(broken_copy: Path):
+    (broken_copy / "tokenizer.json").unlink()
+    with pytest.raises(CheckpointError, match="tokenizer.json is missing"):
+        Reranker(broken_copy, device="cpu")
     (broken_copy / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="no weights found"):
-        Reranker(broken_copy, device="cpu")
-    (broken_copy / "tokenizer.json").unlink()
-    with pytest.raises(CheckpointError, match="tokenizer.json"):
         Reranker(broken_copy, device="cpu")
 
 

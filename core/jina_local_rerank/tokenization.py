@@ -6,13 +6,13 @@ joined with the special tokens, which gives the same ids as the original tokeniz
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from tokenizers import Tokenizer
 
+from .checkpoint_files import read_json, read_json_text
 from .errors import CheckpointError
 
 SPECIAL_TOKENS_PER_PAIR = 4  # <s> q </s></s> d </s>
@@ -58,17 +58,25 @@ class PairTokenizer:
         self.pad_id = pad_id
 
     @classmethod
-    def from_directory(cls, directory: Path) -> "PairTokenizer":
-        """Load ``tokenizer.json``; special tokens are named by ``special_tokens_map.json``/``tokenizer_config.json``."""
+    def from_directory(cls, directory: Path, vocab_size: int) -> "PairTokenizer":
+        """Load ``tokenizer.json``; special tokens are named by ``special_tokens_map.json``/``tokenizer_config.json``.
+
+        ``vocab_size`` is the rows of the model's embedding table: every id the tokenizer can produce must be one.
+        """
         path = directory / "tokenizer.json"
-        if not path.is_file():
-            raise CheckpointError(f"{path}: tokenizer.json is missing from the checkpoint")
+        text = read_json_text(path)
         try:
-            tokenizer = Tokenizer.from_file(str(path))
+            tokenizer = Tokenizer.from_str(text)
         except Exception as exc:  # tokenizers raises a bare Exception for malformed files
             raise CheckpointError(f"{path}: cannot load the tokenizer ({exc})") from None
         tokenizer.no_truncation()
         tokenizer.no_padding()
+        largest = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+        if largest >= vocab_size:
+            raise CheckpointError(
+                f"{path}: the tokenizer has ids up to {largest}, but the model's embedding table has {vocab_size} "
+                f"rows (vocab_size in config.json): the tokenizer does not belong to these weights"
+            )
         names = {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>"}
         for filename in ("tokenizer_config.json", "special_tokens_map.json"):
             names.update(_special_token_names(directory / filename))
@@ -133,12 +141,12 @@ class PairTokenizer:
 
 
 def _special_token_names(path: Path) -> dict[str, str]:
-    if not path.is_file():
+    """The special tokens ``path`` names (``cls_token`` etc. as strings or ``{"content": ...}``), if it exists."""
+    if not path.exists():
         return {}
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc})") from None
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: {path.name} must hold a JSON object, got {type(raw).__name__}")
     names = {}
     for role in ("cls_token", "sep_token", "pad_token"):
         value = raw.get(role)
@@ -146,4 +154,8 @@ def _special_token_names(path: Path) -> dict[str, str]:
             value = value.get("content")
         if isinstance(value, str):
             names[role] = value
+        elif value is not None:
+            raise CheckpointError(
+                f"{path}: {role} must be a string or an object with a string 'content', got {type(value).__name__}"
+            )
     return names
