@@ -40,10 +40,12 @@ def read_json_text(path: Path) -> str:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read {path.name} ({exc.strerror or exc})") from None
     with os.fdopen(fd, "rb") as file:
-        mode = os.fstat(file.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            raise CheckpointError(f"{path}: {path.name} is not a regular file (a {_kind(mode)})")
-        data = file.read(MAX_JSON_BYTES + 1)
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise CheckpointError(f"{path}: {path.name} is not a regular file (a {_kind(status.st_mode)})")
+        size = status.st_size
+        # One byte more than the size (capped) tells a file that grew past the limit since it was measured.
+        data = file.read(min(size, MAX_JSON_BYTES) + 1)
     if len(data) > MAX_JSON_BYTES:
         raise CheckpointError(
             f"{path}: {path.name} is larger than {MAX_JSON_BYTES // 2**20} MiB, the limit for a checkpoint's JSON files"
