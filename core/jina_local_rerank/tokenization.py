@@ -39,6 +39,12 @@ class EncodedPairs:
     windows: list[int]
 
 
+# With long_document="chunk", the most windows one document may be split into. Each window is a sequence of up to
+# max_length tokens held in memory until scored: 256 full windows of the v1 models' 8,192 tokens are 2M tokens,
+# a document of about 1M tokens (some 4 MB of English) at the default stride.
+MAX_CHUNK_WINDOWS = 256
+
+
 def window_starts(length: int, room: int, stride: int) -> list[int]:
     """Start offsets of windows of ``room`` tokens over ``length`` tokens, ``stride`` apart; the last ends at the end."""
     if length <= room:
@@ -46,6 +52,29 @@ def window_starts(length: int, room: int, stride: int) -> list[int]:
     starts = list(range(0, length - room, stride))
     starts.append(length - room)
     return starts
+
+
+def window_count(length: int, room: int, stride: int) -> int:
+    """``len(window_starts(length, room, stride))``, without building the list."""
+    return 1 if length <= room else -(-(length - room) // stride) + 1
+
+
+def check_window_count(index: int, length: int, room: int, stride: int) -> None:
+    """Raise ``ValueError`` if document ``index`` of ``length`` tokens needs more than ``MAX_CHUNK_WINDOWS`` windows."""
+    count = window_count(length, room, stride)
+    if count <= MAX_CHUNK_WINDOWS:
+        return
+    smallest_stride = -(-(length - room) // (MAX_CHUNK_WINDOWS - 1))
+    fix = (
+        f"raise chunk_stride to at least {smallest_stride}"
+        if smallest_stride <= room
+        else f"split the document (even chunk_stride {room}, a whole window, is not enough)"
+    )
+    raise ValueError(
+        f"the document at index {index} ({length} tokens) needs {count} windows of {room} tokens at chunk_stride "
+        f"{stride}, more than the {MAX_CHUNK_WINDOWS} allowed per document (MAX_CHUNK_WINDOWS): {fix}, or use "
+        "long_document='truncate'"
+    )
 
 
 class PairTokenizer:
@@ -113,7 +142,8 @@ class PairTokenizer:
 
         Each query keeps at most ``max_query_length`` tokens. A document longer than what is left of the window
         (its room) is truncated, or with ``long_document="chunk"`` split into overlapping windows of the room,
-        ``chunk_stride`` tokens apart (default half the room, at most the room), each encoded as its own sequence.
+        ``chunk_stride`` tokens apart (default half the room, at most the room), each encoded as its own sequence;
+        a document that would need more than ``MAX_CHUNK_WINDOWS`` windows raises ``ValueError``.
         """
         query_ids = self.tokenize(queries)
         doc_ids = self.tokenize([doc for _, doc in pairs])
@@ -127,6 +157,7 @@ class PairTokenizer:
             room = max_length - SPECIAL_TOKENS_PER_PAIR - len(query)
             if long_document == "chunk":
                 stride = max(1, min(chunk_stride or room // 2, room))
+                check_window_count(pair_index, len(doc), room, stride)
                 starts = window_starts(len(doc), room, stride)
                 doc_truncated.append(False)
             else:
