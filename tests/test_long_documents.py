@@ -226,5 +226,5 @@ def test_a_huge_document_at_stride_one_fails_before_building_windows(checkpoint_
 def test_a_document_longer_than_any_stride_allows_says_to_split_it(small_window_checkpoint_dir: Path) -> None:
     widest = Reranker(small_window_checkpoint_dir, device="cpu", long_document="chunk", chunk_stride=10_000)
     document = " ".join(WORDS[i % len(WORDS)] for i in range(MAX_CHUNK_WINDOWS * WINDOW))
-    with pytest.raises(ValueError, match=r"split the document \(even chunk_stride \d+, a whole window, is not enough\)"):
+    with pytest.raises(ValueError, match=r"split the document \(even chunk_stride \d+, a whole window, is not"):
         widest.score(QUERY, [document])
