@@ -32,7 +32,8 @@ def _activation_levels() -> int:
     Without VNNI the x86 kernels add pairs of uint8 x int8 products in saturating int16, which full 8-bit
     activations can overflow; torch's own dynamic quantization reduces the range for the same reason.
     """
-    return 256 if torch.cpu.get_capabilities().get("avx512_vnni", False) else 128
+    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # absent from older torch: 7 bits there
+    return 256 if capabilities.get("avx512_vnni", False) else 128
 
 
 class Int8Linear(nn.Module):
