@@ -56,11 +56,17 @@ def test_encoder_layers_are_int8_and_the_head_stays_fp32(int8: Reranker):
     assert isinstance(model.bert.pooler.dense, torch.nn.Linear) and isinstance(model.classifier, torch.nn.Linear)
 
 
-@pytest.mark.parametrize("fbgemm", [True, False], ids=["fbgemm", "int_mm"])
-def test_int8_linear_rows_are_independent_and_close_to_fp32(monkeypatch, fbgemm: bool):
+@pytest.mark.parametrize(
+    ("fbgemm", "levels"), [(True, 256), (True, 128), (False, None)], ids=["fbgemm-8bit", "fbgemm-7bit", "int_mm"]
+)
+def test_int8_linear_rows_are_independent_and_close_to_fp32(monkeypatch, fbgemm: bool, levels: int | None):
     if fbgemm and not quantization._fbgemm_available():
         pytest.skip("torch has no FBGEMM engine here")
+    if levels == 256 and quantization._activation_levels() != 256:
+        pytest.skip("8-bit activations can overflow FBGEMM's kernels without AVX512-VNNI")
     monkeypatch.setattr(quantization, "_fbgemm_available", lambda: fbgemm)
+    if levels is not None:  # the width this CPU would not pick is tested too
+        monkeypatch.setattr(quantization, "_activation_levels", lambda: levels)
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
     layer = Int8Linear(linear)
