@@ -198,9 +198,9 @@ def test_engines_are_shared_per_key_and_released(checkpoint_dir: Path, reranker:
 def test_int8_quantizes_linear_layers_and_keeps_the_ranking_close(checkpoint_dir: Path, reranker: Reranker):
     int8 = Reranker(checkpoint_dir, device="cpu", dtype="int8")
     assert int8.dtype == torch.qint8 and int8.engine is not reranker.engine
-    assert not any(isinstance(m, torch.nn.Linear) for m in int8.engine.model.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.engine.model.bert.encoder.modules())
     assert int8.score(QUERY, DOCS, raw=True).logits == pytest.approx(
-        reranker.score(QUERY, DOCS, raw=True).logits, abs=0.3
+        reranker.score(QUERY, DOCS, raw=True).logits, abs=0.1
     )
     with pytest.raises(ValueError, match="runs on the CPU only"):
         resolve_dtype("int8", torch.device("cuda"))
@@ -214,10 +214,10 @@ def test_row_blocks_leave_scores_unchanged(checkpoint_dir: Path, reranker: Reran
     whole = scorer.score(QUERY, docs, raw=True).logits
     monkeypatch.setattr(row_blocks_module, "CPU_BLOCK_ROWS", 16)
     blocked = scorer.score(QUERY, docs, raw=True).logits
-    # int8 quantizes activations per call, so its blocks get their own scales: close, not identical.
-    tolerance = 1e-5 if dtype == "float32" else 0.3
-    assert blocked == pytest.approx(whole, abs=tolerance)
-    assert blocked == pytest.approx(reranker.score(QUERY, docs, raw=True).logits, abs=tolerance)
+    # int8 quantizes activations per token row, so row blocks do not change its scores either.
+    assert blocked == pytest.approx(whole, abs=1e-5 if dtype == "float32" else 1e-3)
+    fp32 = reranker.score(QUERY, docs, raw=True).logits
+    assert blocked == pytest.approx(fp32, abs=1e-5 if dtype == "float32" else 0.1)
 
 
 def test_half_precision_stays_close_to_fp32(checkpoint_dir: Path, reranker: Reranker):

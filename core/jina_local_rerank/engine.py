@@ -141,8 +141,8 @@ def get_engine(
         engine = _cache.get(key)
         if engine is None:
             directory = resolve_model_dir(model, revision=revision, cache_dir=cache_dir, token=token)
-            tokenizer = PairTokenizer.from_directory(directory)
             weights = load_checkpoint(directory, resolved_dtype, resolved_device)
+            tokenizer = PairTokenizer.from_directory(directory, weights.config.vocab_size)
             engine = _cache[key] = ScoringEngine(key, directory, weights, tokenizer, resolved_dtype)
         return engine
 

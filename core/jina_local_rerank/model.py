@@ -98,7 +98,7 @@ class JinaBertGLUMLP(nn.Module):
             weight = self.gated_layers.weight
             gated = F.linear(x, weight[: self.intermediate_size])
             non_gated = F.linear(x, weight[self.intermediate_size :])
-        else:  # dynamically quantized (dtype int8): the packed weight cannot be sliced
+        else:  # int8 (Int8Linear): its packed weight cannot be sliced
             gated, non_gated = self.gated_layers(x).split(self.intermediate_size, dim=-1)
         return self.layernorm(self.wo(F.gelu(gated).mul_(non_gated)) + x)
 

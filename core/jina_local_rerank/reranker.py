@@ -266,21 +266,21 @@ class Reranker:
     ) -> ScoreResult:
         """The ``ScoreResult`` of ``encoded`` given the raw logit of each of its sequences, in order."""
         num_pairs = len(encoded.windows)
-        logits = self._combine_windows(list(sequence_logits), encoded.owner, num_pairs)
+        logits = self._combine_windows(list(sequence_logits), encoded.pair_of_sequence, num_pairs)
         scores = logits if raw else torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
         token_counts = [0] * num_pairs
-        for pair_index, ids in zip(encoded.owner, encoded.input_ids):
+        for pair_index, ids in zip(encoded.pair_of_sequence, encoded.input_ids):
             token_counts[pair_index] += len(ids)
         return ScoreResult(
             scores, logits, list(encoded.document_truncated), list(encoded.windows), sum(token_counts), token_counts
         )
 
-    def _combine_windows(self, sequence_logits: list[float], owner: list[int], num_pairs: int) -> list[float]:
+    def _combine_windows(self, sequence_logits: list[float], pair_of_sequence: list[int], num_pairs: int) -> list[float]:
         """One logit per pair: its only window's, or the windows' max / mean of the best two."""
         if len(sequence_logits) == num_pairs:
             return sequence_logits
         per_pair: list[list[float]] = [[] for _ in range(num_pairs)]
-        for pair_index, logit in zip(owner, sequence_logits):
+        for pair_index, logit in zip(pair_of_sequence, sequence_logits):
             per_pair[pair_index].append(logit)
         if self.chunk_aggregation == "max":
             return [max(values) for values in per_pair]
