@@ -67,7 +67,8 @@ def test_bf16_inputs_give_bf16_context_close_to_the_fp32_one():
 
 
 def _tiles(num_blocks: torch.Tensor, indices: torch.Tensor) -> set[tuple[int, int]]:
-    return {(row, int(col)) for row, count in enumerate(num_blocks[0, 0].tolist()) for col in indices[0, 0, row, :count]}
+    counts = num_blocks[0, 0].tolist()
+    return {(row, int(col)) for row, count in enumerate(counts) for col in indices[0, 0, row, :count]}
 
 
 @pytest.mark.parametrize("cls_only", [False, True], ids=["all-queries", "cls-only"])

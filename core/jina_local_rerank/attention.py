@@ -132,7 +132,9 @@ def _fp32_scores(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tenso
     need fp32 scores (the bias reaches ``-slope * 8191``, which fp16/bf16 cannot hold exactly)."""
 
     @functools.wraps(call)
-    def fp32_call(self: PackedAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool) -> torch.Tensor:
+    def fp32_call(
+        self: PackedAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool
+    ) -> torch.Tensor:
         return call(self, q.float(), k.float(), v.float(), cls_only).to(q.dtype)
 
     return fp32_call
@@ -386,7 +388,9 @@ class FlexAttention(PackedAttention):
 
     def __init__(self, lengths: Sequence[int], slopes: torch.Tensor) -> None:
         if flex_attention is None:
-            raise RuntimeError(f"FlexAttention needs torch >= 2.5 (torch.nn.attention.flex_attention); this is torch {torch.__version__}")
+            raise RuntimeError(
+                f"FlexAttention needs torch >= 2.5 (torch.nn.attention.flex_attention), not {torch.__version__}"
+            )
         super().__init__(lengths, slopes)
         device = slopes.device
         tokens = sum(self.lengths)
@@ -415,7 +419,11 @@ class FlexAttention(PackedAttention):
         self._compiled = device.type == "cuda" if self.compiled is None else self.compiled
 
     def _mask_and_score(
-        self, query_document: torch.Tensor, query_position: torch.Tensor, key_document: torch.Tensor, key_position: torch.Tensor
+        self,
+        query_document: torch.Tensor,
+        query_position: torch.Tensor,
+        key_document: torch.Tensor,
+        key_position: torch.Tensor,
     ) -> tuple[BlockMask, Callable[..., torch.Tensor]]:
         mask = document_block_mask(query_document, key_document, _document_mask(query_document, key_document))
         return mask, _alibi_score(self.slopes, query_position, key_position)
