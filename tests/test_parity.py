@@ -15,8 +15,9 @@ from jina_local_rerank.attention import ExactLengthAttention, PackedAttention, P
 CHECKPOINTS = ("tiny", "turbo", "heads8")
 ATOL = 1e-4
 # bf16 weights and activations against the fp32 golden logits, the bound the exact-length CPU path meets (worst
-# case 0.124, turbo / lengths_batch). The flex kernel's worst case on CPU is 0.177 there: like every fused kernel it
-# rounds attention probabilities to bf16 before multiplying the values, where the exact-length path keeps fp32.
+# case 0.124, turbo / lengths_batch). The flex kernel's worst case on CPU is 0.177 (turbo / single_text): like every
+# fused kernel it rounds attention probabilities to bf16 before multiplying the values; the exact-length path keeps
+# fp32.
 BF16_ATOL = 0.2
 # Flex through its compiled kernel (the GPU code path, tiles skipped); its eager reference is in test_flex_attention.
 MODES = [ExactLengthAttention, PaddedAttention, CompiledFlexAttention]
