@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
-from jina_local_rerank.attention import FlexAttention, PackedAttention, alibi_bias
+from jina_local_rerank.attention import FlexAttention, PackedAttention, alibi_bias, flex_attention
 
 HEAD_DIM = 32
+needs_flex = pytest.mark.skipif(flex_attention is None, reason="FlexAttention needs torch >= 2.5")
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedAttention) -> torch.Tensor:

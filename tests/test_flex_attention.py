@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_reference import CompiledFlexAttention, packed_qkv, reference_attention
+from attention_reference import CompiledFlexAttention, needs_flex, packed_qkv, reference_attention
 from jina_local_rerank import attention
 from jina_local_rerank.attention import (
     FLEX_BLOCK,
@@ -23,9 +23,8 @@ from jina_local_rerank.attention import (
     flex_bucket,
 )
 from jina_local_rerank.batching import pack_batches
-from torch.nn.attention.flex_attention import create_block_mask
 
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+pytestmark = [needs_flex, pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")]
 
 # Sequences of 1 token, exactly one tile, across tile boundaries, and longer than the windowed threshold.
 LENGTHS = [300, 1, 128, 129, 5, 1100]
@@ -73,6 +72,8 @@ def _tiles(num_blocks: torch.Tensor, indices: torch.Tensor) -> set[tuple[int, in
 
 @pytest.mark.parametrize("cls_only", [False, True], ids=["all-queries", "cls-only"])
 def test_block_mask_tiles_are_those_of_the_element_mask(cls_only):
+    from torch.nn.attention.flex_attention import create_block_mask
+
     batch = FlexAttention(LENGTHS, alibi_slopes(4))
     ours = batch._masks[cls_only][0]
     theirs = create_block_mask(ours.mask_mod, 1, 1, batch.bucket, batch.bucket, device="cpu", BLOCK_SIZE=FLEX_BLOCK)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jina_local_rerank import Reranker
-from attention_reference import CompiledFlexAttention
+from attention_reference import CompiledFlexAttention, needs_flex
 from jina_local_rerank.attention import ExactLengthAttention, PackedAttention, PaddedAttention
 
 CHECKPOINTS = ("tiny", "turbo", "heads8")
@@ -20,7 +20,7 @@ ATOL = 1e-4
 # fp32.
 BF16_ATOL = 0.2
 # Flex through its compiled kernel (the GPU code path, tiles skipped); its eager reference is in test_flex_attention.
-MODES = [ExactLengthAttention, PaddedAttention, CompiledFlexAttention]
+MODES = [ExactLengthAttention, PaddedAttention, pytest.param(CompiledFlexAttention, marks=needs_flex)]
 MODE_IDS = ["exact-length", "padded", "flex"]
 
 
@@ -58,6 +58,7 @@ def test_model_matches_golden_logits_on_golden_inputs(parity_reranker, golden, m
 
 
 @pytest.mark.slow
+@needs_flex
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_bf16_logits_of_exact_length_and_flex_are_within_the_bf16_tolerance(parity_dir, golden, name):
     reranker = Reranker(parity_dir / name, device="cpu", dtype="bfloat16")
