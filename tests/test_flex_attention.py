@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from attention_reference import CompiledFlexAttention, needs_flex, packed_qkv, reference_attention
-from jina_local_rerank import attention
+from jina_local_rerank import Reranker, attention
 from jina_local_rerank.attention import (
     FLEX_BLOCK,
     ExactLengthAttention,
@@ -160,6 +160,13 @@ def test_engine_scores_through_flex_like_exact_length_and_warms_up_each_bucket(r
         hook.remove()
     assert max(abs(a - b) for a, b in zip(exact, flex)) < 1e-5
     assert passes == [1024, 2048]
+
+
+def test_bf16_models_give_fp32_logits_to_all_their_digits(checkpoint_dir):
+    """The pooler and classifier run in fp32: a bf16 logit would be rounded to 8 bits of mantissa."""
+    reranker = Reranker(checkpoint_dir, device="cpu", dtype="bfloat16")
+    logits = reranker.score("closures", [f"document {i} about closures and scopes" for i in range(8)], raw=True).logits
+    assert any(value != torch.tensor(value).bfloat16().item() for value in logits)
 
 
 @pytest.mark.slow

@@ -109,8 +109,8 @@ class ScoringEngine:
     def logits(
         self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: bool = False
     ) -> list[float]:
-        """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` tokens (see
-        ``_schedule``: padded, or packed).
+        """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` tokens: padded
+        (rows x longest), or packed (their sum) with an attention mode whose cost grows with them alone (flex).
 
         Identical sequences are scored once, so duplicates get bit-identical logits (exact ties). With
         ``show_progress``, inputs of at least ``PROGRESS_MIN_SEQUENCES`` show a progress bar on stderr.
