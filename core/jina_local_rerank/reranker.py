@@ -133,6 +133,11 @@ class Reranker:
             f"max_length={self.max_length})"
         )
 
+    def warm_up(self) -> None:
+        """Pay first-use costs now: on CUDA with FlexAttention, compile the kernels of every batch size up to
+        ``max_batch_tokens`` (seconds), so the first request is as fast as later ones; elsewhere one short pass."""
+        self.engine.warm_up(self.max_batch_tokens)
+
     def release(self) -> None:
         """Drop the shared weights from the process cache; they are freed once no object holds them."""
         release_engine(self.engine)

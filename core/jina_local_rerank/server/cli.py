@@ -145,6 +145,7 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     options = serve_options(args)
     settings = settings_from_args(args, options)
     reranker = Reranker(options)
+    reranker.warm_up()  # compiled kernels on CUDA: the first request must not pay for them
     if not settings.api_key and args.host not in LOOPBACK_HOSTS and not args.host.startswith("127."):
         print(
             f"jina-local-rerank: warning: listening on {args.host} without an API key; anyone who can reach "

@@ -118,8 +118,8 @@ class JinaLocalRanker:
         return reranker_for(self.options.replace(token=token))
 
     def warm_up(self) -> None:
-        """Load the model, or take it from the process-wide cache."""
-        self.reranker  # noqa: B018 - loading is the point
+        """Load the model (or take it from the process-wide cache) and pay its first-use costs (CUDA kernels)."""
+        self.reranker.warm_up()
 
     async def warm_up_async(self) -> None:
         """:meth:`warm_up` in a worker thread, so loading weights does not block the event loop."""
