@@ -14,6 +14,7 @@ GFLOP/s can exceed the matmul rate. On CPU, int8's ranking change is measured on
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import subprocess
@@ -61,23 +62,39 @@ def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int, war
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def matmul_run(device: str, dtype: torch.dtype) -> tuple[Callable[[], object], float]:
+def matmul_run(device: str, dtype: torch.dtype, size: int | None = None) -> tuple[Callable[[], object], float]:
     """A large square matmul (4 of them) and its FLOPs: the machine's reference rate, timed among the workloads."""
-    n = 2048 if device == "cpu" else 8192
+    n = size or (2048 if device == "cpu" else 8192)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return (lambda: [a @ b for _ in range(4)]), 4 * 2 * n**3
 
 
-def layer_flops_per_token(config: JinaBertConfig, length: int) -> float:
-    """One layer's FLOPs per token of an ``length``-token pair: its dense layers plus attention."""
+def layer_flops_per_token(config: JinaBertConfig, length: int, feed_forward_matrices: int = 3) -> float:
+    """One layer's FLOPs per token of an ``length``-token pair: its dense layers plus attention.
+
+    Dense: q, k, v and output (4 h x h) and the feed-forward's matrices of h x i (3 for GEGLU, 2 for BERT's MLP).
+    """
     h, i = config.hidden_size, config.intermediate_size
-    return 2 * (4 * h * h + 3 * h * i) + 4 * h * length
+    return 2 * (4 * h * h + feed_forward_matrices * h * i) + 4 * h * length
 
 
-def pair_flops(config: JinaBertConfig, length: int) -> float:
-    """The model's FLOPs for one pair (the issue's formula): every layer for every token."""
-    return length * config.num_hidden_layers * layer_flops_per_token(config, length)
+def pair_flops(config: JinaBertConfig, length: int, feed_forward_matrices: int = 3) -> float:
+    """The model's FLOPs for one pair (the issue's formula): every layer for every token. ``config`` may be a
+    transformers ``BertConfig`` (same field names) with ``feed_forward_matrices=2``."""
+    return length * config.num_hidden_layers * layer_flops_per_token(config, length, feed_forward_matrices)
+
+
+def flop_matched_intermediate(config: JinaBertConfig, layers: int) -> int:
+    """Intermediate size of a ``layers``-layer BERT (same hidden size) whose dense FLOPs per token equal ``config``'s.
+
+    Per layer and token, ours costs 2 (4h^2 + 3hi) (GEGLU: two h x i halves in, one i x h out) and BERT's
+    2 (4h^2 + 2hi'). Equal totals, L (4h^2 + 3hi) = L' (4h^2 + 2hi'), give i' = (L (4h + 3i) / L' - 4h) / 2: for
+    the tiny shape (L 4, h 384, i 1536) as 6 BERT layers, i' = i - 2h/3 = 1,280. Attention (4hL per layer and
+    token) then costs BERT L'/L = 1.5x ours: 4% more FLOPs per token at 290 tokens, 30% at 4,700.
+    """
+    h, i = config.hidden_size, config.intermediate_size
+    return round((config.num_hidden_layers * (4 * h + 3 * i) / layers - 4 * h) / 2)
 
 
 def executed_flops(config: JinaBertConfig, length: int) -> float:
@@ -142,27 +159,60 @@ def padded_baseline(reranker: Reranker, query: str, documents: list[str], batch_
     return logits
 
 
-def sentence_transformers_baseline(checkpoint: Path, workdir: Path) -> Callable[[list[list[str]]], object] | None:
-    """CrossEncoder on a random 6-layer, hidden-384 BERT with the same tokenizer (None if not installed)."""
+def sentence_transformers_baseline(
+    checkpoint: Path,
+    workdir: Path,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    layers: int = 6,
+    intermediate_size: int = 1536,
+    max_length: int = 1024,
+):
+    """CrossEncoder on a random native BERT with ``checkpoint``'s hidden size, heads, vocabulary and tokenizer
+    (None if sentence-transformers is not installed); loaded from a local folder, SDPA attention, ``dtype``.
+
+    The defaults are the 6 x 384 MiniLM shape (intermediate 1,536); see :func:`flop_matched_intermediate`.
+    """
     try:
         from sentence_transformers import CrossEncoder
         from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
     except ImportError:
         return None
-    directory = workdir / "minilm-shape"
+    ours = JinaBertConfig.from_json_file(checkpoint / "config.json")
+    directory = workdir / f"bert-{layers}x{ours.hidden_size}x{intermediate_size}"
     config = BertConfig(
-        vocab_size=JinaBertConfig.from_json_file(checkpoint / "config.json").vocab_size,
-        hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-        max_position_embeddings=1024, num_labels=1,
+        vocab_size=ours.vocab_size, hidden_size=ours.hidden_size, num_hidden_layers=layers,
+        num_attention_heads=ours.num_attention_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_length, num_labels=1,
     )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(directory)
     PreTrainedTokenizerFast(
         tokenizer_file=str(checkpoint / "tokenizer.json"), bos_token="<s>", eos_token="</s>", sep_token="</s>",
-        cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=1024,
+        cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=max_length,
     ).save_pretrained(directory)
-    model = CrossEncoder(str(directory), device="cpu", max_length=1024)
-    return lambda pairs: model.predict(pairs, batch_size=32, show_progress_bar=False)
+    # SDPA where this transformers has it for BERT (sentence-transformers 4+ takes model_kwargs, older releases
+    # automodel_args); else the default attention, which cross_encoder_transformer(model).config reports.
+    parameters = inspect.signature(CrossEncoder.__init__).parameters
+    sdpa = {"model_kwargs" if "model_kwargs" in parameters else "automodel_args": {"attn_implementation": "sdpa"}}
+    try:
+        model = CrossEncoder(str(directory), device=device, max_length=max_length, **sdpa)
+    except (TypeError, ValueError):
+        model = CrossEncoder(str(directory), device=device, max_length=max_length)
+    # A module since sentence-transformers 4 (heads included); before, the transformers model is all there is.
+    (model if isinstance(model, torch.nn.Module) else cross_encoder_transformer(model)).to(dtype)
+    return model
+
+
+def cross_encoder_transformer(model):
+    """The transformers model inside a CrossEncoder (``.model`` up to sentence-transformers 3, a submodule since)."""
+    from transformers import PreTrainedModel
+
+    held = getattr(model, "model", None)
+    if isinstance(held, PreTrainedModel):
+        return held
+    return next(module for module in model.modules() if isinstance(module, PreTrainedModel))
 
 
 MEASURE_PROCESS = """
@@ -244,7 +294,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     w1_runs["baseline: padded batches of 32"] = lambda: padded_baseline(reranker, *w1)
     cross_encoder = sentence_transformers_baseline(checkpoint, workdir) if device == "cpu" else None
     if cross_encoder is not None:
-        w1_runs["baseline: sentence-transformers"] = lambda: cross_encoder(w1_pairs)
+        w1_runs["baseline: sentence-transformers"] = lambda: cross_encoder.predict(
+            w1_pairs, batch_size=32, show_progress_bar=False
+        )
     w1_seconds = interleaved_medians(w1_runs, args.repeats)
     peak = matmul_flops / w1_seconds.pop("matmul") / 1e9
     for impl, seconds in w1_seconds.items():

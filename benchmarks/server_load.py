@@ -2,10 +2,12 @@
 
     python benchmarks/server_load.py --model ../shared/parity/tiny --device cpu
 
-Starts ``jina-local-rerank serve`` on a free loopback port twice, with and without micro-batching, sends
-Jina-shaped requests (``--documents`` documents of about ``--words`` words each) from that many concurrent
-clients, and prints one Markdown table. Each level is bounded by ``--requests`` and ``--max-seconds``; traffic
-never leaves 127.0.0.1. Without ``--model`` the server uses ``$JINA_LOCAL_RERANK_MODEL``, else the Hub id.
+First scores the same requests with the engine called directly in this process, one request at a time
+(``Reranker.score``: no HTTP, no JSON, no merging), the baseline every server row is divided by. Then starts
+``jina-local-rerank serve`` on a free loopback port twice, with and without micro-batching, sends Jina-shaped
+requests (``--documents`` documents of about ``--words`` words each) from that many concurrent clients, and
+prints one Markdown table. Each level is bounded by ``--requests`` and ``--max-seconds``; traffic never leaves
+127.0.0.1. Without ``--model`` the server uses ``$JINA_LOCAL_RERANK_MODEL``, else the Hub id.
 """
 
 from __future__ import annotations
@@ -40,12 +42,22 @@ class LevelResult:
     p50_ms: float
     p99_ms: float
     requests_per_batch: float
+    cpu_ms: float | None  # CPU time the scoring process spent per request (all its threads); None without /proc
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``), None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -117,6 +129,30 @@ async def run_level(url: str, payloads: list[dict], clients: int, max_requests: 
     return len(latencies), elapsed, latencies
 
 
+def engine_direct(args: argparse.Namespace, payloads: list[dict]) -> LevelResult:
+    """The same requests scored by ``Reranker.score`` in this process, one after another."""
+    from jina_local_rerank import Reranker
+
+    reranker = Reranker(args.model, device=args.device)
+    for payload in payloads[: args.warmup]:
+        reranker.score(payload["query"], payload["documents"])
+    latencies: list[float] = []
+    cpu_before = time.process_time()
+    started = time.perf_counter()
+    while len(latencies) < args.requests and time.perf_counter() - started < args.max_seconds:
+        payload = payloads[len(latencies) % len(payloads)]
+        began = time.perf_counter()
+        reranker.score(payload["query"], payload["documents"])
+        latencies.append(time.perf_counter() - began)
+    seconds = time.perf_counter() - started
+    cpu_ms = 1000 * (time.process_time() - cpu_before) / len(latencies)
+    latencies.sort()
+    reranker.release()
+    print(f"  engine direct: {len(latencies)} requests in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return LevelResult("engine direct, one request at a time", 1, len(latencies), seconds,
+                       1000 * percentile(latencies, 0.5), 1000 * percentile(latencies, 0.99), 1.0, cpu_ms)
+
+
 def batching_counters(url: str) -> tuple[int, int]:
     stats = httpx.get(f"{url}/health", timeout=30).json()["batching"]
     return stats["requests"], stats["batches"]
@@ -130,14 +166,17 @@ def benchmark_mode(args: argparse.Namespace, batching: bool, payloads: list[dict
         asyncio.run(run_level(url, payloads, 1, args.warmup, args.max_seconds))
         for clients in args.clients:
             before = batching_counters(url)
+            cpu_before = process_cpu_seconds(process.pid)
             done, seconds, latencies = asyncio.run(
                 run_level(url, payloads, clients, args.requests, args.max_seconds)
             )
+            cpu_after = process_cpu_seconds(process.pid)
             after = batching_counters(url)
+            cpu_ms = None if cpu_before is None or cpu_after is None else 1000 * (cpu_after - cpu_before) / done
             latencies.sort()
             batches = max(1, after[1] - before[1])
             results.append(LevelResult(mode, clients, done, seconds, 1000 * percentile(latencies, 0.5),
-                                       1000 * percentile(latencies, 0.99), (after[0] - before[0]) / batches))
+                                       1000 * percentile(latencies, 0.99), (after[0] - before[0]) / batches, cpu_ms))
             print(f"  {mode}, {clients} clients: {done} requests in {seconds:.1f} s", file=sys.stderr, flush=True)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -162,16 +201,21 @@ def main() -> None:
     args = parser.parse_args()
 
     payloads = make_requests(64, args.documents, args.words)
+    direct = engine_direct(args, payloads)  # before any server runs, so nothing else competes for the CPUs
     with tempfile.TemporaryDirectory(prefix="server-load-") as log_dir:
         results = [row for mode in args.modes for row in benchmark_mode(args, mode == "batching", payloads, Path(log_dir))]
 
     print(f"\nmodel {args.model or '(default)'}, device {args.device}, {args.documents} documents of ~{args.words} "
           f"words per request, {os.cpu_count()} CPUs\n")
-    print("| server | clients | requests | requests/s | p50 ms | p99 ms | requests per scoring call |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for row in results:
-        print(f"| {row.mode} | {row.clients} | {row.requests} | {row.requests / row.seconds:.1f} | "
-              f"{row.p50_ms:.0f} | {row.p99_ms:.0f} | {row.requests_per_batch:.1f} |")
+    print("| server | clients | requests | requests/s | vs engine direct | p50 ms | p99 ms | requests per scoring call "
+          "| CPU ms per request |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    direct_rate = direct.requests / direct.seconds
+    for row in [direct, *results]:
+        rate = row.requests / row.seconds
+        cpu = "n/a" if row.cpu_ms is None else f"{row.cpu_ms:.0f}"
+        print(f"| {row.mode} | {row.clients} | {row.requests} | {rate:.1f} | {rate / direct_rate:.2f} | "
+              f"{row.p50_ms:.0f} | {row.p99_ms:.0f} | {row.requests_per_batch:.1f} | {cpu} |")
 
 
 if __name__ == "__main__":

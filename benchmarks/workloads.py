@@ -41,10 +41,10 @@ def w1() -> tuple[str, list[str]]:
     return queries(1, seed=1)[0], passages(100, 24, 360, seed=2)
 
 
-def w2(tokens_per_word: float) -> tuple[str, list[str]]:
-    """1 query x 4 documents of about 4,700 tokens."""
-    words = round(4700 / tokens_per_word)
-    return queries(1, seed=3)[0], passages(4, words, words, seed=4)
+def w2(tokens_per_word: float, tokens: int = 4700, count: int = 4) -> tuple[str, list[str]]:
+    """1 query x ``count`` documents of about ``tokens`` tokens (4 of 4,700)."""
+    words = round(tokens / tokens_per_word)
+    return queries(1, seed=3)[0], passages(count, words, words, seed=4)
 
 
 def many_queries(num_queries: int, per_query: int) -> list[list[str]]:

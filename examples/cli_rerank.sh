@@ -22,7 +22,7 @@ workdir=$(mktemp -d)
 trap 'rm -rf "$workdir"' EXIT
 
 echo "# 1. documents as arguments"
-jina-local-rerank rerank "${model_args[@]}" --quiet --query "$query" \
+jina-local-rerank rerank "${model_args[@]}" --no-progress --query "$query" \
   "Organic cotton baby clothes for sensitive skin" \
   "Natural organic skincare range for sensitive skin" \
   "Yoga mats made from recycled materials"
@@ -32,11 +32,11 @@ cat >"$workdir/request.json" <<'JSON'
 {"query": "Organic skincare products for sensitive skin", "documents": ["Eco-friendly kitchenware for modern homes", {"text": "Sensitive skin-friendly facial cleansers and toners"}, "All-natural pet food for dogs with allergies"]}
 JSON
 cat "$workdir/request.json"
-jina-local-rerank rerank "${model_args[@]}" --quiet --input "$workdir/request.json" --top-n 2 --no-documents
+jina-local-rerank rerank "${model_args[@]}" --no-progress --input "$workdir/request.json" --top-n 2 --no-documents
 
 echo "# 3. JSON lines on standard input; raw logits instead of 0..1 scores"
 printf '%s\n' \
   '{"text": "Organic food wraps and storage solutions"}' \
   '"Tech gadgets for smart homes: 2024 edition"' \
   '{"text": "Biodegradable cleaning supplies for eco-conscious consumers"}' |
-  jina-local-rerank rerank "${model_args[@]}" --quiet --query "$query" --raw
+  jina-local-rerank rerank "${model_args[@]}" --no-progress --query "$query" --raw

@@ -13,16 +13,12 @@ import math
 import re
 import zlib
 
+from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from langchain_jina_local_rerank import JinaLocalRerank
-
-try:
-    from langchain_classic.retrievers import ContextualCompressionRetriever
-except ImportError:  # langchain < 1
-    from langchain.retrievers import ContextualCompressionRetriever
 
 CORPUS = {
     "rust-ownership": "Rust manages memory through ownership and borrowing, checked at compile time.",

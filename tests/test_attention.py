@@ -6,41 +6,17 @@ row; both must leave the result unchanged at fp32 precision.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from attention_reference import HEAD_DIM, packed_qkv, reference_attention
 from jina_local_rerank.attention import (
     WINDOWED_BLOCK_ROWS,
     WINDOWED_MIN_LENGTH,
     ExactLengthAttention,
-    PackedAttention,
     PaddedAttention,
     _key_windows,
-    alibi_bias,
     alibi_slopes,
 )
-
-HEAD_DIM = 32
-
-
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: PackedAttention) -> torch.Tensor:
-    """Full softmax over every key with the ALiBi bias, in float64, one head of one sequence at a time."""
-    out = torch.empty(q.shape, dtype=torch.float64)
-    for start, length in zip(batch.offsets, batch.lengths):
-        bias = alibi_bias(batch.slopes, range(length), length).double()
-        for head in range(q.shape[1]):
-            qs, ks, vs = (t[start : start + length, head].double() for t in (q, k, v))
-            weights = (qs @ ks.T / math.sqrt(HEAD_DIM) + bias[head]).softmax(-1)
-            out[start : start + length, head] = weights @ vs
-    return out
-
-
-def packed_qkv(lengths: list[int], num_heads: int, seed: int, query_scale: float = 1.0) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    shape = (sum(lengths), num_heads, HEAD_DIM)
-    q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
-    return [q * query_scale, k, v]
 
 
 @pytest.mark.parametrize("num_heads", [8, 12])

@@ -1,28 +1,46 @@
-"""The throughput benchmark's own arithmetic and baseline: what its table reports must mean what it says."""
+"""The benchmarks' own arithmetic and baselines: what their tables report must mean what they say; the GPU
+benchmark runs end to end on CPU at toy sizes."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from jina_local_rerank.attention import ExactLengthAttention
 from jina_local_rerank.config import JinaBertConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("engine_throughput", BENCHMARKS / "engine_throughput.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_benchmark("engine_throughput")
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def gpu_bench():
+    path = list(sys.path)
+    try:
+        yield load_benchmark("gpu")  # puts benchmarks/ and core/ on sys.path itself
+    finally:
+        sys.path[:] = path
 
 
 def test_padded_baseline_computes_the_engines_logits(bench, reranker):
@@ -52,3 +70,50 @@ def test_spearman_ranks(bench):
     assert bench.spearman([0.1, 0.5, 0.3], [1.0, 3.0, 2.0]) == 1.0
     assert bench.spearman([0.1, 0.5, 0.3], [3.0, 1.0, 2.0]) == -1.0
     assert bench.spearman([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 4.0, 3.0]) == pytest.approx(0.8)
+
+
+def test_bert_baseline_has_the_engines_dense_flops_per_token(bench):
+    tiny = JinaBertConfig(
+        vocab_size=61056, hidden_size=384, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1536
+    )
+    intermediate = bench.flop_matched_intermediate(tiny, layers=6)
+    assert intermediate == 1280  # i - 2h/3
+    bert = SimpleNamespace(hidden_size=384, intermediate_size=intermediate, num_hidden_layers=6)
+    # Length 1: the attention term (4h per layer and token) is all that differs, BERT having 6 layers to our 4.
+    dense_ours = bench.pair_flops(tiny, 1) - 4 * 384 * 4
+    dense_bert = bench.pair_flops(bert, 1, feed_forward_matrices=2) - 4 * 384 * 6
+    assert dense_ours == dense_bert
+
+
+def test_gpu_benchmark_parity_check_computes_golden_errors(gpu_bench, parity_dir):
+    mode, worst = gpu_bench.golden_errors(parity_dir, "cpu", "float32", ExactLengthAttention, names=("heads8",))
+    assert mode == "ExactLengthAttention" and list(worst) == ["heads8"]
+    assert 0 < worst["heads8"] < 1e-4
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_every_row_on_cpu(tmp_path):
+    """``benchmarks/gpu.py --device cpu --quick``: the GPU table's every workload and implementation, toy sizes."""
+    output = tmp_path / "gpu.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py"), "--device", "cpu", "--quick", "--skip-parity",
+         "--json", str(output)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    result = json.loads(output.read_text())
+    assert [r for r in result["rows"] if "failed" in r] == []
+    rows = {(r["workload"].split()[0], r["impl"].split(",")[0]) for r in result["rows"]}
+    for workload in ("W1", "W2", "W3", "W8K"):
+        assert {(workload, "engine flex"), (workload, "engine padded (old path)")} <= rows
+    if importlib.util.find_spec("sentence_transformers") is not None:
+        assert {r["workload"].split()[0] for r in result["rows"] if r["impl"].startswith("CrossEncoder")} == {
+            "W1", "W2", "W3", "W8K"
+        }
+    assert all(r["seconds"] > 0 and r["tokens"] > 0 and r["tokens/s"] > 0 for r in result["rows"])
+    w8k = next(r for r in result["rows"] if r["workload"].startswith("W8K"))
+    assert w8k["tokens"] == 4 * 512  # every pair truncated to the window
+    notes = dict(result["notes"])
+    assert float(notes["W1: max |flex logit - padded logit|"]) < 0.05  # the two paths compute one function (bf16)
+    assert "| W1 (2 queries x 2 passages) | engine flex, score_pairs" in completed.stdout
+    assert "| ratio and target |" in completed.stdout

@@ -77,7 +77,7 @@ def test_pipeline_reranks_retrieved_documents_best_first(store, checkpoint_dir, 
     expected = expected_ranking(reranker, QUERY, [doc.content for doc in retrieved])[:3]
     assert [doc_id for doc_id, _ in ranked(result)] == [retrieved[i].id for i, _ in expected]
     assert [score for _, score in ranked(result)] == pytest.approx([score for _, score in expected], rel=1e-6)
-    assert all(type(doc.score) is float and 0.0 < doc.score < 1.0 for doc in result["documents"])
+    assert all(type(doc.score) is float for doc in result["documents"])
     # The copies keep each retrieved Document's content and meta.
     by_id = {doc.id: doc for doc in retrieved}
     for doc in result["documents"]:
@@ -310,11 +310,11 @@ def test_two_rankers_share_one_engine_and_warm_up_is_idempotent(checkpoint_dir, 
 
     first.warm_up()
     second.run(query=QUERY, documents=documents)  # warms itself up
-    loaded = first._reranker
+    loaded = first.reranker
     first.warm_up()
 
-    assert first._reranker is loaded
-    assert first._reranker.engine is second._reranker.engine is reranker.engine
+    assert first.reranker is loaded
+    assert first.reranker.engine is second.reranker.engine is reranker.engine
     assert cached_engines() == engines_before
 
 
@@ -335,6 +335,32 @@ def test_inputs_are_not_mutated(checkpoint_dir):
     assert documents == snapshot
     assert [id(doc) for doc in documents] == ids
     assert all(out is not doc for out in result["documents"] for doc in documents)
+
+
+def test_outputs_share_nothing_mutable_with_the_inputs(checkpoint_dir):
+    documents = [
+        Document(content=text, meta={"n": i, "tags": ["t"], "source": {"page": i}}, embedding=[0.5, float(i)])
+        for i, text in enumerate(TEXTS)
+    ]
+    snapshot = copy.deepcopy(documents)
+
+    result = JinaLocalRanker(str(checkpoint_dir), device=CPU, top_k=None).run(query=QUERY, documents=documents)
+    for out in result["documents"]:
+        out.meta["n"] = -1
+        out.meta["tags"].append("edited")
+        out.meta["source"]["page"] = -1
+        out.embedding.append(9.0)
+
+    assert documents == snapshot
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_score_threshold_is_refused(checkpoint_dir, threshold):
+    with pytest.raises(ValueError, match="score_threshold must be a finite number"):
+        JinaLocalRanker(str(checkpoint_dir), device=CPU, score_threshold=threshold)
+    ranker = JinaLocalRanker(str(checkpoint_dir), device=CPU)
+    with pytest.raises(ValueError, match="score_threshold must be a finite number"):
+        ranker.run(query=QUERY, documents=[Document(content="a")], score_threshold=threshold)
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,15 @@ def test_copies_keep_ids_and_metadata_and_inputs_are_untouched(checkpoint_dir, r
         assert doc.page_content == documents[index].page_content
         assert doc.metadata == {**snapshot[index].metadata, "relevance_score": pytest.approx(scores[index])}
         assert doc.metadata["tags"] == ["t"]
+    for doc in result:  # nested metadata is the copy's own
+        doc.metadata["tags"].append("edited")
+    assert documents == snapshot
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf")])
+def test_non_finite_score_threshold_is_refused(checkpoint_dir, threshold):
+    with pytest.raises(ValidationError, match="score_threshold must be a finite number"):
+        JinaLocalRerank(model=checkpoint_dir, device="cpu", score_threshold=threshold)
 
 
 def test_custom_score_key_and_raw_scores(checkpoint_dir, reranker):

@@ -257,6 +257,12 @@ def test_top_n_none_returns_every_node_best_first(checkpoint_dir, reranker):
     assert_ranked(result, expected(reranker, "what colour is the sky", nodes, None))
 
 
+@pytest.mark.parametrize("threshold", [float("nan"), float("-inf")])
+def test_non_finite_score_threshold_is_refused(checkpoint_dir, threshold):
+    with pytest.raises(ValidationError, match="score_threshold must be a finite number"):
+        make(checkpoint_dir, score_threshold=threshold)
+
+
 def test_score_threshold_drops_nodes_below_it(checkpoint_dir, reranker):
     nodes, query = sample_nodes(), "what colour is the sky"
     everything = expected(reranker, query, nodes, None)
@@ -405,6 +411,7 @@ NON_DEFAULTS = dict(
     long_document="chunk",
     chunk_stride=512,
     chunk_aggregation="mean_top2",
+    cache_dir="/tmp/hf-cache",
     metadata_mode=MetadataMode.LLM,
     keep_retrieval_score=True,
     raw_scores=True,
@@ -412,7 +419,8 @@ NON_DEFAULTS = dict(
 
 
 def test_every_field_is_set_by_the_non_default_values_below():
-    fields = set(JinaLocalRerank.model_fields) - {"callback_manager", "model", "device"}
+    # token is a secret: never serialized (see the test below), so not round-tripped either.
+    fields = set(JinaLocalRerank.model_fields) - {"callback_manager", "model", "device", "token"}
     assert fields == set(NON_DEFAULTS)
     defaults = JinaLocalRerank()
     assert all(getattr(defaults, name) != value for name, value in NON_DEFAULTS.items())
@@ -424,6 +432,12 @@ def test_to_dict_and_json_round_trip_every_field(checkpoint_dir):
     assert data["class_name"] == "JinaLocalRerank"
     for restored in (JinaLocalRerank.from_dict(data), JinaLocalRerank.from_json(postprocessor.to_json())):
         assert restored.model_dump() == postprocessor.model_dump()
+
+
+def test_the_hub_token_is_never_serialized(checkpoint_dir):
+    postprocessor = make(checkpoint_dir, token="hf_secret_value")
+    assert postprocessor.engine_options().token == "hf_secret_value"
+    assert "hf_secret_value" not in postprocessor.to_json() + repr(postprocessor) + str(postprocessor.to_dict())
 
 
 def test_from_dict_reattaches_to_the_loaded_engine(checkpoint_dir, reranker):

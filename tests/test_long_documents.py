@@ -11,12 +11,15 @@ import io
 import json
 import math
 import random
+import re
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from jina_local_rerank import Reranker
 from jina_local_rerank.cli import main
+from jina_local_rerank.tokenization import MAX_CHUNK_WINDOWS
 
 WINDOW = 128  # conftest's small_window_checkpoint_dir
 SPECIAL_TOKENS = 4  # <s> query </s></s> document </s>
@@ -184,3 +187,44 @@ def test_rerank_command_reports_truncation_and_windows(
     length = len(token_ids(chunking, documents[0]))
     chunked_windows = expected_windows(length, room(chunking), room(chunking) // 2)
     assert expected.windows[0] == (1 if mode == "truncate" else chunked_windows) and chunked_windows > 1
+
+
+def test_too_many_windows_is_a_clear_error_that_says_what_to_change(small_window_checkpoint_dir: Path) -> None:
+    stride_one = Reranker(small_window_checkpoint_dir, device="cpu", long_document="chunk", chunk_stride=1)
+    rng = random.Random(5)
+    document = " ".join(rng.choices(WORDS, k=600))
+    length, size = len(token_ids(stride_one, document)), room(stride_one)
+    needed = expected_windows(length, size, 1)
+    assert needed > MAX_CHUNK_WINDOWS
+    with pytest.raises(ValueError) as info:
+        stride_one.score(QUERY, ["short", "also short", document])
+    message = str(info.value)
+    assert f"document at index 2 ({length} tokens) needs {needed} windows" in message
+    assert f"more than the {MAX_CHUNK_WINDOWS} allowed" in message and "long_document='truncate'" in message
+    smallest = int(re.search(r"raise chunk_stride to at least (\d+)", message)[1])
+    assert expected_windows(length, size, smallest) <= MAX_CHUNK_WINDOWS < expected_windows(length, size, smallest - 1)
+    fitting = Reranker(small_window_checkpoint_dir, device="cpu", long_document="chunk", chunk_stride=smallest)
+    assert fitting.score(QUERY, [document]).windows == [expected_windows(length, size, smallest)]
+
+
+def test_a_huge_document_at_stride_one_fails_before_building_windows(checkpoint_dir: Path) -> None:
+    stride_one = Reranker(checkpoint_dir, device="cpu", long_document="chunk", chunk_stride=1)
+    document = " ".join(WORDS[i % len(WORDS)] for i in range(100_000))  # 600 kB, 100,000 tokens
+    size = stride_one.max_length - SPECIAL_TOKENS - len(token_ids(stride_one, QUERY))
+    smallest = math.ceil((100_000 - size) / (MAX_CHUNK_WINDOWS - 1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=f"needs 91819 windows .* raise chunk_stride to at least {smallest},"):
+            stride_one.score(QUERY, [document])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(document) > 600_000 and size == 8182
+    assert peak < 64 * 2**20  # the windows alone would be 91,819 x 8,192 tokens
+
+
+def test_a_document_longer_than_any_stride_allows_says_to_split_it(small_window_checkpoint_dir: Path) -> None:
+    widest = Reranker(small_window_checkpoint_dir, device="cpu", long_document="chunk", chunk_stride=10_000)
+    document = " ".join(WORDS[i % len(WORDS)] for i in range(MAX_CHUNK_WINDOWS * WINDOW))
+    with pytest.raises(ValueError, match=r"split the document \(even chunk_stride \d+, a whole window, is not"):
+        widest.score(QUERY, [document])

@@ -32,6 +32,8 @@ from jina_local_rerank import Reranker
 from jina_local_rerank.cli import main
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.ray import PairColumns, build_app, score_pairs_file
+from jina_local_rerank.merging import encoded_tokens
+from jina_local_rerank.ray.serve import ServeBatchScorer, _Request
 from jina_local_rerank.ranking import best_first
 from jina_local_rerank.server.settings import ServerSettings
 
@@ -236,7 +238,7 @@ class TestServe:
         wrong_type = httpx.post(f"{app.url}/v1/rerank", json={"query": "q", "documents": [3]}, timeout=HTTP_TIMEOUT)
         assert wrong_type.status_code == 422
 
-    async def test_concurrent_requests_are_merged_into_batches(self, app: ServeApp, engine: Reranker) -> None:
+    async def test_concurrent_requests_get_their_own_scores(self, app: ServeApp, engine: Reranker) -> None:
         before = app.stats()
         requests = [
             (f"query {i} {WORDS[i]}", [f"{WORDS[j]} document {i}" for j in range(i % 5 + 1)]) for i in range(16)
@@ -250,8 +252,22 @@ class TestServe:
             assert_jina_answer(response.json(), query, documents, engine)
         after = app.stats()
         new_batches = after["batch_sizes"][len(before["batch_sizes"]):]
+        # How the proxy's arrivals fall into batches is timing; what they add up to is not.
         assert sum(new_batches) == 16 == after["requests"] - before["requests"]
-        assert max(new_batches) > 1, new_batches
+
+    def test_v2_tei_and_operations_routes(self, app: ServeApp, engine: Reranker) -> None:
+        documents = ["A llama is a camelid.", "Paris is in France."]
+        cohere = httpx.post(f"{app.url}/v2/rerank", json={"model": "jina-reranker-test", "query": "llama",
+                                                           "documents": documents}, timeout=HTTP_TIMEOUT)
+        assert cohere.status_code == 200, cohere.text
+        expected = engine.score("llama", documents)
+        assert [r["index"] for r in cohere.json()["results"]] == best_first(expected.logits)
+        tei = httpx.post(f"{app.url}/rerank", json={"query": "llama", "texts": []}, timeout=HTTP_TIMEOUT)
+        assert tei.status_code == 400 and tei.json()["error_type"] == "empty"
+        assert httpx.get(f"{app.url}/info", timeout=HTTP_TIMEOUT).json()["model_id"] == "jina-reranker-test"
+        assert httpx.get(f"{app.url}/ready", timeout=HTTP_TIMEOUT).status_code == 200
+        assert "jina_local_rerank_requests_total" in httpx.get(f"{app.url}/metrics", timeout=HTTP_TIMEOUT).text
+        assert cohere.headers["x-request-id"]
 
     def test_killed_replica_is_replaced_without_hanging(self, app: ServeApp, engine: Reranker) -> None:
         victim = app.stats()["replica"]
@@ -275,6 +291,21 @@ class TestServe:
             assert time.monotonic() < deadline, "no replica answered within 120 s of the kill"
             time.sleep(1)
         assert app.stats()["replica"] != victim
+
+
+async def test_serve_batch_scorer_merges_and_splits_with_the_servers_functions(engine: Reranker) -> None:
+    """The body ``@serve.batch`` runs for a batch (called directly: the decorator needs a replica): one scoring
+    call for the requests given, each request's logits split back, counted as the single-machine server counts."""
+    requests = [(f"query {i}", [f"{WORDS[j]} document {i}" for j in range(i % 4 + 1)]) for i in range(16)]
+    scorer = ServeBatchScorer(engine, batching=True, max_batch_tokens=engine.max_batch_tokens, batch_wait_s=0.0)
+    encoded = [engine.encode(query, docs) for query, docs in requests]
+    batch = [_Request(index, request, encoded_tokens(request)) for index, request in enumerate(encoded)]
+    logits = await ServeBatchScorer._merged.__wrapped__(scorer, batch)
+    for (query, documents), request, part in zip(requests, encoded, logits):
+        result = engine.result_from_logits(request, part)
+        assert result.scores == pytest.approx(engine.score(query, documents).scores, abs=TOLERANCE)
+    assert [call.requests for call in scorer.counters.calls] == [tuple(range(16))]
+    assert scorer.counters.tokens == sum(encoded_tokens(request) for request in encoded)
 
 
 def test_serve_command_with_ray_deploys_and_stops(

@@ -6,20 +6,32 @@ computes the same function (``softmax(q k^T / sqrt(d) + ALiBi) v`` within each s
 
 - :class:`ExactLengthAttention`: one kernel call per sequence at its exact length, no padding work; long
   sequences skip keys beyond each head's ALiBi reach. Suits CPUs.
-- :class:`PaddedAttention`: the sequences padded into one masked batch, one kernel call. Suits GPUs.
+- :class:`PaddedAttention`: the sequences padded into one masked batch, one kernel call.
+- :class:`FlexAttention`: every sequence in one fused ``flex_attention`` call over the packed tokens, the ALiBi
+  bias computed inside the kernel. Suits GPUs (torch >= 2.5).
 
 Scores are fp32 whatever the weights' dtype: the ALiBi bias reaches ``-slope * 8191``, which fp16/bf16 cannot
-hold exactly.
+hold exactly. The first two modes pass the bias as a tensor, so they cast q, k, v to fp32; the flex kernel
+adds it to its fp32 scores itself, so q, k, v stay in the model's dtype.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+
+try:
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+except ImportError:  # torch < 2.5
+    BlockMask = flex_attention = None
 
 # Upper bound on attention-score (and bias) elements of one attention call, all heads: 64 MiB in fp32.
 # Longer sequences are processed in blocks of query rows, so memory stays bounded at any length; larger
@@ -32,6 +44,14 @@ ATTENTION_BLOCK_ELEMENTS = 1 << 24
 NEGLIGIBLE_LOGIT = 40.0
 WINDOWED_MIN_LENGTH = 1024
 WINDOWED_BLOCK_ROWS = 256
+
+# FlexAttention pads a pass's tokens to a power of two of at least FLEX_MIN_TOKENS, so compiled kernels (specialised
+# to their shapes) are built once per such bucket. Its BlockMask tiles are FLEX_BLOCK x FLEX_BLOCK tokens.
+# Compiled kernels stay cached for up to FLEX_MAX_BUCKETS buckets (torch's default keeps 8 shapes, then falls back
+# to the eager reference, which holds every score in memory).
+FLEX_MIN_TOKENS = 1024
+FLEX_BLOCK = 128
+FLEX_MAX_BUCKETS = 64
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -80,8 +100,12 @@ class PackedAttention(ABC):
     ``offsets[i]`` is the packed row where sequence ``i`` starts, and ``cls_rows`` the same as a tensor: the rows
     of each sequence's ``<s>`` token, the only rows the pooler reads. Called with every token's queries, or with
     ``cls_only`` the ``<s>`` rows' queries alone (the last layer), it returns the attention context in the shape
-    of ``q``.
+    and dtype of ``q``.
     """
+
+    # Whether a pass's memory and work grow with its packed tokens alone (then batch budgets count packed tokens)
+    # rather than with rows x longest (then they count padded tokens).
+    packed_budget: ClassVar[bool] = False
 
     def __init__(self, lengths: Sequence[int], slopes: torch.Tensor) -> None:
         self.lengths = list(lengths)
@@ -95,6 +119,25 @@ class PackedAttention(ABC):
     @abstractmethod
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool) -> torch.Tensor:
         """``k, v`` ``[tokens, heads, d]`` packed; ``q`` the same, or ``[sequences, heads, d]`` with ``cls_only``."""
+
+    @classmethod
+    def warm_up_batches(cls, max_batch_tokens: int, max_length: int) -> list[list[int]]:
+        """Sequence lengths of the forward passes after which no batch of up to ``max_batch_tokens`` tokens
+        (sequences of up to ``max_length``) meets a first-use cost (compilation): one short pass by default."""
+        return [[min(8, max_length)]]
+
+
+def _fp32_scores(call: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Run a mode's ``__call__`` on fp32 q, k, v and return q's dtype: modes that pass the ALiBi bias as a tensor
+    need fp32 scores (the bias reaches ``-slope * 8191``, which fp16/bf16 cannot hold exactly)."""
+
+    @functools.wraps(call)
+    def fp32_call(
+        self: PackedAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool
+    ) -> torch.Tensor:
+        return call(self, q.float(), k.float(), v.float(), cls_only).to(q.dtype)
+
+    return fp32_call
 
 
 def _key_windows(
@@ -138,6 +181,7 @@ class ExactLengthAttention(PackedAttention):
         start = self.width - 1 - query_positions.start
         return self._band[None, heads, : len(query_positions), start + keys.start : start + keys.stop]
 
+    @_fp32_scores
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool) -> torch.Tensor:
         out = torch.empty_like(q)
         for index, (start, length) in enumerate(zip(self.offsets, self.lengths)):
@@ -173,7 +217,8 @@ class ExactLengthAttention(PackedAttention):
 
 
 class PaddedAttention(PackedAttention):
-    """The sequences padded into one masked batch ``[sequences, heads, width, d]``, one call: the GPU mode.
+    """The sequences padded into one masked batch ``[sequences, heads, width, d]``, one call: GPUs without
+    :class:`FlexAttention`.
 
     Queries are taken ``block_queries`` at a time, so scores stay within ``ATTENTION_BLOCK_ELEMENTS``.
     """
@@ -203,6 +248,7 @@ class PaddedAttention(PackedAttention):
         padded[self._padded_rows] = t[self._packed_rows]
         return padded.view(len(self.lengths), self.width, t.shape[1], -1).transpose(1, 2)
 
+    @_fp32_scores
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool) -> torch.Tensor:
         kp, vp = self._pad(k), self._pad(v)
         if cls_only:
@@ -219,3 +265,192 @@ class PaddedAttention(PackedAttention):
             context = torch.cat(blocks, dim=2)
         flat = context.transpose(1, 2).reshape(len(self.lengths) * self.width, q.shape[1], -1)
         return flat[self._padded_rows]
+
+
+def flex_bucket(tokens: int) -> int:
+    """The packed length (tokens) :class:`FlexAttention` pads a pass of ``tokens`` tokens to."""
+    return max(FLEX_MIN_TOKENS, 1 << (tokens - 1).bit_length())
+
+
+def flex_available(device: torch.device) -> bool:
+    """Whether :class:`FlexAttention` runs compiled on ``device``: torch >= 2.5 with Triton (which compiles the
+    kernel), and a CUDA GPU of compute capability 8.0 or later (bf16 tensor cores, the kernel's target)."""
+    return (
+        flex_attention is not None
+        and device.type == "cuda"
+        and importlib.util.find_spec("triton") is not None
+        and torch.cuda.get_device_capability(device) >= (8, 0)
+    )
+
+
+def default_attention(device: torch.device) -> type[PackedAttention]:
+    """The attention mode for ``device``: exact-length on CPUs, flex on recent CUDA GPUs, padded elsewhere."""
+    if device.type == "cpu":
+        return ExactLengthAttention
+    return FlexAttention if flex_available(device) else PaddedAttention
+
+
+def _tile_documents(document: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per ``FLEX_BLOCK`` tile of ``document`` ids: the lowest and highest id (negative ids ignored), and whether
+    the tile holds one id throughout. An empty tile gets an empty range (lowest > highest)."""
+    tiles = document.view(-1, FLEX_BLOCK)
+    real = tiles >= 0
+    lowest = torch.where(real, tiles, torch.iinfo(tiles.dtype).max).amin(-1)
+    highest = torch.where(real, tiles, -1).amax(-1)
+    return lowest, highest, real.all(-1) & (lowest == highest)
+
+
+def _ordered_tiles(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[query tiles, key tiles]`` booleans as BlockMask's ``(num_blocks [1, 1, q], indices [1, 1, q, k])``."""
+    dense = dense.to(torch.int32)
+    indices = dense.argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+    return dense.sum(-1, dtype=torch.int32)[None, None], indices[None, None]
+
+
+def document_block_mask(
+    query_document: torch.Tensor, key_document: torch.Tensor, mask_mod: Callable[..., torch.Tensor]
+) -> BlockMask:
+    """The BlockMask of ``query_document[i] == key_document[j]``, built from tile ranges, never ``[L, L]``.
+
+    Both id vectors (lengths multiples of ``FLEX_BLOCK``) hold packed documents: each id's tokens contiguous, ids
+    increasing; negative ids (padding) match nothing. So a tile is needed iff its query and key id ranges overlap,
+    and full (``mask_mod`` true throughout, so the kernel skips it) iff both hold one and the same id.
+    """
+    q_low, q_high, q_whole = _tile_documents(query_document)
+    k_low, k_high, k_whole = _tile_documents(key_document)
+    touching = (q_low[:, None] <= k_high[None, :]) & (k_low[None, :] <= q_high[:, None])
+    full = q_whole[:, None] & k_whole[None, :] & (q_low[:, None] == k_low[None, :])
+    return BlockMask.from_kv_blocks(
+        *_ordered_tiles(touching & ~full),
+        *_ordered_tiles(full),
+        BLOCK_SIZE=FLEX_BLOCK,
+        mask_mod=mask_mod,
+        seq_lengths=(len(query_document), len(key_document)),
+    )
+
+
+def _document_mask(query_document: torch.Tensor, key_document: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def mask_mod(batch, head, q_idx, kv_idx):  # noqa: ANN001, ANN202 (flex_attention's signature)
+        return query_document[q_idx] == key_document[kv_idx]
+
+    return mask_mod
+
+
+def _alibi_score(
+    slopes: torch.Tensor, query_position: torch.Tensor, key_position: torch.Tensor
+) -> Callable[..., torch.Tensor]:
+    def score_mod(score, batch, head, q_idx, kv_idx):  # noqa: ANN001, ANN202 (flex_attention's signature)
+        # ``score`` is fp32 inside the kernel, whatever the dtype of q and k.
+        return score - slopes[head] * (query_position[q_idx] - key_position[kv_idx]).abs()
+
+    return score_mod
+
+
+_compiled_flex: Callable[..., torch.Tensor] | None = None
+_compiled_shapes: set[tuple] = set()
+_compile_lock = threading.Lock()
+
+
+def _run_compiled_flex(key: tuple, *args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+    """``torch.compile(flex_attention)(*args, **kwargs)``; the first call per ``key`` (shape, dtype, device)
+    compiles, one thread at a time."""
+    global _compiled_flex
+    if key in _compiled_shapes:
+        return _compiled_flex(*args, **kwargs)
+    with _compile_lock:
+        if _compiled_flex is None:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, FLEX_MAX_BUCKETS)
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        out = _compiled_flex(*args, **kwargs)
+        _compiled_shapes.add(key)
+        return out
+
+
+class FlexAttention(PackedAttention):
+    """Every sequence in one fused ``flex_attention`` call per layer, q/k/v in the model's dtype: the GPU mode.
+
+    The packed tokens are padded to ``flex_bucket(tokens)`` (compiled kernels are specialised per bucket, so each
+    bucket compiles once; see :meth:`warm_up_batches`). A document mask keeps each sequence to itself: its
+    BlockMask (:func:`document_block_mask`) skips tiles between sequences and padding. The ALiBi bias
+    ``-slope[h] * |pos_q - pos_k|`` is a ``score_mod`` the kernel computes in fp32 on its fp32 scores, so no
+    bias or score tensor ever exists in memory (``[heads, L, L]`` at no length); the mode holds O(tokens) ids
+    and positions plus the ``(tokens / 128)^2`` tile tables. With ``cls_only`` the same kernel shape serves each
+    sequence's ``<s>`` query (query rows beyond the sequences match nothing and cost nothing).
+
+    The kernel is compiled where ``compiled`` says (default: on CUDA); elsewhere torch's eager reference runs the
+    same masks and scores, materialising the scores (CPU tests).
+    """
+
+    packed_budget = True
+    compiled: ClassVar[bool | None] = None
+
+    def __init__(self, lengths: Sequence[int], slopes: torch.Tensor) -> None:
+        if flex_attention is None:
+            raise RuntimeError(
+                f"FlexAttention needs torch >= 2.5 (torch.nn.attention.flex_attention), not {torch.__version__}"
+            )
+        super().__init__(lengths, slopes)
+        device = slopes.device
+        tokens = sum(self.lengths)
+        self.bucket = flex_bucket(tokens)
+        padding = self.bucket - tokens
+        sequences = torch.arange(len(self.lengths), device=device, dtype=torch.int32)
+        document = torch.repeat_interleave(
+            sequences, torch.tensor(self.lengths, device=device), output_size=tokens
+        )
+        position = torch.arange(tokens, device=device, dtype=torch.int32) - self.cls_rows.to(torch.int32)[document]
+        # Padding queries (id -1) and padding keys (id -2) match nothing. Every tensor the masks read is its own
+        # (none shared between queries and keys), so both calls meet one compiled kernel per bucket.
+        key_document = F.pad(document, (0, padding), value=-2)
+        key_position = F.pad(position, (0, padding))
+        self._masks = {
+            False: self._mask_and_score(
+                F.pad(document, (0, padding), value=-1), key_position.clone(), key_document, key_position
+            ),
+            True: self._mask_and_score(
+                F.pad(sequences, (0, self.bucket - len(self.lengths)), value=-1),
+                torch.zeros_like(key_position),
+                key_document,
+                key_position,
+            ),
+        }
+        self._compiled = device.type == "cuda" if self.compiled is None else self.compiled
+
+    def _mask_and_score(
+        self,
+        query_document: torch.Tensor,
+        query_position: torch.Tensor,
+        key_document: torch.Tensor,
+        key_position: torch.Tensor,
+    ) -> tuple[BlockMask, Callable[..., torch.Tensor]]:
+        mask = document_block_mask(query_document, key_document, _document_mask(query_document, key_document))
+        return mask, _alibi_score(self.slopes, query_position, key_position)
+
+    def _pad(self, t: torch.Tensor) -> torch.Tensor:
+        """``[rows, heads, d]`` -> ``[1, heads, bucket, d]``, zero rows after ``rows``."""
+        return F.pad(t, (0, 0, 0, 0, 0, self.bucket - len(t))).transpose(0, 1)[None]
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool) -> torch.Tensor:
+        block_mask, score_mod = self._masks[cls_only]
+        args = [self._pad(t) for t in (q, k, v)]
+        if self._compiled:
+            key = (self.bucket, *q.shape[1:], q.dtype, q.device)
+            context = _run_compiled_flex(key, *args, score_mod=score_mod, block_mask=block_mask)
+        else:
+            # The kernel's q k^T accumulates and stays in fp32; the eager reference would round it to q's dtype.
+            args[0], args[1] = args[0].float(), args[1].float()
+            context = flex_attention(*args, score_mod=score_mod, block_mask=block_mask).to(q.dtype)
+        return context[0].transpose(0, 1)[: len(q)]
+
+    @classmethod
+    def warm_up_batches(cls, max_batch_tokens: int, max_length: int) -> list[list[int]]:
+        """One pass per bucket up to ``flex_bucket(max_batch_tokens)``, each filling its bucket exactly."""
+        batches = []
+        bucket = FLEX_MIN_TOKENS
+        while bucket <= flex_bucket(max_batch_tokens):
+            count = -(-bucket // max_length)
+            batches.append([bucket // count + (i < bucket % count) for i in range(count)])
+            bucket *= 2
+        return batches

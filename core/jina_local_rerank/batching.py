@@ -5,16 +5,24 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def pack_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
-    """Group sequence indices into batches, longest first, so that rows x longest <= ``max_batch_tokens``.
+def pack_batches(lengths: Sequence[int], max_batch_tokens: int, packed: bool = False) -> list[list[int]]:
+    """Group sequence indices into batches, longest first, within ``max_batch_tokens`` tokens per batch.
 
-    Sorting by length keeps padding small; the caller restores input order from the returned indices.
+    A batch's tokens are rows x longest (its padded size), or with ``packed`` the sum of its lengths. A sequence
+    longer than the budget gets a batch of its own. Sorting by length keeps padding small; the caller restores
+    input order from the returned indices.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
+    total = 0
     for index in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_tokens:
-            batches[-1].append(index)
-        else:
-            batches.append([index])
+        length = lengths[index]
+        if batches:
+            size = total + length if packed else (len(batches[-1]) + 1) * lengths[batches[-1][0]]
+            if size <= max_batch_tokens:
+                batches[-1].append(index)
+                total += length
+                continue
+        batches.append([index])
+        total = length
     return batches

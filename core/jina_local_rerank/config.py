@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .checkpoint_files import read_json
 from .errors import CheckpointError, UnsupportedModelError
 
 SUPPORTED_ARCHITECTURES = frozenset(
     {"JinaBertModel", "JinaBertForSequenceClassification", "JinaBertForReranking"}
 )
+FAMILY_SETTINGS = {"position_embedding_type": "alibi", "feed_forward_type": "geglu"}
+# The integer keys the model reads, with their defaults (None: required).
+INTEGER_FIELDS: dict[str, int | None] = {
+    "vocab_size": None,
+    "hidden_size": None,
+    "num_hidden_layers": None,
+    "num_attention_heads": None,
+    "intermediate_size": None,
+    "type_vocab_size": 2,
+    "max_position_embeddings": 8192,
+}
 
 
 @dataclass(frozen=True)
@@ -34,57 +47,68 @@ class JinaBertConfig:
     @classmethod
     def from_json_file(cls, path: Path) -> "JinaBertConfig":
         """Read ``config.json``; raise ``UnsupportedModelError`` if it is not a JinaBERT reranker."""
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: config.json is missing from the checkpoint") from None
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot read config.json ({exc})") from None
+        raw = read_json(path)
         if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: config.json must hold a JSON object")
+            raise CheckpointError(f"{path}: config.json must hold a JSON object, got {_shown(raw)}")
         return cls.from_dict(raw, source=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict, source: str = "config.json") -> "JinaBertConfig":
-        """Check a parsed ``config.json`` (``source`` names it in errors) and keep the fields the model uses."""
-        architectures = raw.get("architectures") or []
+    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> "JinaBertConfig":
+        """Check a parsed ``config.json`` (``source`` names it in errors) and keep the fields the model uses.
+
+        Every key the model reads is checked for its type and range; a problem raises ``CheckpointError``
+        (``UnsupportedModelError`` for another architecture) naming ``source`` and the key.
+        """
+        architectures = raw.get("architectures")
+        if architectures is None:
+            architectures = []
+        if not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures):
+            raise CheckpointError(f"{source}: architectures must be a list of strings, got {_shown(architectures)}")
         if not SUPPORTED_ARCHITECTURES.intersection(architectures):
             raise UnsupportedModelError(
-                f"{source}: architectures {architectures!r} is not a JinaBERT model "
+                f"{source}: architectures {_shown(architectures)} is not a JinaBERT model "
                 f"(expected one of {sorted(SUPPORTED_ARCHITECTURES)})"
             )
-        expectations = {
-            "position_embedding_type": "alibi",
-            "feed_forward_type": "geglu",
-        }
-        for key, expected in expectations.items():
+        for key, expected in FAMILY_SETTINGS.items():
             if raw.get(key) != expected:
                 raise UnsupportedModelError(
-                    f"{source}: {key} is {raw.get(key)!r}, but the Jina reranker v1 family uses {expected!r}"
+                    f"{source}: {key} is {_shown(raw.get(key))}, but the Jina reranker v1 family uses {expected!r}"
                 )
-        num_labels = len(raw["id2label"]) if isinstance(raw.get("id2label"), dict) else 1
-        if num_labels != 1:
-            raise UnsupportedModelError(
-                f"{source}: id2label has {num_labels} labels; a reranker has exactly one logit"
-            )
-        fields = (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-        )
-        missing = [key for key in fields if not isinstance(raw.get(key), int) or raw[key] < 1]
-        if missing:
-            raise CheckpointError(f"{source}: missing or invalid integer field(s) {missing}")
-        if raw["hidden_size"] % raw["num_attention_heads"]:
+        id2label = raw.get("id2label")
+        if id2label is not None:
+            if not isinstance(id2label, dict):
+                raise CheckpointError(f"{source}: id2label must be an object, got {_shown(id2label)}")
+            if len(id2label) != 1:
+                raise UnsupportedModelError(
+                    f"{source}: id2label has {len(id2label)} labels; a reranker has exactly one logit"
+                )
+        sizes = {key: _positive_integer(raw, key, default, source) for key, default in INTEGER_FIELDS.items()}
+        if sizes["hidden_size"] % sizes["num_attention_heads"]:
             raise CheckpointError(
-                f"{source}: hidden_size {raw['hidden_size']} is not divisible by "
-                f"num_attention_heads {raw['num_attention_heads']}"
+                f"{source}: hidden_size {sizes['hidden_size']} is not divisible by "
+                f"num_attention_heads {sizes['num_attention_heads']}"
             )
-        return cls(
-            **{key: raw[key] for key in fields},
-            type_vocab_size=int(raw.get("type_vocab_size", 2)),
-            layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
-        )
+        eps = raw.get("layer_norm_eps", 1e-12)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+            raise CheckpointError(f"{source}: layer_norm_eps must be a finite number > 0, got {_shown(eps)}")
+        return cls(**sizes, layer_norm_eps=float(eps))
+
+
+def _positive_integer(raw: dict[str, Any], key: str, default: int | None, source: str) -> int:
+    if key not in raw and default is None:
+        raise CheckpointError(f"{source}: {key} is missing")
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{source}: {key} must be an integer >= 1, got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """``value`` for an error message: the repr of a short scalar, else its JSON type (never a deep repr)."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 80 else f"a string of {len(value)} characters"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, list) and len(value) <= 8 and all(isinstance(item, str) and len(item) <= 80 for item in value):
+        return repr(value)
+    return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")

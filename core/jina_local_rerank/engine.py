@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .attention import ExactLengthAttention, PackedAttention, PaddedAttention
+from .attention import PackedAttention, default_attention
 from .batching import pack_batches
 from .checkpoint import load_checkpoint, resolve_model_dir
 from .cpu_workers import cpu_worker_count, cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
 from .model import JinaBertForReranking
-from .progress import progress_bar
+from .progress import Progress, progress_bar
 from .tokenization import PairTokenizer
 
 # CPU workers take batches of the input split in CPU_WORKER_BATCHES per thread (more pieces balance the threads'
@@ -56,8 +58,9 @@ class ScoringEngine:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.dtype = dtype  # torch.qint8 for a dynamically quantized model
-        # One padded attention call per batch suits GPUs; per-sequence exact-length attention suits CPUs.
-        self.attention: type[PackedAttention] = ExactLengthAttention if self.device.type == "cpu" else PaddedAttention
+        # Per-sequence exact-length attention on CPUs, one fused flex call per layer on CUDA (see
+        # ``default_attention``); assignable, e.g. to compare modes.
+        self.attention: type[PackedAttention] = default_attention(self.device)
 
     @property
     def max_length(self) -> int:
@@ -70,45 +73,62 @@ class ScoringEngine:
         """Batches of sequence indices and the ``map`` that scores them: in this thread, or on CPU workers.
 
         With several CPU threads, batches are cut smaller (see ``CPU_WORKER_BATCHES``) and, if
-        there are at least as many as threads, scored side by side by single-threaded workers.
+        there are at least as many as threads, scored side by side by single-threaded workers. The budget counts
+        packed tokens where the attention mode's cost grows with them alone (``packed_budget``), else padded ones.
         """
+        packed = self.attention.packed_budget
         workers = cpu_worker_count() if self.device.type == "cpu" else 1
         if workers > 1:
             smallest, largest = CPU_WORKER_BATCH_TOKENS
             budget = min(max_batch_tokens, max(smallest, min(largest, sum(lengths) // (CPU_WORKER_BATCHES * workers))))
-            cut = pack_batches(lengths, budget)
+            cut = pack_batches(lengths, budget, packed=packed)
             if len(cut) >= workers:
                 return cut, cpu_worker_pool(workers).map
-        return pack_batches(lengths, max_batch_tokens), map
+        return pack_batches(lengths, max_batch_tokens, packed=packed), map
+
+    def _forward(self, sequences: list[Sequence[int]]) -> list[float]:
+        """Raw logits of one batch: the sequences packed end to end through one forward pass."""
+        tokens = sum(map(len, sequences))
+        packed = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=tokens)
+        input_ids = torch.from_numpy(packed).to(self.device)
+        attention = self.attention([len(seq) for seq in sequences], self.model.alibi_slopes)
+        with torch.inference_mode():
+            return self.model(input_ids, attention).tolist()
+
+    def warm_up(self, max_batch_tokens: int) -> None:
+        """Run the forward passes after which no batch within ``max_batch_tokens`` meets a first-use cost.
+
+        With ``FlexAttention`` (CUDA) that compiles one kernel per bucket of packed tokens up to
+        ``max_batch_tokens`` (seconds each), so the first request after load is fast.
+        """
+        for lengths in self.attention.warm_up_batches(max_batch_tokens, self.max_length):
+            self._forward([[self.tokenizer.cls_id] * length for length in lengths])
 
     def logits(
-        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: bool = False
+        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: Progress = False
     ) -> list[float]:
-        """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` padded tokens.
+        """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` tokens: padded
+        (rows x longest), or packed (their sum) with an attention mode whose cost grows with them alone (flex).
 
         Identical sequences are scored once, so duplicates get bit-identical logits (exact ties). With
         ``show_progress``, work that takes more than a few seconds shows a progress bar on stderr.
         """
         slots: dict[tuple[int, ...], int] = {}
-        owner = [slots.setdefault(tuple(seq), len(slots)) for seq in sequences]
+        slot_of = [slots.setdefault(tuple(seq), len(slots)) for seq in sequences]
         distinct = list(slots)
         results: list[float] = [0.0] * len(distinct)
         progress = progress_bar("scoring", "sequence", show_progress, total=len(distinct))
         batches, mapper = self._schedule([len(seq) for seq in distinct], max_batch_tokens)
 
         def batch_logits(batch: list[int]) -> list[float]:
-            members = [distinct[i] for i in batch]
-            input_ids = torch.tensor([token for seq in members for token in seq], device=self.device)
-            attention = self.attention([len(seq) for seq in members], self.model.alibi_slopes)
-            with torch.inference_mode():
-                return self.model(input_ids, attention).tolist()
+            return self._forward([distinct[i] for i in batch])
 
         with progress:
             for batch, logits in zip(batches, mapper(batch_logits, batches)):
                 for index, value in zip(batch, logits):
                     results[index] = value
                 progress.update(len(batch))
-        return [results[slot] for slot in owner]
+        return [results[slot] for slot in slot_of]
 
 
 _cache: dict[EngineKey, ScoringEngine] = {}
@@ -141,8 +161,8 @@ def get_engine(
         engine = _cache.get(key)
         if engine is None:
             directory = resolve_model_dir(model, revision=revision, cache_dir=cache_dir, token=token)
-            tokenizer = PairTokenizer.from_directory(directory)
             weights = load_checkpoint(directory, resolved_dtype, resolved_device)
+            tokenizer = PairTokenizer.from_directory(directory, weights.config.vocab_size)
             engine = _cache[key] = ScoringEngine(key, directory, weights, tokenizer, resolved_dtype)
         return engine
 

@@ -12,9 +12,9 @@ class ModelNotFoundError(JinaLocalRerankError, FileNotFoundError):
 
 
 class CheckpointError(JinaLocalRerankError, ValueError):
-    """A checkpoint file is missing, unreadable or does not match the model's configuration.
+    """A checkpoint file is missing, unreadable, malformed or does not match the model's configuration.
 
-    The message names the file and, for weight problems, the tensor.
+    The message names the file and the key or, for weight problems, the tensor.
     """
 
 

@@ -56,6 +56,16 @@ def read_text_file(path: str | os.PathLike[str], what: str) -> str:
         raise FileProblem(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
+def check_input_file(path: str | os.PathLike[str], what: str = "input") -> Path:
+    """``path`` if it is an existing file, else ``FileProblem`` saying what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise FileProblem(f"{what} {path} is a directory, not a file")
+    if not path.exists():
+        raise FileProblem(f"{what} {path} does not exist")
+    return path
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)  # follows links; hard links share the inode too
@@ -71,6 +81,9 @@ def check_output_path(output: str | os.PathLike[str], *inputs: str | os.PathLike
             raise FileProblem(f"{what} {path} is the input file {source}; choose another output file")
     if path.is_dir():
         raise FileProblem(f"{what} {path} is a directory; name a file to write")
+    if path.exists() and not path.is_file():
+        # A device or pipe would be replaced by a regular file: refuse rather than destroy it.
+        raise FileProblem(f"{what} {path} is not a regular file; name a file to write")
     folder = path.parent
     if not folder.is_dir():
         raise FileProblem(f"cannot write {what} {path}: the folder {folder} does not exist")

@@ -17,6 +17,16 @@ from .attention import PackedAttention, alibi_slopes
 from .config import JinaBertConfig
 from .row_blocks import blocked_linear, blocked_rows
 
+
+def fp32_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in fp32 whatever the weights' dtype: for the small head, where a bf16 logit would keep only
+    three significant digits. (A dynamically quantized layer computes in fp32 already.)"""
+    if not isinstance(layer, nn.Linear):
+        return layer(x.float())
+    bias = None if layer.bias is None else layer.bias.float()
+    return F.linear(x.float(), layer.weight.float(), bias)
+
+
 class JinaBertEmbeddings(nn.Module):
     """``LayerNorm(word[ids] + token_type[0])``: no position embeddings (ALiBi replaces them)."""
 
@@ -56,9 +66,8 @@ class JinaBertSelfAttention(nn.Module):
         queries = x[attention.cls_rows] if cls_only else x
         q = blocked_linear(self.query, queries).view(len(queries), self.num_heads, self.head_dim)
         k, v = (blocked_linear(proj, x).view(len(x), self.num_heads, self.head_dim) for proj in (self.key, self.value))
-        if q.dtype != torch.float32:  # fp32 scores: the ALiBi bias is too large for fp16/bf16
-            q, k, v = q.float(), k.float(), v.float()
-        return attention(q, k, v, cls_only).reshape(len(queries), -1).to(x.dtype)
+        # Scores are fp32 in every mode (the ALiBi bias is too large for fp16/bf16); each mode sees to it.
+        return attention(q, k, v, cls_only).reshape(len(queries), -1)
 
 
 class JinaBertSelfOutput(nn.Module):
@@ -98,7 +107,7 @@ class JinaBertGLUMLP(nn.Module):
             weight = self.gated_layers.weight
             gated = F.linear(x, weight[: self.intermediate_size])
             non_gated = F.linear(x, weight[self.intermediate_size :])
-        else:  # dynamically quantized (dtype int8): the packed weight cannot be sliced
+        else:  # int8 (Int8Linear): its packed weight cannot be sliced
             gated, non_gated = self.gated_layers(x).split(self.intermediate_size, dim=-1)
         return self.layernorm(self.wo(F.gelu(gated).mul_(non_gated)) + x)
 
@@ -127,14 +136,14 @@ class JinaBertEncoder(nn.Module):
 
 
 class JinaBertPooler(nn.Module):
-    """``tanh(dense(x[<s>]))``: the pair representation the classifier reads."""
+    """``tanh(dense(x[<s>]))``: the pair representation the classifier reads (fp32)."""
 
     def __init__(self, config: JinaBertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, first_token: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(first_token))
+        return torch.tanh(fp32_linear(self.dense, first_token))
 
 
 class JinaBertModel(nn.Module):
@@ -171,4 +180,4 @@ class JinaBertForReranking(nn.Module):
         # The pooler reads only <s>: the last layer needs keys and values of every token but queries, attention,
         # output and feed-forward for <s> alone (a quarter of the model's work skipped, same result).
         cls = last(x, attention, cls_only=True)
-        return self.classifier(self.bert.pooler(cls)).squeeze(-1).float()
+        return fp32_linear(self.classifier, self.bert.pooler(cls)).squeeze(-1)

@@ -69,7 +69,10 @@ class RerankerOptions:
         None, f"query cap in tokens (default: min({DEFAULT_MAX_QUERY_LENGTH}, max_length // 2))", type=positive_int
     )
     max_batch_tokens: int = _option(
-        DEFAULT_MAX_BATCH_TOKENS, "padded tokens per forward pass; bounds memory", type=positive_int
+        DEFAULT_MAX_BATCH_TOKENS,
+        "tokens per forward pass, which bounds memory: padded tokens (rows x longest), or with the fused GPU "
+        "attention the packed tokens",
+        type=positive_int,
     )
     long_document: str = _option(
         "truncate",

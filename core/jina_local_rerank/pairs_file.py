@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .files import atomic_output, check_output_path
+from .extras import install_hint
+from .files import atomic_output, check_input_file, check_output_path
 from .progress import progress_bar
 
 
@@ -51,7 +52,7 @@ def _pyarrow():
         import pyarrow
     except ImportError:
         raise ImportError(
-            "pairs files need pyarrow: pip install 'jina-local-rerank[ray]' (or pyarrow alone without --ray)"
+            f"pairs files need pyarrow (pip install pyarrow, or {install_hint('ray')})"
         ) from None
     return pyarrow
 
@@ -109,20 +110,26 @@ def add_scores(
 
 
 def read_tables(path: str | os.PathLike[str], fmt: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator["pa.Table"]:
-    """The file's rows as consecutive tables of at most ``batch_rows`` rows, read as they are needed."""
+    """The file's rows as consecutive tables of at most ``batch_rows`` rows, read as they are needed.
+
+    A file Arrow cannot parse (bad JSON, not UTF-8, not Parquet) raises ``ValueError`` naming it.
+    """
     pa = _pyarrow()
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            yield pa.Table.from_batches([batch])
-        return
-    import pyarrow.json as pj
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch])
+            return
+        import pyarrow.json as pj
 
-    with pj.open_json(path) as reader:
-        for block in reader:  # blocks are sized in bytes, not rows
-            for start in range(0, block.num_rows, batch_rows):
-                yield pa.Table.from_batches([block.slice(start, batch_rows)])
+        with pj.open_json(path) as reader:
+            for block in reader:  # blocks are sized in bytes, not rows
+                for start in range(0, block.num_rows, batch_rows):
+                    yield pa.Table.from_batches([block.slice(start, batch_rows)])
+    except pa.ArrowException as exc:
+        raise ValueError(f"{os.fspath(path)} cannot be read as {fmt}: {exc}") from None
 
 
 class TableWriter:
@@ -191,6 +198,7 @@ def score_pairs_file_local(
     ``output`` must differ from ``input``; it is replaced only once every row was scored and written. With
     ``show_progress``, a progress bar of rows shows on stderr when the work takes more than a few seconds.
     """
+    check_input_file(input)
     check_output_path(output, input)
     in_format = file_format(input, input_format)
     out_format = file_format(output, output_format)

@@ -13,8 +13,9 @@ import torch
 from .checkpoint import default_model
 from .engine import ScoringEngine, get_engine, is_cached, release_engine
 from .options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
+from .progress import Progress
 from .ranking import ranked_indices
-from .tokenization import SPECIAL_TOKENS_PER_PAIR
+from .tokenization import SPECIAL_TOKENS_PER_PAIR, EncodedPairs
 from .validation import check_documents, check_query
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,11 @@ class Reranker:
             f"max_length={self.max_length})"
         )
 
+    def warm_up(self) -> None:
+        """Pay first-use costs now: on CUDA with FlexAttention, compile the kernels of every batch size up to
+        ``max_batch_tokens`` (seconds), so the first request is as fast as later ones; elsewhere one short pass."""
+        self.engine.warm_up(self.max_batch_tokens)
+
     def release(self) -> None:
         """Drop the shared weights from the process cache; they are freed once no object holds them."""
         release_engine(self.engine)
@@ -140,15 +146,19 @@ class Reranker:
                 del _rerankers[options]
 
     def score(
-        self, query: str, documents: Sequence[str], *, raw: bool = False, show_progress: bool = False
+        self, query: str, documents: Sequence[str], *, raw: bool = False, show_progress: Progress = False
     ) -> ScoreResult:
-        """Score every document against ``query``; results in input order (sigmoid, or logits if ``raw``)."""
+        """Score every document against ``query``; results in input order (sigmoid, or logits if ``raw``).
+
+        ``show_progress``: True (or ``"auto"``) shows a progress bar on stderr once scoring has run a few seconds,
+        ``"always"`` from the start (the same in :meth:`score_pairs`, :meth:`rank` and :meth:`rerank`).
+        """
         query = check_query(query)
         documents = check_documents(documents)
         return self._score([query], [(0, doc) for doc in documents], raw=raw, show_progress=show_progress)
 
     def score_pairs(
-        self, pairs: Sequence[Sequence[str]], *, raw: bool = False, show_progress: bool = False
+        self, pairs: Sequence[Sequence[str]], *, raw: bool = False, show_progress: Progress = False
     ) -> ScoreResult:
         """Score (query, document) pairs whose queries may differ; results in input order."""
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
@@ -177,9 +187,10 @@ class Reranker:
         return_documents: bool = False,
         *,
         raw: bool = False,
+        show_progress: Progress = False,
     ) -> list[dict[str, Any]]:
         """sentence-transformers ``CrossEncoder.rank`` output: ``[{"corpus_id", "score", "text"?}]``, best first."""
-        result = self.score(query, documents, raw=raw)
+        result = self.score(query, documents, raw=raw, show_progress=show_progress)
         ranked = []
         for index in ranked_indices(result.logits, top_n=top_k, top_name="top_k"):
             entry: dict[str, Any] = {"corpus_id": index, "score": result.scores[index]}
@@ -196,9 +207,10 @@ class Reranker:
         return_documents: bool = True,
         *,
         raw: bool = False,
+        show_progress: Progress = False,
     ) -> list[dict[str, Any]]:
         """Jina Reranker API results: ``[{"index", "relevance_score", "document": {"text"}?}]``, best first."""
-        result = self.score(query, documents, raw=raw)
+        result = self.score(query, documents, raw=raw, show_progress=show_progress)
         return jina_results(result, documents, top_n=top_n, return_documents=return_documents)
 
     def _score(
@@ -206,14 +218,7 @@ class Reranker:
     ) -> ScoreResult:
         if not pairs:
             return ScoreResult([], [], [], [], 0, [])
-        encoded = self.engine.tokenizer.encode_pairs(
-            queries,
-            pairs,
-            max_length=self.max_length,
-            max_query_length=self.max_query_length,
-            long_document=self.long_document,
-            chunk_stride=self.chunk_stride,
-        )
+        encoded = self._encode(queries, pairs)
         if any(encoded.query_truncated):
             logger.warning("query truncated to max_query_length=%d tokens", self.max_query_length)
         truncated = sum(encoded.document_truncated)
@@ -222,21 +227,65 @@ class Reranker:
                 "%d of %d documents truncated to fit max_length=%d tokens", truncated, len(pairs), self.max_length
             )
         sequence_logits = self.engine.logits(encoded.input_ids, self.max_batch_tokens, show_progress)
-        logits = self._combine_windows(sequence_logits, encoded.owner, len(pairs))
-        scores = logits if raw else torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
-        token_counts = [0] * len(pairs)
-        for pair_index, ids in zip(encoded.owner, encoded.input_ids):
-            token_counts[pair_index] += len(ids)
-        return ScoreResult(
-            scores, logits, encoded.document_truncated, encoded.windows, sum(token_counts), token_counts
+        return self.result_from_logits(encoded, sequence_logits, raw=raw)
+
+    def _encode(self, queries: list[str], pairs: list[tuple[int, str]], **cuts: Any) -> EncodedPairs:
+        return self.engine.tokenizer.encode_pairs(
+            queries,
+            pairs,
+            max_length=self.max_length,
+            max_query_length=self.max_query_length,
+            long_document=self.long_document,
+            chunk_stride=self.chunk_stride,
+            **cuts,
         )
 
-    def _combine_windows(self, sequence_logits: list[float], owner: list[int], num_pairs: int) -> list[float]:
+    # Pre-encoded scoring, for servers: tokenize a request once with ``encode``, check limits on the encoding
+    # (token budgets, truncation), score its sequences with ``engine.logits`` (possibly merged with other
+    # requests' sequences), then build its result with ``result_from_logits``. ``score`` is these three steps.
+
+    def encode(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        truncation_side: str = "right",
+        max_document_length: int | None = None,
+    ) -> EncodedPairs:
+        """The token sequences ``score(query, documents)`` scores, special tokens included.
+
+        ``truncation_side="left"`` keeps the end of a document that does not fit; ``max_document_length`` cuts
+        every document to that many tokens first (both count as truncation).
+        """
+        query = check_query(query)
+        documents = check_documents(documents)
+        return self._encode(
+            [query],
+            [(0, doc) for doc in documents],
+            truncation_side=truncation_side,
+            max_document_length=max_document_length,
+        )
+
+    def result_from_logits(
+        self, encoded: EncodedPairs, sequence_logits: Sequence[float], *, raw: bool = False
+    ) -> ScoreResult:
+        """The ``ScoreResult`` of ``encoded`` given the raw logit of each of its sequences, in order."""
+        num_pairs = len(encoded.windows)
+        logits = self._combine_windows(list(sequence_logits), encoded.pair_of_sequence, num_pairs)
+        scores = logits if raw else torch.sigmoid(torch.tensor(logits, dtype=torch.float32)).tolist()
+        token_counts = [0] * num_pairs
+        for pair_index, ids in zip(encoded.pair_of_sequence, encoded.input_ids):
+            token_counts[pair_index] += len(ids)
+        return ScoreResult(
+            scores, logits, list(encoded.document_truncated), list(encoded.windows), sum(token_counts), token_counts
+        )
+
+    def _combine_windows(self, sequence_logits: list[float], pair_of_sequence: list[int], num_pairs: int) -> list[float]:
         """One logit per pair: its only window's, or the windows' max / mean of the best two."""
         if len(sequence_logits) == num_pairs:
             return sequence_logits
         per_pair: list[list[float]] = [[] for _ in range(num_pairs)]
-        for pair_index, logit in zip(owner, sequence_logits):
+        for pair_index, logit in zip(pair_of_sequence, sequence_logits):
             per_pair[pair_index].append(logit)
         if self.chunk_aggregation == "max":
             return [max(values) for values in per_pair]

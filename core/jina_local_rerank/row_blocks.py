@@ -33,8 +33,8 @@ def blocked_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for rows in blocks:
         if isinstance(layer, nn.Linear):
             torch.addmm(layer.bias, x[rows], layer.weight.t(), out=out[rows])
-        else:  # dynamically quantized (dtype int8)
-            out[rows] = layer(x[rows])
+        else:  # int8 (Int8Linear)
+            layer(x[rows], out=out[rows])
     return out
 
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 
-from .settings import PositiveCount, RerankerSettings
+from pydantic import Field, field_validator
+
+from jina_local_rerank.ranking import ranked_indices
+from jina_local_rerank.validation import check_threshold
+
+from .settings import RerankerSettings
 
 RUN_NAME = "JinaLocalRerank"
 
@@ -23,7 +29,7 @@ class JinaLocalRerank(RerankerSettings, BaseDocumentCompressor):
     :class:`~jina_local_rerank.Reranker`; the weights are loaded on first use and shared across the process.
     """
 
-    top_n: PositiveCount | None = 3
+    top_n: int | None = Field(default=3, strict=True, ge=1)
     """How many documents to return; None: all."""
     score_threshold: float | None = None
     """Drop documents scoring below this (compared with the score written, a probability unless ``raw_scores``)."""
@@ -33,6 +39,11 @@ class JinaLocalRerank(RerankerSettings, BaseDocumentCompressor):
     """Metadata keys scored along with the text, as ``key: value`` lines before it; None: the text only."""
     metadata_separator: str = "\n"
     """Joins the ``key: value`` lines and the text when ``metadata_fields_to_embed`` is set."""
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _finite_threshold(cls, value: float | None) -> float | None:
+        return check_threshold(value)
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -64,12 +75,9 @@ class JinaLocalRerank(RerankerSettings, BaseDocumentCompressor):
 
     def _rerank(self, documents: Sequence[Document], query: str) -> list[Document]:
         texts = self._scored_texts(documents)
-        results = self.reranker.rerank(query, texts, top_n=self.top_n, return_documents=False, raw=self.raw_scores)
-        if self.score_threshold is not None:
-            # Results are best first, so the ones that pass the threshold are a prefix: filtering after the
-            # top_n cut keeps the same documents as filtering before it.
-            results = [result for result in results if result["relevance_score"] >= self.score_threshold]
-        return [self._scored_copy(documents[result["index"]], result["relevance_score"]) for result in results]
+        result = self.reranker.score(query, texts, raw=self.raw_scores)
+        order = ranked_indices(result.logits, result.scores, top_n=self.top_n, score_threshold=self.score_threshold)
+        return [self._scored_copy(documents[index], result.scores[index]) for index in order]
 
     def _scored_texts(self, documents: Any) -> list[str]:
         """The text scored for each document (with the chosen metadata lines first), checking the input."""
@@ -91,8 +99,9 @@ class JinaLocalRerank(RerankerSettings, BaseDocumentCompressor):
         return self.metadata_separator.join([*lines, document.page_content])
 
     def _scored_copy(self, document: Document, score: float) -> Document:
+        """A new Document sharing nothing mutable with ``document`` (metadata copied deeply), with the score."""
         return Document(
             id=document.id,
             page_content=document.page_content,
-            metadata={**document.metadata, self.score_key: float(score)},
+            metadata={**copy.deepcopy(document.metadata), self.score_key: float(score)},
         )

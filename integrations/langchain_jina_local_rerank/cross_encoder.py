@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-try:  # the class CrossEncoderReranker checks against: langchain-classic (langchain>=1), langchain<1, or core>=1.2
+try:  # the class CrossEncoderReranker checks against: langchain-classic's where installed, else core's (>= 1.2.19)
     from langchain_classic.retrievers.document_compressors.cross_encoder import BaseCrossEncoder
 except ImportError:
-    try:
-        from langchain.retrievers.document_compressors.cross_encoder import BaseCrossEncoder
-    except ImportError:
-        from langchain_core.cross_encoders import BaseCrossEncoder
+    from langchain_core.cross_encoders import BaseCrossEncoder
 
 from .settings import RerankerSettings
 

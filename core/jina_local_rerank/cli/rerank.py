@@ -78,7 +78,12 @@ def _read_request(args: argparse.Namespace, stdin: TextIO) -> tuple[str, list[st
     if args.input:
         sources.append((read_text_file(args.input, "--input"), args.input))
     elif not documents and not stdin.isatty():
-        sources.append((stdin.read(), "stdin"))
+        # The bytes, decoded strictly: a text stream may mask bad bytes as surrogates (Python's UTF-8 mode).
+        raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogateescape")
+        try:
+            sources.append((raw.decode("utf-8"), "stdin"))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"standard input is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     for text, source in sources:
         file_query, file_documents = parse_input(text, source)
         query = query if query is not None else file_query

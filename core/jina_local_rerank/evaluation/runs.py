@@ -10,10 +10,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..extras import install_hint
 from ..files import FileProblem, read_text_file
 from .beir import BeirDataset, DatasetError
 
-BM25_INSTALL_HINT = "BM25 needs the bm25s package: pip install 'jina-local-rerank[eval]' (or pass a run file)"
+BM25_INSTALL_HINT = f"BM25 needs the bm25s package ({install_hint('eval')}), or pass a run file"
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ import ray
 import ray.data
 from ray.data.expressions import col
 
+from ..files import check_input_file, check_output_path
 from ..options import RerankerOptions
 from ..reranker import Reranker
 from ..validation import check_positive_int
-from .pairs_file import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
+from ..pairs_file import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
 
 
 class PairScorer:
@@ -119,6 +120,8 @@ def score_pairs_file(
     scored rows stream back to this process in input order and are written to the one ``output`` file. Uses the
     running Ray instance, or starts a local one. Other arguments: :func:`score_pairs_dataset`.
     """
+    check_input_file(input)
+    check_output_path(output, input)
     in_format = file_format(input, input_format)
     out_format = file_format(output, output_format)
     dataset = read_pairs(input, in_format)

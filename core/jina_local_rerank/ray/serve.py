@@ -1,19 +1,18 @@
 """Ray Serve deployment: the rerank server's HTTP API on replicas that each hold one :class:`Reranker`.
 
-Every replica serves the same app as ``jina-local-rerank serve`` (Jina ``POST /v1/rerank``, TEI
-``POST /rerank``, ``GET /v1/models``, ``GET /health``; same auth, limits and errors), built by
-:func:`~jina_local_rerank.server.app.create_app`, plus ``GET /stats`` with the replica's recent batch sizes.
-Concurrent requests to a replica are merged by ``@serve.batch`` into one ``Reranker.score_pairs`` call under a
-token budget.
+Every replica serves the same app as ``jina-local-rerank serve`` (every route, the same auth, limits and
+errors), built by :func:`~jina_local_rerank.server.app.create_app`, plus ``GET /stats`` with the replica's
+recent batch sizes. Concurrent requests to a replica are merged by ``@serve.batch`` into one scoring call under a
+token budget, with the same merge and split functions (:mod:`jina_local_rerank.merging`) as the server's own
+micro-batcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections import deque
+import itertools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import ray
 from fastapi import FastAPI
@@ -21,22 +20,23 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from ..checkpoint import default_model
+from ..merging import CALL_HISTORY, BatchCounters, ScoringCall, encoded_tokens, merge_sequences, split_logits
 from ..options import DEFAULT_MAX_BATCH_TOKENS, RerankerOptions
 from ..reranker import Reranker, ScoreResult
 from ..server.app import create_app
-from ..server.batcher import BatchCounters, estimate_tokens, slice_result
+from ..server.batcher import forward
 from ..server.settings import ServerSettings, default_served_names
+from ..tokenization import EncodedPairs
 from . import DEFAULT_MAX_ONGOING_REQUESTS
 
 DEPLOYMENT_NAME = "JinaReranker"
-BATCH_HISTORY = 1000
 
 
 @dataclass(frozen=True)
 class _Request:
-    query: str
-    documents: list[str]
-    size: int  # estimated tokens, capped at the batch budget so an oversized request is scored alone
+    id: int
+    encoded: EncodedPairs
+    size: int  # tokens, capped at the batch budget so an oversized request is scored alone
 
 
 def _batch_size(requests: list[_Request]) -> int:
@@ -46,17 +46,17 @@ def _batch_size(requests: list[_Request]) -> int:
 class ServeBatchScorer:
     """The server's scorer interface (``score``, ``counters``) on ``@serve.batch``.
 
-    Requests waiting together are merged, up to ``max_batch_tokens`` estimated tokens (a request over it alone
-    is scored alone) and ``batch_wait_s`` seconds after the first, into one ``score_pairs`` call in a worker
-    thread; requests arriving meanwhile queue for the next call. ``batch_sizes`` holds how many requests each of
-    the last calls merged. Use one instance per process: ``@serve.batch`` keeps one queue per decorated method.
+    Requests waiting together are merged, up to ``max_batch_tokens`` tokens (a request over it is scored
+    alone) and ``batch_wait_s`` seconds after the first, into one scoring call in a worker thread; requests
+    arriving meanwhile queue for the next call. ``counters.calls`` records the last calls. Use one instance per
+    process: ``@serve.batch`` keeps one queue per decorated method.
     """
 
     def __init__(self, reranker: Reranker, *, batching: bool, max_batch_tokens: int, batch_wait_s: float) -> None:
         self.reranker = reranker
         self.batching = batching
         self.counters = BatchCounters()
-        self.batch_sizes: deque[int] = deque(maxlen=BATCH_HISTORY)
+        self._ids = itertools.count()
         # With batching off every request costs the whole budget of 1, so each call holds one request.
         self.max_batch_tokens = max_batch_tokens if batching else 1
         self._merged.set_max_batch_size(self.max_batch_tokens)
@@ -68,36 +68,29 @@ class ServeBatchScorer:
     async def stop(self) -> None:
         """Nothing to stop: the replica's event loop ends with it."""
 
-    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult:
-        """Scores of ``documents`` for ``query`` in input order (sigmoid ``scores``, raw ``logits``)."""
-        documents = list(documents)
-        size = min(max(estimate_tokens(self.reranker, query, documents), 1), self.max_batch_tokens)
-        self.counters.in_flight += 1
-        try:
-            return await self._merged(_Request(query, documents, size))
-        finally:
-            self.counters.in_flight -= 1
+    async def score(self, encoded: EncodedPairs) -> ScoreResult:
+        """Scores (sigmoid) of the pairs of ``encoded``, in input order."""
+        logits: list[float] = []
+        if encoded.input_ids:
+            size = min(max(encoded_tokens(encoded), 1), self.max_batch_tokens)
+            logits = await self._merged(_Request(next(self._ids), encoded, size))
+        self.counters.record_answered(len(encoded.windows))
+        return self.reranker.result_from_logits(encoded, logits)
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_TOKENS, batch_size_fn=_batch_size)
-    async def _merged(self, requests: list[_Request]) -> list[ScoreResult]:
-        pairs = [(request.query, doc) for request in requests for doc in request.documents]
-        result = await asyncio.to_thread(self.reranker.score_pairs, pairs)
-        self.counters.requests += len(requests)
-        self.counters.batches += 1
-        self.counters.pairs += len(pairs)
-        self.batch_sizes.append(len(requests))
-        results, start = [], 0
-        for request in requests:
-            results.append(slice_result(result, start, start + len(request.documents)))
-            start += len(request.documents)
-        return results
+    async def _merged(self, requests: list[_Request]) -> list[list[float]]:
+        sequences, sizes = merge_sequences([request.encoded.input_ids for request in requests])
+        logits = await asyncio.to_thread(forward, self.reranker, sequences)
+        tokens = sum(encoded_tokens(request.encoded) for request in requests)
+        self.counters.record_call(ScoringCall("merged", tuple(r.id for r in requests), len(sequences), tokens))
+        return split_logits(logits, sizes)
 
 
 class ReplicaStats(BaseModel):
     """Response of ``GET /stats``: batching on the replica that answered."""
 
     replica: str = Field(description="The replica's Ray actor name (namespace 'serve').")
-    batch_sizes: list[int] = Field(description=f"Requests merged into each of the last {BATCH_HISTORY} scoring calls.")
+    batch_sizes: list[int] = Field(description=f"Requests merged into each of the last {CALL_HISTORY} scoring calls.")
     requests: int
     batches: int
     pairs: int
@@ -128,7 +121,7 @@ class RerankDeployment:
         counters = self.scorer.counters
         return ReplicaStats(
             replica=ray.get_runtime_context().get_actor_name() or "",
-            batch_sizes=list(self.scorer.batch_sizes),
+            batch_sizes=[len(call.requests) for call in counters.calls],
             requests=counters.requests,
             batches=counters.batches,
             pairs=counters.pairs,

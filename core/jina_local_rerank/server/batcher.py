@@ -1,39 +1,32 @@
 """Scoring requests from an asyncio server without blocking its event loop.
 
-:class:`MicroBatcher` merges requests that arrive together into one ``Reranker.score_pairs`` call, so 32
-concurrent clients cost a few forward passes instead of 32; :class:`DirectScorer` makes one ``Reranker.score``
-call per request (the ``--no-batching`` baseline). Both run the model in a worker thread.
+Requests come encoded (:meth:`Reranker.encode <jina_local_rerank.Reranker.encode>`: the server tokenizes once and
+checks its limits on the encoding). :class:`MicroBatcher` merges small requests that arrive together into one
+scoring call, so 32 concurrent clients cost a few forward passes instead of 32, and scores a large request a
+bounded slice at a time beside them, so it never holds the small ones up. :class:`DirectScorer` makes one call
+per request (the ``--no-batching`` baseline). Both run the model in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
+from ..merging import BatchCounters, ScoringCall, cut_slices, encoded_tokens, merge_sequences, split_logits
 from ..reranker import Reranker, ScoreResult
-from ..tokenization import SPECIAL_TOKENS_PER_PAIR
-from .settings import DEFAULT_BATCH_WAIT_MS, DEFAULT_CONCURRENT_BATCHES
-
-# Byte-level BPE averages about 4 characters per token on English text. Used only to size batches before
-# tokenizing (which happens in the worker thread); the engine still packs forwards by exact token counts.
-CHARS_PER_TOKEN = 4
-
-
-@dataclass
-class BatchCounters:
-    """Counts since start: ``requests`` scored, in ``batches`` scoring calls, of ``pairs`` (query, document)
-    pairs; ``in_flight`` requests are waiting for or being scored now."""
-
-    requests: int = 0
-    batches: int = 0
-    pairs: int = 0
-    in_flight: int = 0
+from ..tokenization import EncodedPairs
+from .settings import DEFAULT_BATCH_SLICE_TOKENS, DEFAULT_BATCH_WAIT_MS, DEFAULT_CONCURRENT_BATCHES
 
 
 class Scorer(Protocol):
-    """What the app scores through: :class:`MicroBatcher`, :class:`DirectScorer`, or the Ray Serve deployment's."""
+    """What the app scores through: :class:`MicroBatcher`, :class:`DirectScorer`, or the Ray Serve deployment's.
+
+    ``counters.in_flight`` is kept by the app (requests admitted and not answered); the scorer counts the rest.
+    """
 
     batching: bool
     counters: BatchCounters
@@ -44,18 +37,24 @@ class Scorer(Protocol):
     async def stop(self) -> None:
         """Finish what is in flight and stop."""
 
-    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult:
-        """Scores of ``documents`` for ``query``, in input order."""
+    async def score(self, encoded: EncodedPairs) -> ScoreResult:
+        """Scores (sigmoid) of the pairs of ``encoded``, in input order."""
+
+
+def forward(reranker: Reranker, sequences: Sequence[Sequence[int]]) -> list[float]:
+    """Raw logits of token sequences, in forward passes of at most the reranker's ``max_batch_tokens``."""
+    return reranker.engine.logits(sequences, reranker.max_batch_tokens)
 
 
 class DirectScorer:
-    """One ``Reranker.score`` call per request, each in a worker thread (calls may overlap)."""
+    """One scoring call per request, each in a worker thread (calls may overlap)."""
 
     batching = False
 
     def __init__(self, reranker: Reranker) -> None:
         self.reranker = reranker
         self.counters = BatchCounters()
+        self._ids = itertools.count()
 
     async def start(self) -> None:
         """Nothing to start; present so both scorers are used alike."""
@@ -63,37 +62,41 @@ class DirectScorer:
     async def stop(self) -> None:
         """Nothing to stop; present so both scorers are used alike."""
 
-    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult:
-        """Scores of ``documents`` for ``query`` in input order (sigmoid ``scores``, raw ``logits``)."""
-        self.counters.in_flight += 1
-        try:
-            result = await asyncio.to_thread(self.reranker.score, query, documents)
-        finally:
-            self.counters.in_flight -= 1
-        self.counters.requests += 1
-        self.counters.batches += 1
-        self.counters.pairs += len(documents)
-        return result
+    async def score(self, encoded: EncodedPairs) -> ScoreResult:
+        """Scores (sigmoid) of the pairs of ``encoded``, in input order."""
+        logits = await asyncio.to_thread(forward, self.reranker, encoded.input_ids)
+        self.counters.record_call(
+            ScoringCall("direct", (next(self._ids),), len(encoded.input_ids), encoded_tokens(encoded))
+        )
+        self.counters.record_answered(len(encoded.windows))
+        return self.reranker.result_from_logits(encoded, logits)
 
 
-@dataclass
-class _Pending:
-    query: str
-    documents: list[str]
-    estimated_tokens: int
-    future: asyncio.Future[ScoreResult]
+@dataclass(eq=False)
+class _Job:
+    id: int
+    encoded: EncodedPairs
+    tokens: int
+    slices: list[range]
+    future: asyncio.Future[list[float]]
+    logits: list[float] = field(default_factory=list)
+    scored_slices: int = 0
 
 
 class MicroBatcher:
-    """Merges concurrent requests into shared ``Reranker.score_pairs`` calls, each run in a worker thread.
+    """Merges concurrent small requests into shared scoring calls; scores large ones in slices beside them.
 
-    A batch starts with the oldest waiting request and takes the requests queued behind it, waiting at most
-    ``max_wait_ms`` milliseconds after its start for more, until their estimated tokens would pass
-    ``max_batch_tokens`` (default: the reranker's ``max_batch_tokens``, so a full batch is about one forward
-    pass). At most ``max_concurrent_batches`` batches are scored at a time; requests that arrive meanwhile
-    queue for the next one, so under load batches fill without waiting. A request is never split across
-    batches; each gets its own slice of the merged result. Call :meth:`start` and :meth:`stop` from the event
-    loop that calls :meth:`score`.
+    A request of at most ``slice_tokens`` tokens is small. A merged batch starts with the oldest waiting small
+    request and takes those queued behind it, waiting at most ``max_wait_ms`` milliseconds after its start for
+    more, until their tokens would pass ``max_batch_tokens`` (default: the reranker's, so a full batch is about
+    one forward pass). At most ``max_concurrent_batches`` merged batches are scored at a time; requests that
+    arrive meanwhile queue for the next one, so under load batches fill without waiting.
+
+    A large request is cut into slices of whole sequences of at most ``slice_tokens`` tokens each; one slice
+    at a time is scored, taken round-robin from the large requests waiting (so two large requests share the
+    time), in its own thread beside the merged batches. Every request gets exactly the scores it gets alone.
+    ``counters.calls`` records each scoring call (its lane and request ids). Call :meth:`start` and :meth:`stop`
+    from the event loop that calls :meth:`score`.
     """
 
     batching = True
@@ -105,6 +108,7 @@ class MicroBatcher:
         max_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
         max_batch_tokens: int | None = None,
         max_concurrent_batches: int = DEFAULT_CONCURRENT_BATCHES,
+        slice_tokens: int = DEFAULT_BATCH_SLICE_TOKENS,
     ) -> None:
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
@@ -112,56 +116,81 @@ class MicroBatcher:
             raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         if max_concurrent_batches < 1:
             raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
+        if slice_tokens < 1:
+            raise ValueError(f"slice_tokens must be >= 1, got {slice_tokens}")
         self.reranker = reranker
         self.max_concurrent_batches = max_concurrent_batches
         self.max_wait_s = max_wait_ms / 1000
         self.max_batch_tokens = max_batch_tokens or reranker.max_batch_tokens
+        self.slice_tokens = slice_tokens
         self.counters = BatchCounters()
-        self._queue: deque[_Pending] = deque()
-        self._scoring: dict[asyncio.Task[None], list[_Pending]] = {}
-        self._arrived = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self._ids = itertools.count()
+        self._small: deque[_Job] = deque()
+        self._large: deque[_Job] = deque()
+        self._small_arrived = asyncio.Event()
+        self._large_arrived = asyncio.Event()
+        self._scoring: dict[asyncio.Task[None], list[_Job]] = {}
+        self._workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Start the batching task."""
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._run(), name="jina-local-rerank-batcher")
+        """Start the batching tasks."""
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._run_merged(), name="jina-local-rerank-batcher"),
+                asyncio.create_task(self._run_slices(), name="jina-local-rerank-slices"),
+            ]
 
     async def stop(self) -> None:
-        """Stop the batching task; requests still waiting fail with ``RuntimeError``."""
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
-            self._worker = None
-        stranded = [pending for batch in self._scoring.values() for pending in batch] + list(self._queue)
+        """Stop the batching tasks; requests still waiting fail with ``RuntimeError``."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        stranded = [job for batch in self._scoring.values() for job in batch] + [*self._small, *self._large]
         scoring = list(self._scoring)
         for task in scoring:
             task.cancel()
         await asyncio.gather(*scoring, return_exceptions=True)
-        for pending in stranded:
-            if not pending.future.done():
-                pending.future.set_exception(RuntimeError("the server is shutting down"))
-        self._queue.clear()
+        for job in stranded:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+        self._small.clear()
+        self._large.clear()
 
-    async def score(self, query: str, documents: Sequence[str]) -> ScoreResult:
-        """Scores of ``documents`` for ``query`` in input order (sigmoid ``scores``, raw ``logits``)."""
-        if self._worker is None:
+    async def score(self, encoded: EncodedPairs) -> ScoreResult:
+        """Scores (sigmoid) of the pairs of ``encoded``, in input order."""
+        if not self._workers:
             raise RuntimeError("MicroBatcher.start() must be called before score()")
-        documents = list(documents)
-        future: asyncio.Future[ScoreResult] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(query, documents, estimate_tokens(self.reranker, query, documents), future))
-        self._arrived.set()
-        self.counters.in_flight += 1
-        try:
+        lengths = [len(ids) for ids in encoded.input_ids]
+        if lengths:
+            job = _Job(
+                next(self._ids),
+                encoded,
+                sum(lengths),
+                cut_slices(lengths, self.slice_tokens),
+                asyncio.get_running_loop().create_future(),
+            )
+            if job.tokens > self.slice_tokens:
+                job.logits = [0.0] * len(lengths)
+                self._large.append(job)
+                self._large_arrived.set()
+            else:
+                self._small.append(job)
+                self._small_arrived.set()
             # A cancelled caller (client gone) cancels the future; the batcher then skips or discards it.
-            return await future
-        finally:
-            self.counters.in_flight -= 1
+            logits = await job.future
+        else:
+            logits = []
+        self.counters.record_answered(len(encoded.windows))
+        return self.reranker.result_from_logits(encoded, logits)
 
-    async def _run(self) -> None:
+    def _forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """One scoring call (in a worker thread)."""
+        return forward(self.reranker, sequences)
+
+    # --- merged batches of small requests ------------------------------------------------------------------
+
+    async def _run_merged(self) -> None:
         slots = asyncio.Semaphore(self.max_concurrent_batches)
 
         def finished(task: asyncio.Task[None]) -> None:
@@ -175,73 +204,82 @@ class MicroBatcher:
             if not batch:
                 slots.release()
                 continue
-            task = asyncio.create_task(self._score_batch(batch))
+            task = asyncio.create_task(self._score_merged(batch))
             self._scoring[task] = batch
             task.add_done_callback(finished)
 
-    async def _next_batch(self) -> list[_Pending]:
+    async def _next_batch(self) -> list[_Job]:
         """Wait for a request, then gather requests up to the token budget or the wait limit; may be empty."""
-        while not self._queue:
-            self._arrived.clear()
-            await self._arrived.wait()
+        while not self._small:
+            self._small_arrived.clear()
+            await self._small_arrived.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        batch: list[_Pending] = []
+        batch: list[_Job] = []
         tokens = 0
         while True:
-            while self._queue and (not batch or tokens + self._queue[0].estimated_tokens <= self.max_batch_tokens):
-                pending = self._queue.popleft()
-                if not pending.future.done():
-                    batch.append(pending)
-                    tokens += pending.estimated_tokens
+            while self._small and (not batch or tokens + self._small[0].tokens <= self.max_batch_tokens):
+                job = self._small.popleft()
+                if not job.future.done():
+                    batch.append(job)
+                    tokens += job.tokens
             remaining = deadline - loop.time()
-            if self._queue or remaining <= 0:
+            if self._small or remaining <= 0:
                 return batch
-            self._arrived.clear()
+            self._small_arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self._small_arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 return batch
 
-    async def _score_batch(self, batch: list[_Pending]) -> None:
-        pairs = [(pending.query, doc) for pending in batch for doc in pending.documents]
+    async def _score_merged(self, batch: list[_Job]) -> None:
+        sequences, sizes = merge_sequences([job.encoded.input_ids for job in batch])
         try:
-            result = await asyncio.to_thread(self.reranker.score_pairs, pairs)
+            logits = await asyncio.to_thread(self._forward, sequences)
         except Exception as exc:
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
             return
-        self.counters.requests += len(batch)
-        self.counters.batches += 1
-        self.counters.pairs += len(pairs)
-        start = 0
-        for pending in batch:
-            stop = start + len(pending.documents)
-            if not pending.future.done():
-                pending.future.set_result(slice_result(result, start, stop))
-            start = stop
+        self.counters.record_call(
+            ScoringCall("merged", tuple(job.id for job in batch), len(sequences), sum(job.tokens for job in batch))
+        )
+        for job, part in zip(batch, split_logits(logits, sizes)):
+            if not job.future.done():
+                job.future.set_result(part)
 
+    # --- slices of large requests, round-robin -------------------------------------------------------------
 
-def estimate_tokens(reranker: Reranker, query: str, documents: Sequence[str]) -> int:
-    """Tokens a request will cost ``reranker``, estimated from characters before tokenizing (to size batches)."""
-    query_tokens = len(query) // CHARS_PER_TOKEN + SPECIAL_TOKENS_PER_PAIR
-    chunking = reranker.long_document == "chunk"
-    window = reranker.max_length
-    return sum(
-        tokens if chunking else min(tokens, window)
-        for tokens in (query_tokens + len(doc) // CHARS_PER_TOKEN for doc in documents)
-    )
-
-
-def slice_result(result: ScoreResult, start: int, stop: int) -> ScoreResult:
-    """The part of a merged result that belongs to pairs ``start:stop``."""
-    token_counts = result.token_counts[start:stop]
-    return ScoreResult(
-        result.scores[start:stop],
-        result.logits[start:stop],
-        result.truncated[start:stop],
-        result.windows[start:stop],
-        sum(token_counts),
-        token_counts,
-    )
+    async def _run_slices(self) -> None:
+        while True:
+            while not self._large:
+                self._large_arrived.clear()
+                await self._large_arrived.wait()
+            job = self._large.popleft()
+            if job.future.done():
+                continue
+            piece = job.slices[job.scored_slices]
+            sequences = job.encoded.input_ids[piece.start : piece.stop]
+            task = asyncio.create_task(asyncio.to_thread(self._forward, sequences))
+            self._scoring[task] = [job]
+            try:
+                logits = await task
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+                continue
+            finally:
+                self._scoring.pop(task, None)
+            self.counters.record_call(
+                ScoringCall("slice", (job.id,), len(sequences), sum(len(ids) for ids in sequences))
+            )
+            job.logits[piece.start : piece.stop] = logits
+            job.scored_slices += 1
+            if job.future.done():
+                continue
+            if job.scored_slices == len(job.slices):
+                job.future.set_result(job.logits)
+            else:
+                self._large.append(job)  # behind the other large requests: round-robin

@@ -1,16 +1,24 @@
 """Request and response models of the rerank API (they double as its OpenAPI documentation).
 
-Two shapes: Jina's Reranker API (``POST /v1/rerank``) and Hugging Face Text Embeddings Inference's
-(``POST /rerank``). Fields a client sends that are not listed here are ignored, as the hosted APIs do, so that
-clients written for newer API versions still work. :func:`jina_response` and :func:`tei_response` turn scores
-into responses without any web framework, for every server that speaks these shapes.
+Three shapes: Jina's Reranker API (``POST /v1/rerank``, which Cohere's v1 clients also speak), Cohere's v2
+(``POST /v2/rerank``) and Hugging Face Text Embeddings Inference's (``POST /rerank``, ``GET /info``). Fields a
+client sends that are not listed here are ignored, as the hosted APIs do, so that clients written for newer API
+versions still work. :func:`jina_response`, :func:`cohere_v2_response` and :func:`tei_response` turn scores into
+responses without any web framework, for every server that speaks these shapes.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
-from ..reranker import ScoreResult, best_first, jina_results
+from ..ranking import ranked_indices
+from ..reranker import ScoreResult, jina_results
+
+# Cohere bills one search unit per query and up to this many documents.
+COHERE_DOCUMENTS_PER_SEARCH_UNIT = 100
 
 
 class TextDocument(BaseModel):
@@ -30,6 +38,7 @@ class JinaRerankRequest(BaseModel):
     query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
     documents: list[StrictStr | TextDocument] = Field(
         description="Documents to rank: strings, or objects with a 'text' field.",
+        fail_fast=True,  # one wrong entry is reported, not one error per entry of a huge list
         examples=[["A llama is a South American camelid.", {"text": "Paris is the capital of France."}]],
     )
     top_n: StrictInt | None = Field(
@@ -71,19 +80,81 @@ class JinaRerankResponse(BaseModel):
     results: list[JinaResult]
 
 
+class CohereRerankRequest(BaseModel):
+    """Body of ``POST /v2/rerank``, as Cohere's v2 API defines it."""
+
+    model: StrictStr | None = Field(
+        None, description="One of the served model names (Cohere requires it; omitted means the served model)."
+    )
+    query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
+    documents: list[StrictStr | TextDocument] = Field(
+        description="Documents to rank (strings; objects with a 'text' field are accepted too).", fail_fast=True
+    )
+    top_n: StrictInt | None = Field(None, ge=1, description="Return only the best N results (default: all).")
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, ge=1, description="Cut every document to this many tokens before scoring (default: the window)."
+    )
+    return_documents: StrictBool = Field(False, description="Include each document's text (Cohere v1 style).")
+
+    def document_texts(self) -> list[str]:
+        """The documents as plain strings, in request order."""
+        return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
+
+
+class CohereResult(BaseModel):
+    """One ranked document of a Cohere v2 response."""
+
+    index: int = Field(description="Position of the document in the request's 'documents'.")
+    relevance_score: float = Field(description="Sigmoid of the model's logit, 0..1; higher is more relevant.")
+    document: JinaDocument | None = Field(None, description="Present when the request asked return_documents.")
+
+
+class CohereApiVersion(BaseModel):
+    version: str = "2"
+
+
+class CohereBilledUnits(BaseModel):
+    search_units: int = Field(description="One per query and up to 100 documents, as Cohere bills.")
+
+
+class CohereTokens(BaseModel):
+    input_tokens: int = Field(description="Tokens of every (query, document) sequence scored.")
+
+
+class CohereMeta(BaseModel):
+    """Cohere's ``meta`` block: API version and billing."""
+
+    api_version: CohereApiVersion = CohereApiVersion()
+    billed_units: CohereBilledUnits
+    tokens: CohereTokens
+
+
+class CohereRerankResponse(BaseModel):
+    """Response of ``POST /v2/rerank``: results best first."""
+
+    id: str = Field(description="The request id (also the X-Request-ID header).")
+    results: list[CohereResult]
+    meta: CohereMeta
+
+
 class TEIRerankRequest(BaseModel):
     """Body of ``POST /rerank``, as Text Embeddings Inference defines it."""
 
     query: StrictStr = Field(description="The search query; must not be empty.", examples=["What is a llama?"])
     texts: list[StrictStr] = Field(
-        description="Documents to rank.", examples=[["A llama is a South American camelid.", "Paris is in France."]]
+        description="Documents to rank.",
+        examples=[["A llama is a South American camelid.", "Paris is in France."]],
+        fail_fast=True,
     )
     raw_scores: StrictBool = Field(False, description="Return raw logits instead of sigmoid scores.")
     return_text: StrictBool = Field(False, description="Include each text in its result.")
-    truncate: StrictBool = Field(
-        False,
+    truncate: StrictBool | None = Field(
+        None,
         description="Allow documents longer than the model's window to be truncated; when false such a "
-        "request is answered with 413, as TEI does.",
+        "request is answered with 413, as TEI does. Absent or null: the server's --auto-truncate (on by default).",
+    )
+    truncation_direction: Literal["right", "left", "Right", "Left"] = Field(
+        "right", description="Which end of a long text is cut: 'right' keeps its start, 'left' keeps its end."
     )
 
 
@@ -93,6 +164,41 @@ class TEIRerankResult(BaseModel):
     index: int = Field(description="Position of the text in the request's 'texts'.")
     score: float = Field(description="Sigmoid score 0..1, or the raw logit when raw_scores was set.")
     text: str | None = Field(None, description="Present when the request asked return_text.")
+
+
+class TEIError(BaseModel):
+    """Every error answer on TEI's routes, as TEI shapes it."""
+
+    error: str
+    error_type: str = Field(description="TEI's kind of error: empty, validation, overloaded, backend, unhealthy.")
+
+
+class TEIReranker(BaseModel):
+    id2label: dict[str, str] = {"0": "LABEL_0"}
+    label2id: dict[str, int] = {"LABEL_0": 0}
+
+
+class TEIModelType(BaseModel):
+    reranker: TEIReranker = TEIReranker()
+
+
+class TEIInfo(BaseModel):
+    """Response of ``GET /info``, with TEI's fields."""
+
+    model_id: str = Field(description="The first served model name.")
+    model_sha: str | None = None
+    model_dtype: str
+    model_type: TEIModelType = TEIModelType()
+    max_concurrent_requests: int = Field(description="Requests admitted at once; more get 429.")
+    max_input_length: int = Field(description="The pair window in tokens.")
+    max_batch_tokens: int = Field(description="Tokens per forward pass.")
+    max_batch_requests: int | None = None
+    max_client_batch_size: int = Field(description="Most texts in one /rerank request.")
+    auto_truncate: bool = Field(description="What an absent or null 'truncate' means.")
+    tokenization_workers: int = 1
+    version: str
+    sha: str | None = None
+    docker_label: str | None = None
 
 
 class ModelCard(BaseModel):
@@ -117,7 +223,8 @@ class BatchingStats(BaseModel):
     requests: int = Field(description="Requests scored since the server started.")
     batches: int = Field(description="Scoring calls made for them; fewer than requests means merging happened.")
     pairs: int = Field(description="(query, document) pairs scored.")
-    in_flight: int = Field(description="Requests waiting for or being scored right now.")
+    tokens: int = Field(description="Tokens of the sequences scored.")
+    in_flight: int = Field(description="Requests admitted and not answered yet.")
 
 
 class Health(BaseModel):
@@ -131,8 +238,17 @@ class Health(BaseModel):
     batching: BatchingStats
 
 
+class Ready(BaseModel):
+    """Response of ``GET /ready``."""
+
+    ready: bool = Field(description="False while starting, shutting down or with the request queue full.")
+    in_flight: int
+    max_queued_requests: int
+
+
 class ErrorResponse(BaseModel):
-    """Every error answer (4xx and 5xx): FastAPI's shape; 422 validation errors carry a list of problems."""
+    """Every error answer on the Jina and Cohere routes: FastAPI's shape; 422 validation errors carry a list of
+    at most 10 problems (``type``, ``loc``, ``msg``; never the input), then a count of the rest."""
 
     detail: str | list[dict]
 
@@ -156,6 +272,25 @@ def jina_response(request: JinaRerankRequest, result: ScoreResult, model: str) -
     )
 
 
+def cohere_v2_response(
+    request: CohereRerankRequest, result: ScoreResult, request_id: str
+) -> CohereRerankResponse:
+    """The Cohere v2 response for ``request`` given its scores (sigmoid): best first, cut to ``top_n``, with
+    Cohere's ``meta`` (search units: one per query and 100 documents; input tokens). Framework-free."""
+    texts = request.document_texts()
+    results = [
+        CohereResult(
+            index=index,
+            relevance_score=result.scores[index],
+            document=JinaDocument(text=texts[index]) if request.return_documents else None,
+        )
+        for index in ranked_indices(result.logits, top_n=request.top_n)
+    ]
+    units = max(1, math.ceil(len(texts) / COHERE_DOCUMENTS_PER_SEARCH_UNIT))
+    meta = CohereMeta(billed_units=CohereBilledUnits(search_units=units), tokens=CohereTokens(input_tokens=result.num_tokens))
+    return CohereRerankResponse(id=request_id, results=results, meta=meta)
+
+
 def tei_response(request: TEIRerankRequest, result: ScoreResult) -> list[TEIRerankResult]:
     """The TEI response for ``request`` given its scores (computed without ``raw``): best first by logit.
 
@@ -165,5 +300,5 @@ def tei_response(request: TEIRerankRequest, result: ScoreResult) -> list[TEIRera
     scores = result.logits if request.raw_scores else result.scores
     return [
         TEIRerankResult(index=index, score=scores[index], text=request.texts[index] if request.return_text else None)
-        for index in best_first(result.logits)
+        for index in ranked_indices(result.logits)
     ]

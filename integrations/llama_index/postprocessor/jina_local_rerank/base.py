@@ -3,63 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal, Optional
+from typing import Any, Optional
 
-import torch
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import Field, field_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
-from jina_local_rerank import Reranker, ScoreResult
+from jina_local_rerank import Reranker, ScoreResult, reranker_for
 from jina_local_rerank.checkpoint import default_model
-from jina_local_rerank.reranker import DEFAULT_MAX_BATCH_TOKENS, best_first
+from jina_local_rerank.pydantic_options import RerankerOptionFields
+from jina_local_rerank.ranking import ranked_indices
+from jina_local_rerank.validation import check_threshold
 
 dispatcher = get_dispatcher(__name__)
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 
-# Fields passed to ``Reranker``; a change to any of them rebuilds it (the weights stay cached per process).
-RERANKER_FIELDS = (
-    "model",
-    "revision",
-    "device",
-    "dtype",
-    "max_length",
-    "max_query_length",
-    "max_batch_tokens",
-    "long_document",
-    "chunk_stride",
-    "chunk_aggregation",
-)
 
-# Strict so that True (or 3.0) is rejected rather than taken as an integer.
-Count = Annotated[int, Field(strict=True, ge=1)]
-
-
-class _LoadedReranker:
-    """The ``Reranker`` built for one set of settings.
-
-    Copies and pickles of it come back empty: the weights stay in the process-wide cache and a copied or
-    unpickled postprocessor reattaches to them on first use instead of serialising or duplicating the model.
-    """
-
-    __slots__ = ("settings", "reranker")
-
-    def __init__(self, settings: dict[str, Any] | None = None, reranker: Reranker | None = None) -> None:
-        self.settings = settings
-        self.reranker = reranker
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        return (_LoadedReranker, ())
-
-
-class JinaLocalRerank(BaseNodePostprocessor):
+class JinaLocalRerank(RerankerOptionFields, BaseNodePostprocessor):
     """Rerank retrieved nodes with a Jina reranker v1 cross-encoder run locally in PyTorch.
 
     Scores ``node.get_content(metadata_mode=metadata_mode)`` against the query and returns new
@@ -68,39 +34,11 @@ class JinaLocalRerank(BaseNodePostprocessor):
     postprocessor (and ``Reranker``) on the same model, revision, device and dtype in the process.
     """
 
-    model_config = ConfigDict(validate_assignment=True)
-
-    model: Optional[str] = Field(
-        default=None,
-        description="Hub id or local directory of the checkpoint; None: $JINA_LOCAL_RERANK_MODEL, else "
-        "jinaai/jina-reranker-v1-tiny-en.",
+    top_n: Optional[int] = Field(
+        default=3, strict=True, ge=1, description="Number of nodes to return; None returns all."
     )
-    revision: Optional[str] = Field(default=None, description="Hub revision (branch, tag or commit).")
-    top_n: Optional[Count] = Field(default=3, description="Number of nodes to return; None returns all.")
     score_threshold: Optional[float] = Field(
         default=None, description="Drop nodes scoring below this (same scale as the returned scores)."
-    )
-    device: str = Field(default="auto", description='"auto" (cuda, then mps, then cpu), or a torch device.')
-    dtype: str = Field(
-        default="auto", description='"auto" (bf16 on CUDA where supported, else fp16; fp32 elsewhere), or a dtype.'
-    )
-    max_length: Optional[Count] = Field(
-        default=None, description="Pair window in tokens; None: the model's (8192)."
-    )
-    max_query_length: Optional[Count] = Field(
-        default=None, description="Query cap in tokens; None: min(512, max_length // 2)."
-    )
-    max_batch_tokens: Count = Field(
-        default=DEFAULT_MAX_BATCH_TOKENS, description="Padded tokens per forward pass (bounds memory)."
-    )
-    long_document: Literal["truncate", "chunk"] = Field(
-        default="truncate", description="Documents longer than the window: truncate, or score overlapping chunks."
-    )
-    chunk_stride: Optional[Count] = Field(
-        default=None, description="Tokens between chunk starts; None: half a window."
-    )
-    chunk_aggregation: Literal["max", "mean_top2"] = Field(
-        default="max", description="How chunk logits combine: the best, or the mean of the best two."
     )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata goes into the scored text of each node."
@@ -110,20 +48,10 @@ class JinaLocalRerank(BaseNodePostprocessor):
     )
     raw_scores: bool = Field(default=False, description="Return logits instead of sigmoid scores in 0..1.")
 
-    _loaded: _LoadedReranker = PrivateAttr(default_factory=_LoadedReranker)
-
-    @field_validator("model", mode="before")
+    @field_validator("score_threshold")
     @classmethod
-    def _path_to_str(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-    @field_validator("device", "dtype", mode="before")
-    @classmethod
-    def _torch_to_str(cls, value: Any) -> Any:
-        # Stored as strings so the configuration serialises; "torch.float16" -> "float16".
-        if isinstance(value, (torch.device, torch.dtype)):
-            return str(value).removeprefix("torch.")
-        return value
+    def _finite_threshold(cls, value: Optional[float]) -> Optional[float]:
+        return check_threshold(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -132,13 +60,8 @@ class JinaLocalRerank(BaseNodePostprocessor):
 
     @property
     def reranker(self) -> Reranker:
-        """The ``Reranker`` scoring for this postprocessor; built (and the model loaded if needed) on first use."""
-        settings = {name: getattr(self, name) for name in RERANKER_FIELDS}
-        loaded = self._loaded
-        if loaded.settings != settings:
-            # Concurrent first calls may both build one; they share the cached engine, so either is right.
-            loaded = self._loaded = _LoadedReranker(settings, Reranker(**settings))
-        return loaded.reranker
+        """The process-wide ``Reranker`` for this postprocessor's options (the model loads on first use)."""
+        return reranker_for(self.engine_options())
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
@@ -213,12 +136,8 @@ class JinaLocalRerank(BaseNodePostprocessor):
     def _ranked(self, nodes: list[NodeWithScore], result: ScoreResult) -> list[NodeWithScore]:
         """New ``NodeWithScore`` objects best first (ordered by logit: sigmoid saturates), cut to ``top_n`` and
         ``score_threshold``."""
-        ranked = []
-        for index in best_first(result.logits)[: self.top_n]:
-            score = result.scores[index]
-            if self.score_threshold is None or score >= self.score_threshold:
-                ranked.append(NodeWithScore(node=self._node_copy(nodes[index]), score=score))
-        return ranked
+        order = ranked_indices(result.logits, result.scores, top_n=self.top_n, score_threshold=self.score_threshold)
+        return [NodeWithScore(node=self._node_copy(nodes[index]), score=result.scores[index]) for index in order]
 
     def _node_copy(self, scored: NodeWithScore) -> BaseNode:
         """A deep copy of the node, so later stages editing it never reach the caller's node or its metadata."""

@@ -1,6 +1,7 @@
 """``JinaLocalRanker``: a Haystack component that reranks Documents with a local Jina reranker v1."""
 
 import asyncio
+import copy
 import os
 from dataclasses import replace
 from typing import Any, Optional
@@ -8,19 +9,12 @@ from typing import Any, Optional
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
-from jina_local_rerank import Reranker
-from jina_local_rerank.reranker import check_query, check_top, best_first
+from jina_local_rerank import Reranker, RerankerOptions, reranker_for
+from jina_local_rerank.ranking import ranked_indices
+from jina_local_rerank.validation import check_optional_positive_int, check_query, check_threshold
 
 # Annotations use Optional rather than ``X | None``: older haystack-ai 2.x releases only understand typing.Union in
 # socket type checks.
-
-
-def _check_threshold(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"score_threshold must be a number or None, got {type(value).__name__}")
-    return float(value)
 
 
 def _check_documents(documents: Any) -> list[Document]:
@@ -65,7 +59,6 @@ class JinaLocalRanker:
         self,
         model: Optional[str] = None,
         *,
-        revision: Optional[str] = None,
         device: Optional[ComponentDevice] = None,
         token: Optional[Secret] = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False),
         top_k: Optional[int] = 10,
@@ -75,18 +68,12 @@ class JinaLocalRanker:
         embedding_separator: str = "\n",
         query_prefix: str = "",
         document_prefix: str = "",
-        max_length: Optional[int] = None,
-        max_batch_tokens: Optional[int] = None,
-        long_document: str = "truncate",
-        chunk_stride: Optional[int] = None,
-        chunk_aggregation: str = "max",
-        dtype: str = "auto",
+        **options: Any,
     ) -> None:
         """Store the settings; nothing is loaded until :meth:`warm_up`.
 
         :param model: Hugging Face Hub id or local directory; None means ``$JINA_LOCAL_RERANK_MODEL``, else
             ``jinaai/jina-reranker-v1-tiny-en``.
-        :param revision: Hub revision (branch, tag or commit) of ``model``.
         :param device: where to run; None picks CUDA, then MPS, then CPU. Device maps are not supported.
         :param token: Hugging Face token for private or gated Hub models (unused for local directories).
         :param top_k: at most this many Documents are returned; None returns all of them.
@@ -96,13 +83,9 @@ class JinaLocalRanker:
         :param embedding_separator: joins those meta values and the content.
         :param query_prefix: prepended to the query before scoring.
         :param document_prefix: prepended to every document text before scoring.
-        :param max_length: pair window in tokens (default: the model's, 8192 for the v1 family).
-        :param max_batch_tokens: padded tokens per forward pass, which bounds memory (default: the engine's 16384).
-        :param long_document: ``"truncate"`` documents that overflow the window, or ``"chunk"`` them into
-            overlapping windows.
-        :param chunk_stride: tokens between chunk starts (default: half a window).
-        :param chunk_aggregation: how chunk logits combine: ``"max"`` or ``"mean_top2"``.
-        :param dtype: ``"auto"`` (bf16/fp16 on CUDA, fp32 elsewhere), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        :param options: the other engine options of :class:`~jina_local_rerank.options.RerankerOptions`
+            (``revision``, ``dtype``, ``max_length``, ``max_query_length``, ``max_batch_tokens``, ``long_document``,
+            ``chunk_stride``, ``chunk_aggregation``, ``cache_dir``; lengths in tokens).
         """
         if device is not None and not isinstance(device, ComponentDevice):
             raise TypeError(f"device must be a haystack ComponentDevice or None, got {type(device).__name__}")
@@ -111,44 +94,32 @@ class JinaLocalRanker:
                 "token must be a haystack Secret (for example Secret.from_env_var('HF_TOKEN')) or None, "
                 f"got {type(token).__name__}"
             )
-        # Resolved now so that a device map fails at construction, not at the first run.
-        self._torch_device = device.to_torch_str() if device is not None else "auto"
+        for name in ("device", "token"):
+            if name in options:
+                raise TypeError(f"{name} is given as a haystack {'ComponentDevice' if name == 'device' else 'Secret'}")
         self.model = None if model is None else os.fspath(model)
-        self.revision = revision
         self.device = device
         self.token = token
-        self.top_k = check_top(top_k, "top_k")
-        self.score_threshold = _check_threshold(score_threshold)
+        # Checked now, so that a bad option or a device map fails at construction, not at the first run.
+        torch_device = device.to_torch_str() if device is not None else "auto"
+        self.options = RerankerOptions.from_dict({**options, "model": self.model, "device": torch_device})
+        self.top_k = check_optional_positive_int(top_k, "top_k")
+        self.score_threshold = check_threshold(score_threshold)
         self.scale_score = scale_score
         self.meta_fields_to_embed = meta_fields_to_embed or []
         self.embedding_separator = embedding_separator
         self.query_prefix = query_prefix
         self.document_prefix = document_prefix
-        self.max_length = max_length
-        self.max_batch_tokens = max_batch_tokens
-        self.long_document = long_document
-        self.chunk_stride = chunk_stride
-        self.chunk_aggregation = chunk_aggregation
-        self.dtype = dtype
-        self._reranker: Optional[Reranker] = None
+
+    @property
+    def reranker(self) -> Reranker:
+        """The process-wide ``Reranker`` for this ranker's options (the weights load on first use)."""
+        token = self.token.resolve_value() if self.token is not None else None
+        return reranker_for(self.options.replace(token=token))
 
     def warm_up(self) -> None:
-        """Load the model, or take it from the process-wide cache; later calls do nothing."""
-        if self._reranker is not None:
-            return
-        budget = {} if self.max_batch_tokens is None else {"max_batch_tokens": self.max_batch_tokens}
-        self._reranker = Reranker(
-            self.model,
-            revision=self.revision,
-            device=self._torch_device,
-            dtype=self.dtype,
-            max_length=self.max_length,
-            long_document=self.long_document,
-            chunk_stride=self.chunk_stride,
-            chunk_aggregation=self.chunk_aggregation,
-            token=self.token.resolve_value() if self.token is not None else None,
-            **budget,
-        )
+        """Load the model (or take it from the process-wide cache) and pay its first-use costs (CUDA kernels)."""
+        self.reranker.warm_up()
 
     async def warm_up_async(self) -> None:
         """:meth:`warm_up` in a worker thread, so loading weights does not block the event loop."""
@@ -180,22 +151,18 @@ class JinaLocalRanker:
         """
         query = check_query(query)
         documents = _unique_by_id(_check_documents(documents))
-        top_k = self.top_k if top_k is None else check_top(top_k, "top_k")
-        score_threshold = self.score_threshold if score_threshold is None else _check_threshold(score_threshold)
+        top_k = self.top_k if top_k is None else check_optional_positive_int(top_k, "top_k")
+        score_threshold = self.score_threshold if score_threshold is None else check_threshold(score_threshold)
         scale_score = self.scale_score if scale_score is None else scale_score
         if not documents:
             return {"documents": []}
-        self.warm_up()
-        assert self._reranker is not None
-        result = self._reranker.score(
+        result = self.reranker.score(
             self.query_prefix + query, [self._document_text(doc) for doc in documents], raw=not scale_score
         )
-        ranked = [
-            replace(documents[index], score=float(result.scores[index]))
-            for index in best_first(result.logits)
-            if score_threshold is None or result.scores[index] >= score_threshold
-        ]
-        return {"documents": ranked[:top_k]}
+        order = ranked_indices(
+            result.logits, result.scores, top_n=top_k, score_threshold=score_threshold, top_name="top_k"
+        )
+        return {"documents": [self._scored_copy(documents[index], result.scores[index]) for index in order]}
 
     @component.output_types(documents=list[Document])
     async def run_async(
@@ -217,6 +184,11 @@ class JinaLocalRanker:
             scale_score=scale_score,
         )
 
+    @staticmethod
+    def _scored_copy(doc: Document, score: float) -> Document:
+        """A deep copy of ``doc`` (its ``meta`` and embedding are the caller's no more) with the new score."""
+        return replace(copy.deepcopy(doc), score=float(score))
+
     def _document_text(self, doc: Document) -> str:
         """The text scored for ``doc``: prefix, then the non-empty embedded meta values and the content."""
         meta_values = [str(doc.meta[key]) for key in self.meta_fields_to_embed if doc.meta.get(key)]
@@ -224,10 +196,10 @@ class JinaLocalRanker:
 
     def to_dict(self) -> dict[str, Any]:
         """Serialize the settings; an environment-variable token is stored by name, a plain token refuses."""
+        options = {name: value for name, value in self.options.to_dict().items() if name not in ("model", "device")}
         return default_to_dict(
             self,
             model=self.model,
-            revision=self.revision,
             device=self.device.to_dict() if self.device is not None else None,
             token=self.token.to_dict() if self.token is not None else None,
             top_k=self.top_k,
@@ -237,12 +209,7 @@ class JinaLocalRanker:
             embedding_separator=self.embedding_separator,
             query_prefix=self.query_prefix,
             document_prefix=self.document_prefix,
-            max_length=self.max_length,
-            max_batch_tokens=self.max_batch_tokens,
-            long_document=self.long_document,
-            chunk_stride=self.chunk_stride,
-            chunk_aggregation=self.chunk_aggregation,
-            dtype=self.dtype,
+            **options,
         )
 
     @classmethod
