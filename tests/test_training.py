@@ -636,7 +636,7 @@ def test_distillation_raises_the_students_rank_correlation_with_its_teacher(trai
 
     train, test = docstring_task
     run = RerankerOptions(device="cpu", max_length=DOCSTRING_MAX_LENGTH)  # the student's (and teacher's) engine
-    config = TrainingConfig(loss="margin-mse", epochs=3, learning_rate=2e-3, negatives=7, step_tokens=4096,
+    config = TrainingConfig(loss="margin-mse", epochs=5, learning_rate=2e-3, negatives=7, step_tokens=4096,
                             eval_top_k=20, mining_margin=None, show_progress="never")
     result = Trainer(run, teacher=str(trained_reranker.output), student_layers=2, train=train, eval=test,
                      output=tmp_path / "student", config=config, teacher_cache_dir=tmp_path / "cache").fit()

@@ -238,7 +238,7 @@ class Trainer:
         model = trainable_model(directory, device)
         if cfg.activation_checkpointing:
             enable_activation_checkpointing(model)
-        tokenizer = PairTokenizer.from_directory(directory)
+        tokenizer = PairTokenizer.from_directory(directory, model.config.vocab_size)
         max_length, max_query_length = self._lengths(model.config.max_position_embeddings)
         engine = ScoringEngine(
             EngineKey(f"training:{self.output}", None, str(device), "float32"), directory, model, tokenizer, torch.float32
