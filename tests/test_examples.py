@@ -228,6 +228,36 @@ def check_evaluate_beir(checkpoint_dir: Path, reranker: Reranker, tmp_path: Path
     assert any("NDCG@10" in line for line in lines), lines
 
 
+@case("fine_tune.py")
+def check_fine_tune(checkpoint_dir: Path, reranker: Reranker, tmp_path: Path) -> None:
+    from jina_local_rerank.evaluation import ndcg_at
+
+    output = tmp_path / "my-reranker"
+    lines = run_example("fine_tune.py", "--model", str(checkpoint_dir), "--device", "cpu", "--output", str(output),
+                        cwd=tmp_path)
+    example = load_example("fine_tune.py")
+    trained = Reranker(output, device="cpu", max_length=128)  # the folder it wrote, as any model
+
+    summary = re.fullmatch(r"trained (\d+) steps on (\d+) queries, (\d+) tokens", lines[0])
+    assert summary and int(summary[1]) >= 1 and int(summary[2]) == len(example.TRAIN), lines
+    metrics = re.fullmatch(r"ndcg@10 before (\d\.\d{4}) after (\d\.\d{4})", lines[1])
+    assert metrics, lines
+    ndcg = []
+    for query, judged in example.HELD_OUT:
+        logits = trained.score(query, list(judged)).logits
+        qrels = {str(i): grade for i, grade in enumerate(judged.values()) if grade > 0}
+        ndcg.append(ndcg_at([str(i) for i in best_first(logits)], qrels))
+    assert float(metrics[2]) == pytest.approx(sum(ndcg) / len(ndcg), abs=printed(4))  # "after" is the saved model
+    assert f"| ndcg@10 | {metrics[1]} | {metrics[2]} |" in (output / "README.md").read_text()
+
+    assert lines[2] == f"query: {example.QUERY}"
+    ranked = [re.fullmatch(r"(\d+)\. (\d\.\d{4})  (.+)", line) for line in lines[3:]]
+    assert all(ranked) and len(ranked) == len(example.DOCUMENTS), lines
+    expected = engine_ranking(trained, example.QUERY, example.DOCUMENTS)
+    assert [m[3] for m in ranked] == [example.DOCUMENTS[i] for i, _ in expected]
+    assert [float(m[2]) for m in ranked] == pytest.approx([score for _, score in expected], abs=printed(4))
+
+
 @contextmanager
 def running_server(checkpoint_dir: Path, log: Path) -> Iterator[str]:
     """``jina-local-rerank serve`` on a free loopback port, as a user starts it; yields its base URL."""

@@ -2,7 +2,8 @@
 
 Every command that writes a file goes through :func:`atomic_output`: results go to a temporary file beside the
 target, which replaces it only when the whole output was written, so a failed run (bad input, full disk,
-Ctrl-C) leaves an existing file as it was and creates none. :func:`check_output_path` refuses an output that is
+Ctrl-C) leaves an existing file as it was and creates none; :func:`atomic_directory` does the same for a folder
+of files (a checkpoint). :func:`check_output_path` refuses an output that is
 the input itself (also through links), before anything is read or written. Errors are ``FileProblem``, one
 line naming the file.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,12 @@ def _reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"
     return exc.strerror or str(exc)
+
+
+def _permissions_of_new(path: Path, mode: int) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 def read_text_file(path: str | os.PathLike[str], what: str) -> str:
@@ -107,9 +115,7 @@ def atomic_output(output: str | os.PathLike[str], what: str = "output") -> Itera
             # mkstemp creates the file 0600; the result keeps the permissions of the file it replaces.
             os.chmod(temporary_path, path.stat().st_mode & 0o7777)
         else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temporary_path, 0o666 & ~umask)
+            _permissions_of_new(temporary_path, 0o666)
         os.replace(temporary_path, path)
     except OSError as exc:
         temporary_path.unlink(missing_ok=True)
@@ -120,3 +126,47 @@ def write_text_atomically(output: str | os.PathLike[str], text: str, what: str =
     """Write ``text`` (UTF-8) to ``output`` through :func:`atomic_output`."""
     with atomic_output(output, what) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_directory(output: str | os.PathLike[str], what: str = "output folder") -> Iterator[Path]:
+    """Yield a temporary folder beside ``output``; on success it replaces ``output``, on any error it is removed.
+
+    An existing ``output`` is moved aside, the new folder renamed into place, and the old one deleted, so at any
+    moment ``output`` is either the old folder or the complete new one. The caller decides whether an existing
+    folder may be replaced.
+    """
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise FileProblem(f"{what} {path} is a file; name a folder to write")
+    if not path.parent.is_dir():
+        raise FileProblem(f"cannot write {what} {path}: the folder {path.parent} does not exist")
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as exc:
+        raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+    try:
+        yield temporary
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if exc.errno in _WRITE_FAILURES:
+            raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+        raise
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _permissions_of_new(temporary, 0o777)  # mkdtemp creates the folder 0700
+    old = path.parent / f"{temporary.name.removesuffix('.partial')}.old"
+    try:
+        if path.exists():
+            os.rename(path, old)
+        try:
+            os.rename(temporary, path)
+        except OSError:
+            if old.exists():
+                os.rename(old, path)
+            raise
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+    shutil.rmtree(old, ignore_errors=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import expected_shapes
+from .checkpoint import SAFETENSORS_FILE, expected_shapes
+from .checkpoint_writer import config_json, save_weights
 from .config import JinaBertConfig
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -86,8 +87,6 @@ def write_random_checkpoint(
     Weights are drawn with a fixed ``seed`` at scales that make every component move the logit, then stored as
     bf16 like the published checkpoints.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     real_vocab = write_tokenizer(directory, tokenizer_vocab)
@@ -100,7 +99,7 @@ def write_random_checkpoint(
         intermediate_size=shape.intermediate_size,
         max_position_embeddings=shape.max_position_embeddings,
     )
-    (directory / "config.json").write_text(json.dumps(_config_json(config), indent=2))
+    (directory / "config.json").write_text(json.dumps(config_json(config), indent=2))
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
     for key, tensor_shape in expected_shapes(config).items():
@@ -114,33 +113,6 @@ def write_random_checkpoint(
         else:
             gain = 1.2 if ".query." in key or ".key." in key else 1.0
             tensor = gain * noise / tensor_shape[1] ** 0.5
-        tensors[key] = tensor.to(torch.bfloat16).contiguous()
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        tensors[key] = tensor
+    save_weights(directory / SAFETENSORS_FILE, tensors, config)
     return directory
-
-
-def _config_json(config: JinaBertConfig) -> dict:
-    return {
-        "_name_or_path": "jinaai/jina-bert-implementation",
-        "architectures": ["JinaBertModel"],
-        "attention_probs_dropout_prob": 0.1,
-        "attn_implementation": "torch",
-        "emb_pooler": "mean",
-        "feed_forward_type": "geglu",
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.1,
-        "hidden_size": config.hidden_size,
-        "initializer_range": 0.02,
-        "intermediate_size": config.intermediate_size,
-        "layer_norm_eps": config.layer_norm_eps,
-        "max_position_embeddings": config.max_position_embeddings,
-        "model_type": "bert",
-        "num_attention_heads": config.num_attention_heads,
-        "num_hidden_layers": config.num_hidden_layers,
-        "pad_token_id": 0,
-        "position_embedding_type": "alibi",
-        "torch_dtype": "float16",
-        "transformers_version": "4.30.2",
-        "type_vocab_size": config.type_vocab_size,
-        "vocab_size": config.vocab_size,
-    }

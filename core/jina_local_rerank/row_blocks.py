@@ -15,8 +15,12 @@ CPU_BLOCK_ROWS = 1024
 
 
 def cpu_row_blocks(x: torch.Tensor) -> list[slice]:
-    """``x``'s rows as ``CPU_BLOCK_ROWS``-row slices on CPUs, one slice of all rows elsewhere."""
-    step = CPU_BLOCK_ROWS if x.device.type == "cpu" else max(1, len(x))
+    """``x``'s rows as ``CPU_BLOCK_ROWS``-row slices on CPUs, one slice of all rows elsewhere.
+
+    While autograd records (training), all rows go in one slice too: the blocks' ``out=`` writes are not
+    differentiable, and the backward pass keeps every activation anyway.
+    """
+    step = CPU_BLOCK_ROWS if x.device.type == "cpu" and not torch.is_grad_enabled() else max(1, len(x))
     return [slice(start, start + step) for start in range(0, len(x), step)]
 
 

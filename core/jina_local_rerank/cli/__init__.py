@@ -23,6 +23,7 @@ COMMANDS = (
     "jina_local_rerank.cli.score_pairs",
     "jina_local_rerank.evaluation.cli",
     "jina_local_rerank.server.cli",
+    "jina_local_rerank.training.cli",
 )
 EXTENSIONS = ("jina_local_rerank.ray.cli",)
 

@@ -18,6 +18,7 @@ _EXPORTS = {
     "ndcg_at": ".metrics",
     "query_metrics": ".metrics",
     "recall_at": ".metrics",
+    "spearman": ".metrics",
     "EvaluationReport": ".runner",
     "QueryEvaluation": ".runner",
     "default_cutoffs": ".runner",

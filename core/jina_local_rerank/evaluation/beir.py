@@ -42,7 +42,8 @@ class BeirDataset:
     split: str
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON Lines file; ``DatasetError`` naming the line."""
     try:
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
@@ -80,7 +81,7 @@ def _require_file(path: Path) -> Path:
 def load_corpus(path: Path) -> dict[str, BeirDocument]:
     """Read ``corpus.jsonl``: document id -> title and text (a missing title is empty)."""
     corpus: dict[str, BeirDocument] = {}
-    for number, item in _json_lines(_require_file(path)):
+    for number, item in json_lines(_require_file(path)):
         where = f"{path} line {number}"
         doc_id = _string_field(item, "_id", where, required=True)
         if doc_id in corpus:
@@ -94,7 +95,7 @@ def load_corpus(path: Path) -> dict[str, BeirDocument]:
 def load_queries(path: Path) -> dict[str, str]:
     """Read ``queries.jsonl``: query id -> text."""
     queries: dict[str, str] = {}
-    for number, item in _json_lines(_require_file(path)):
+    for number, item in json_lines(_require_file(path)):
         where = f"{path} line {number}"
         query_id = _string_field(item, "_id", where, required=True)
         if query_id in queries:

@@ -77,3 +77,31 @@ def mean_metrics(per_query: Sequence[Mapping[str, float]]) -> dict[str, float]:
     if not per_query:
         return {}
     return {name: sum(metrics[name] for metrics in per_query) / len(per_query) for name in per_query[0]}
+
+
+def _average_ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):  # ties share the mean of their ranks
+            ranks[order[position]] = (start + end) / 2
+        start = end + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation of two score lists over the same items (ties get their mean rank), -1..1.
+
+    0 when either list has fewer than two distinct values (no ranking to agree with).
+    """
+    if len(a) != len(b):
+        raise ValueError(f"spearman needs two lists of the same length, got {len(a)} and {len(b)}")
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    mean_a, mean_b = sum(ra) / len(ra) if ra else 0.0, sum(rb) / len(rb) if rb else 0.0
+    covariance = sum((x - mean_a) * (y - mean_b) for x, y in zip(ra, rb))
+    spread = math.sqrt(sum((x - mean_a) ** 2 for x in ra) * sum((y - mean_b) ** 2 for y in rb))
+    return covariance / spread if spread > 0 else 0.0

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -68,34 +68,52 @@ def run_file_first_stage(path: str | os.PathLike[str]) -> FirstStage:
     return FirstStage(f"run:{os.fspath(path)}", rankings, time.perf_counter() - start)
 
 
+class BM25Index:
+    """BM25 over ``texts`` (bm25s defaults: Lucene variant, k1=1.5, b=0.75, English stopwords, no stemming).
+
+    The one home of the project's BM25 settings: the ``eval`` first stage and the training data's hard-negative
+    mining both score with it.
+    """
+
+    def __init__(self, texts: Sequence[str], *, show_progress: bool = False) -> None:
+        try:
+            import bm25s
+        except ImportError:
+            raise ImportError(BM25_INSTALL_HINT) from None
+        self._bm25s = bm25s
+        self.size = len(texts)
+        self.show_progress = show_progress
+        self._retriever = bm25s.BM25()
+        corpus_tokens = bm25s.tokenize(list(texts), stopwords="en", show_progress=show_progress) if texts else None
+        self._indexed = bool(corpus_tokens and corpus_tokens.vocab)  # a corpus of stopwords alone has no terms
+        if self._indexed:
+            self._retriever.index(corpus_tokens, show_progress=show_progress)
+
+    def scores(self, queries: Sequence[str]) -> Iterator[np.ndarray]:
+        """Each query's score for every text (``[len(texts)]``, 0 where no term is shared), in query order."""
+        query_tokens = self._bm25s.tokenize(
+            list(queries), stopwords="en", return_ids=False, show_progress=self.show_progress
+        )
+        for tokens in query_tokens:
+            if not tokens or not self._indexed:  # only stopwords: nothing to match (bm25s cannot score an empty query)
+                yield np.zeros(self.size, dtype=np.float32)
+            else:
+                yield self._retriever.get_scores(tokens)
+
+
 def bm25_first_stage(
     dataset: BeirDataset, query_ids: Sequence[str], top_k: int, *, show_progress: bool = False
 ) -> FirstStage:
-    """BM25 (bm25s defaults: Lucene variant, k1=1.5, b=0.75, English stopwords, no stemming) over the corpus.
+    """BM25 (see :class:`BM25Index`) over the corpus.
 
     Each query gets at most ``top_k`` documents sharing a term with it, by score, ties in corpus order; the
     time covers indexing the corpus and retrieving for ``query_ids``.
     """
-    try:
-        import bm25s
-    except ImportError:
-        raise ImportError(BM25_INSTALL_HINT) from None
     start = time.perf_counter()
     doc_ids = list(dataset.corpus)
-    if not doc_ids:
-        return FirstStage("bm25", {query_id: [] for query_id in query_ids}, time.perf_counter() - start)
-    texts = [document.full_text for document in dataset.corpus.values()]
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=show_progress), show_progress=show_progress)
-    query_tokens = bm25s.tokenize(
-        [dataset.queries[q] for q in query_ids], stopwords="en", return_ids=False, show_progress=show_progress
-    )
+    index = BM25Index([document.full_text for document in dataset.corpus.values()], show_progress=show_progress)
     rankings: dict[str, list[str]] = {}
-    for query_id, tokens in zip(query_ids, query_tokens):
-        if not tokens:  # only stopwords: nothing to match (bm25s cannot score an empty query)
-            rankings[query_id] = []
-            continue
-        scores = retriever.get_scores(tokens)
+    for query_id, scores in zip(query_ids, index.scores([dataset.queries[q] for q in query_ids])):
         matched = np.flatnonzero(scores > 0)
         best = matched[np.lexsort((matched, -scores[matched]))][:top_k]
         rankings[query_id] = [doc_ids[i] for i in best]

@@ -1,0 +1,229 @@
+"""Training throughput on the tiny shape against sentence-transformers' CrossEncoderTrainer, and peak memory with
+8k-token documents, measured in the same run.
+
+    flock /tmp/cpu.lock python benchmarks/training.py            # CPU (the numbers in docs/fine-tuning.md)
+    python benchmarks/training.py --device cuda --steps 40         # GPU (bf16 autocast for ours)
+
+Same data for both trainers: the docstring task's queries, each with its positive and three BM25 negatives, as
+lists for ours and as (query, document, label) pairs for sentence-transformers, truncated to the same 512 tokens
+by the same tokenizer. Same cost per token: the tiny shape (4 layers, hidden 384, 12 heads) has a GEGLU
+feed-forward (``gated_layers`` 384 -> 2 x 1536, ``wo`` 1536 -> 384: 3 x 384 x 1536 MACs per token); a plain GELU
+BERT spends 2 x 384 x I, so the baseline BERT has intermediate size I = 2304, and the attention projections
+(4 x 384 x 384) are the same. Both run pointwise BCE with AdamW, ``--batch-pairs`` pairs per step for
+sentence-transformers (padded to the step's longest pair) and the same tokens per step for ours (packed, no
+padding). Tokens/s counts real tokens, not padding, over the steps after the warm-up ones.
+
+Memory: one step on a list of two 8,192-token pairs, in a fresh process each, with and without activation
+checkpointing (peak resident memory, VmHWM, on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from jina_local_rerank.evaluation.runs import BM25Index
+from jina_local_rerank.options import RerankerOptions
+from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint
+from jina_local_rerank.engine import get_engine
+from jina_local_rerank.tokenization import PairTokenizer
+from jina_local_rerank.training import Trainer, TrainingConfig
+from jina_local_rerank.training.docstring_task import docstring_pairs
+
+MAX_LENGTH = 512
+NEGATIVES = 3
+GEGLU_EQUIVALENT_INTERMEDIATE = 3 * TINY_SHAPE.intermediate_size // 2  # 2 x 384 x I = 3 x 384 x 1536 -> I = 2304
+
+
+def triplets(count: int) -> list[dict]:
+    """``count`` docstring queries with their positive and the three best BM25 negatives (deterministic)."""
+    pairs = docstring_pairs()[:count]
+    documents = [rest for _, _, rest in pairs]
+    rows = []
+    for index, scores in enumerate(BM25Index(documents).scores([summary for _, summary, _ in pairs])):
+        ranked = [i for i in scores.argsort()[::-1].tolist() if i != index][:NEGATIVES]
+        rows.append({"query": pairs[index][1], "positive": documents[index],
+                     "negatives": [documents[i] for i in ranked]})
+    return rows
+
+
+def pair_lengths(rows: list[dict], tokenizer: PairTokenizer) -> list[int]:
+    """Tokens of every (query, document) pair of ``rows`` at ``MAX_LENGTH``, in list order."""
+    queries = [row["query"] for row in rows]
+    pairs = [(i, doc) for i, row in enumerate(rows) for doc in (row["positive"], *row["negatives"])]
+    encoded = tokenizer.encode_pairs(queries, pairs, max_length=MAX_LENGTH, max_query_length=MAX_LENGTH // 2)
+    return [len(ids) for ids in encoded.input_ids]
+
+
+def steady_rate(times: list[float], tokens: list[int], warm_up: int) -> tuple[float, float]:
+    """Median tokens/s over the steps after ``warm_up`` (each step's tokens over its time) and the mean."""
+    rates = [n / t for n, t in zip(tokens[warm_up:], times[warm_up:])]
+    return statistics.median(rates), sum(tokens[warm_up:]) / sum(times[warm_up:])
+
+
+class _Enough(Exception):
+    """Raised from the step callback to end a measured run early."""
+
+
+def ours(checkpoint: Path, data: Path, steps: int, step_tokens: int, device: str, workdir: Path) -> dict:
+    """Our trainer on the lists, stopped after ``steps`` steps; per-step wall time from its step reports."""
+    stamps, tokens = [time.perf_counter()], []
+
+    def on_step(report) -> None:
+        stamps.append(time.perf_counter())
+        tokens.append(report.tokens)
+        if report.step == steps:
+            raise _Enough
+
+    config = TrainingConfig(loss="bce", negatives=NEGATIVES, step_tokens=step_tokens, learning_rate=2e-5,
+                            save_every=None, show_progress="never")
+    options = RerankerOptions(model=str(checkpoint), device=device, max_length=MAX_LENGTH,
+                              max_batch_tokens=max(step_tokens, MAX_LENGTH))
+    try:
+        Trainer(options, train=data, output=workdir / "ours", config=config, overwrite=True).fit(on_step=on_step)
+    except _Enough:
+        pass
+    times = [b - a for a, b in zip(stamps, stamps[1:])]
+    # The first interval includes reading the data and loading the model: count from the second step on.
+    return {"times": times[1:], "tokens": tokens[1:]}
+
+
+def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, batch_pairs: int, device: str,
+                              workdir: Path, lengths: list[int]) -> dict | None:
+    """CrossEncoderTrainer with BinaryCrossEntropyLoss on a GELU BERT of the tiny shape's cost per token."""
+    try:
+        from datasets import Dataset
+        from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
+        from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+        from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
+        from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast, TrainerCallback
+    except ImportError as exc:
+        print(f"sentence-transformers baseline skipped ({exc}); pip install 'jina-local-rerank[bench]'")
+        return None
+    directory = workdir / "bert-tiny-cost"
+    vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    config = BertConfig(vocab_size=vocab, hidden_size=384, num_hidden_layers=TINY_SHAPE.num_hidden_layers,
+                        num_attention_heads=12, intermediate_size=GEGLU_EQUIVALENT_INTERMEDIATE,
+                        max_position_embeddings=MAX_LENGTH, num_labels=1)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(checkpoint / "tokenizer.json"), bos_token="<s>", eos_token="</s>", sep_token="</s>",
+        cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=MAX_LENGTH,
+    ).save_pretrained(directory)
+    model = CrossEncoder(str(directory), device=device, max_length=MAX_LENGTH, num_labels=1)
+    pairs = [(row["query"], doc, float(label)) for row in rows
+             for doc, label in ((row["positive"], 1), *((negative, 0) for negative in row["negatives"]))]
+    dataset = Dataset.from_dict({"query": [p[0] for p in pairs], "document": [p[1] for p in pairs],
+                                 "label": [p[2] for p in pairs]})
+    stamps: list[float] = []
+
+    class Stamps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(workdir / "st"), per_device_train_batch_size=batch_pairs, max_steps=steps + 1,
+        learning_rate=2e-5, warmup_ratio=0.1, save_strategy="no", logging_strategy="no", report_to="none",
+        use_cpu=device == "cpu", bf16=device.startswith("cuda"), dataloader_drop_last=True, seed=0,
+        disable_tqdm=True,
+    )
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset,
+                                  loss=BinaryCrossEntropyLoss(model), callbacks=[Stamps()])
+    trainer.train()
+    times = [b - a for a, b in zip(stamps, stamps[1:])]
+    mean_tokens = statistics.fmean(lengths)  # real tokens per pair (batches are random draws of the pairs)
+    return {"times": times, "tokens": [round(mean_tokens * batch_pairs)] * len(times)}
+
+
+MEMORY_PROCESS = """
+import json, sys, time, torch
+from jina_local_rerank.training.modeling import enable_activation_checkpointing, trainable_model, training_attention
+from jina_local_rerank.training.losses import SoftmaxCrossEntropyLoss
+checkpoint, device, checkpointing, length = sys.argv[1], torch.device(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+model = trainable_model(__import__("pathlib").Path(checkpoint), device)
+if checkpointing:
+    enable_activation_checkpointing(model)
+ids = torch.randint(5, 3000, (2 * length,), device=device)
+autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+start = time.perf_counter()
+with autocast:
+    logits = model(ids, training_attention([length, length], model))
+loss = SoftmaxCrossEntropyLoss()(logits.float()[None], torch.tensor([[1.0, 0.0]], device=device),
+                                 torch.ones(1, 2, dtype=torch.bool, device=device))
+loss.sum().backward()
+if device.type == "cuda":
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+else:
+    peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+print(json.dumps({"peak_mb": peak, "step_s": time.perf_counter() - start}))
+"""
+
+
+def memory(checkpoint: Path, device: str, checkpointing: bool, length: int) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROCESS, str(checkpoint), device, "1" if checkpointing else "0", str(length)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=12, help="measured steps per trainer (after one warm-up step)")
+    parser.add_argument("--batch-pairs", type=int, default=16, help="pairs per sentence-transformers step")
+    parser.add_argument("--queries", type=int, default=400)
+    parser.add_argument("--long-tokens", type=int, default=8192, help="document length of the memory rows")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        checkpoint = write_random_checkpoint(workdir / "tiny", TINY_SHAPE, seed=0)
+        rows = triplets(args.queries)
+        data = workdir / "train.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        lengths = pair_lengths(rows, get_engine(checkpoint, device="cpu").tokenizer)
+        step_tokens = round(statistics.fmean(lengths) * args.batch_pairs)  # the same real tokens per step
+
+        st = sentence_transformers_run(checkpoint, rows, args.steps, args.batch_pairs, args.device, workdir, lengths)
+        packed = ours(checkpoint, data, args.steps + 1, step_tokens, args.device, workdir)
+
+        print(f"training throughput, {args.device}, tiny shape (4 x 384), {MAX_LENGTH}-token pairs "
+              f"(mean {statistics.fmean(lengths):.0f} tokens), {args.batch_pairs} pairs (~{step_tokens} tokens) "
+              f"per step, {args.steps} steps after warm-up")
+        print()
+        print("| trainer | median tokens/s | mean tokens/s | ratio |")
+        print("|---|---|---|---|")
+        ours_median, ours_mean = steady_rate(packed["times"], packed["tokens"], 0)
+        base = None
+        if st is not None:
+            st_median, st_mean = steady_rate(st["times"], st["tokens"], 0)
+            base = st_median
+        print(f"| jina-local-rerank Trainer (packed, no padding) | {ours_median:,.0f} | {ours_mean:,.0f} | "
+              f"{ours_median / base:.2f}x |" if base else f"| jina-local-rerank Trainer | {ours_median:,.0f} | "
+              f"{ours_mean:,.0f} | |")
+        if st is not None:
+            print(f"| sentence-transformers CrossEncoderTrainer (GELU BERT, I={GEGLU_EQUIVALENT_INTERMEDIATE}) | "
+                  f"{st_median:,.0f} | {st_mean:,.0f} | 1.00x |")
+        print()
+        print(f"peak memory of one step on two {args.long_tokens:,}-token pairs (tiny shape)")
+        print()
+        print("| activation checkpointing | peak MB | step s |")
+        print("|---|---|---|")
+        for checkpointing in (False, True):
+            result = memory(checkpoint, args.device, checkpointing, args.long_tokens)
+            print(f"| {'on' if checkpointing else 'off'} | {result['peak_mb']:,.0f} | {result['step_s']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

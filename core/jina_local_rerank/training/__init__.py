@@ -1,0 +1,65 @@
+"""Fine-tuning and distillation of JinaBERT rerankers on your own data.
+
+``Trainer(model, train=..., output=...).fit()`` fine-tunes a checkpoint; with a ``teacher`` it distills. The
+output folder is a checkpoint in the input's format with a model card. The names below are imported on first
+use, so ``import jina_local_rerank.training`` loads neither torch nor the data stack.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import TrainingConfig
+    from .data import QueryGroup, TrainingData, load_training_data
+    from .docstring_task import docstring_task, train_docstring_reranker
+    from .evaluator import EvalQuery, RerankingEvaluator
+    from .losses import (
+        BinaryCrossEntropyLoss,
+        KLDivergenceLoss,
+        LambdaLoss,
+        MarginMSELoss,
+        SoftmaxCrossEntropyLoss,
+    )
+    from .mining import mine_hard_negatives
+    from .student import build_student, default_layers
+    from .teacher import TeacherScorer
+    from .trainer import StepReport, Trainer, TrainingResult
+
+_EXPORTS = {
+    "BinaryCrossEntropyLoss": ".losses",
+    "EvalQuery": ".evaluator",
+    "KLDivergenceLoss": ".losses",
+    "LambdaLoss": ".losses",
+    "MarginMSELoss": ".losses",
+    "QueryGroup": ".data",
+    "RerankingEvaluator": ".evaluator",
+    "SoftmaxCrossEntropyLoss": ".losses",
+    "StepReport": ".trainer",
+    "TeacherScorer": ".teacher",
+    "Trainer": ".trainer",
+    "TrainingConfig": ".config",
+    "TrainingData": ".data",
+    "TrainingResult": ".trainer",
+    "build_student": ".student",
+    "default_layers": ".student",
+    "docstring_task": ".docstring_task",
+    "load_training_data": ".data",
+    "mine_hard_negatives": ".mining",
+    "train_docstring_reranker": ".docstring_task",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

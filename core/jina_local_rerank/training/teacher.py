@@ -1,0 +1,138 @@
+"""Teacher logits for distillation: any local checkpoint scored through the engine, cached on disk.
+
+The cache is keyed on the teacher's content (a hash of its ``config.json``, weights and tokenizer, so a changed
+checkpoint is never read from a stale cache), the scoring settings that change logits (dtype, lengths,
+long-document handling) and each (query, document) pair, so a rerun, or a run on more data, scores only the
+pairs it has not seen. Pairs are scored in chunks and the cache is saved after each one (atomically): an
+interrupted scoring run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import PYTORCH_BIN_FILE, SAFETENSORS_FILE, resolve_model_dir
+from ..files import atomic_output
+from ..options import RerankerOptions
+from ..progress import Progress, progress_bar
+from .data import QueryGroup
+
+CHUNK_PAIRS = 4096
+KEY_BYTES = 16
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/jina-local-rerank/teacher-scores`` (``~/.cache/...`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jina-local-rerank" / "teacher-scores"
+
+
+def checkpoint_hash(directory: Path) -> str:
+    """sha256 over the files that decide a checkpoint's logits: config, weights and tokenizer."""
+    digest = hashlib.sha256()
+    for name in ("config.json", SAFETENSORS_FILE, PYTORCH_BIN_FILE, "tokenizer.json"):
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def pair_key(query: str, document: str) -> bytes:
+    """The cache key of one pair."""
+    return hashlib.blake2b(f"{query}\0{document}".encode("utf-8", "surrogatepass"), digest_size=KEY_BYTES).digest()
+
+
+@dataclass(frozen=True)
+class TeacherReport:
+    """What one :meth:`TeacherScorer.score_groups` call did: pairs scored by the model, pairs read from the cache."""
+
+    scored: int
+    cached: int
+    cache_file: Path
+
+
+class TeacherScorer:
+    """Raw logits of a teacher checkpoint for (query, document) pairs, through :class:`~jina_local_rerank.Reranker`.
+
+    ``options`` are the engine options of the teacher (its ``model``, device, dtype, lengths); ``cache_dir``
+    holds one file per teacher and settings (default :func:`default_cache_dir`). The model is loaded only when
+    some pair is not cached, and released afterwards.
+    """
+
+    def __init__(self, options: RerankerOptions, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        if options.model is None:
+            raise ValueError("the teacher's options must name its model")
+        self.options = options
+        self.directory = resolve_model_dir(
+            options.model, revision=options.revision, cache_dir=options.cache_dir, token=options.token
+        )
+        self.content_hash = checkpoint_hash(self.directory)
+        settings = options.to_dict()
+        for name in ("model", "revision", "device", "cache_dir"):  # where it comes from and runs: not its logits
+            settings.pop(name)
+        fingerprint = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:12]
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_file = cache / f"{self.content_hash[:24]}-{fingerprint}.npz"
+
+    def _read_cache(self) -> dict[bytes, float]:
+        if not self.cache_file.is_file():
+            return {}
+        with np.load(self.cache_file) as saved:
+            keys, logits = saved["keys"], saved["logits"]
+        return {bytes(key): float(logit) for key, logit in zip(keys, logits)}
+
+    def _write_cache(self, cache: dict[bytes, float]) -> None:
+        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+        keys = np.frombuffer(b"".join(cache), dtype=np.uint8).reshape(-1, KEY_BYTES)
+        with atomic_output(self.cache_file, "teacher score cache") as temporary:
+            with temporary.open("wb") as handle:  # a file object: np.savez would append .npz to a path
+                np.savez(handle, keys=keys, logits=np.array(list(cache.values()), dtype=np.float64))
+
+    def score_pairs(self, pairs: list[tuple[str, str]], show_progress: Progress = False) -> tuple[list[float], TeacherReport]:
+        """The teacher's raw logit for every pair, in order, and how many were scored rather than read."""
+        cache = self._read_cache()
+        keys = [pair_key(query, document) for query, document in pairs]
+        missing = list({key: pair for key, pair in zip(keys, pairs) if key not in cache}.items())
+        if missing:
+            from ..devices import resolve_device, resolve_dtype
+            from ..engine import cached_engines, engine_key
+            from ..reranker import Reranker
+
+            device = resolve_device(self.options.device)
+            key = engine_key(self.options.model, self.options.revision, device, resolve_dtype(self.options.dtype, device))
+            loaded_before = key in cached_engines()  # someone else's engine: leave it loaded
+            reranker = Reranker(self.options)
+            try:
+                with progress_bar("teacher scoring", "pair", show_progress, total=len(missing)) as progress:
+                    for start in range(0, len(missing), CHUNK_PAIRS):
+                        chunk = missing[start : start + CHUNK_PAIRS]
+                        logits = reranker.score_pairs([list(pair) for _, pair in chunk], raw=True).logits
+                        cache.update((key, logit) for (key, _), logit in zip(chunk, logits))
+                        self._write_cache(cache)
+                        progress.update(len(chunk))
+            finally:
+                if not loaded_before:
+                    reranker.release()
+        report = TeacherReport(scored=len(missing), cached=len(set(keys)) - len(missing), cache_file=self.cache_file)
+        return [cache[key] for key in keys], report
+
+    def score_groups(
+        self, groups: tuple[QueryGroup, ...] | list[QueryGroup], show_progress: Progress = False
+    ) -> tuple[list[QueryGroup], TeacherReport]:
+        """``groups`` with ``teacher`` set to this teacher's logits for every document."""
+        pairs = [(group.query, document) for group in groups for document in group.documents]
+        logits, report = self.score_pairs(pairs, show_progress)
+        scored, start = [], 0
+        for group in groups:
+            end = start + len(group.documents)
+            scored.append(QueryGroup(group.query, group.documents, group.labels, tuple(logits[start:end]), group.where))
+            start = end
+        return scored, report
