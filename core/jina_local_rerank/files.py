@@ -3,8 +3,8 @@
 Every command that writes a file goes through :func:`atomic_output`: results go to a temporary file beside the
 target, which replaces it only when the whole output was written, so a failed run (bad input, full disk,
 Ctrl-C) leaves an existing file as it was and creates none. :func:`check_output_path` refuses an output that is
-the input itself (also through links), before anything is read or written. Errors are ``FileProblem``, one
-line naming the file.
+the input itself (also through links), before anything is read or written. :func:`atomic_output_folder` does the
+same for a command that writes a whole folder. Errors are ``FileProblem``, one line naming the file.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -107,3 +108,81 @@ def write_text_atomically(output: str | os.PathLike[str], text: str, what: str =
     """Write ``text`` (UTF-8) to ``output`` through :func:`atomic_output`."""
     with atomic_output(output, what) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_folder(
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    keep: Sequence[str | os.PathLike[str]] = (),
+    what: str = "output folder",
+) -> Path:
+    """``output`` as a path, if a folder can be written there; else ``FileProblem`` saying why.
+
+    A missing or empty folder is fine; a non-empty one only with ``overwrite``, and never one that holds any of
+    ``keep`` (the input a command reads, which replacing the folder would delete).
+    """
+    path = Path(output)
+    for source in keep:
+        if _is_within(Path(source), path):
+            raise FileProblem(f"{what} {path} holds the input {source}; choose another folder")
+    if path.exists() and not path.is_dir():
+        raise FileProblem(f"{what} {path} is a file; name a folder to write")
+    if path.is_dir() and not overwrite and any(path.iterdir()):
+        raise FileProblem(f"{what} {path} exists and is not empty; choose another folder or overwrite it (--overwrite)")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output_folder(
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    keep: Sequence[str | os.PathLike[str]] = (),
+    what: str = "output folder",
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``output``; on success it becomes ``output``, on any error it is removed.
+
+    ``output`` is checked first (:func:`check_output_folder`); missing parent folders are created. An existing
+    ``output`` (empty, or with ``overwrite`` any) is replaced only once the new folder is complete.
+    """
+    path = check_output_folder(output, overwrite=overwrite, keep=keep, what=what)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    except OSError as exc:
+        raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+    try:
+        yield temporary
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        if exc.errno in _WRITE_FAILURES:
+            raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+        raise
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    umask = os.umask(0)
+    os.umask(umask)
+    old = None
+    try:
+        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp creates the folder 0700
+        if path.is_dir():
+            # Move the old folder aside (it is deleted only once the new one is in place).
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)
+        os.replace(temporary, path)
+    except OSError as exc:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+            old = None
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

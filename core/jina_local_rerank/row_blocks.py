@@ -15,7 +15,13 @@ CPU_BLOCK_ROWS = 1024
 
 
 def cpu_row_blocks(x: torch.Tensor) -> list[slice]:
-    """``x``'s rows as ``CPU_BLOCK_ROWS``-row slices on CPUs, one slice of all rows elsewhere."""
+    """``x``'s rows as ``CPU_BLOCK_ROWS``-row slices on CPUs, one slice of all rows elsewhere.
+
+    Under ``torch.compile`` or ``torch.export`` (the ONNX exporter) all rows go in one slice: the graph must hold
+    for any number of rows, and its runtime blocks the work its own way.
+    """
+    if torch.compiler.is_compiling():
+        return [slice(None)]
     step = CPU_BLOCK_ROWS if x.device.type == "cpu" else max(1, len(x))
     return [slice(start, start + step) for start in range(0, len(x), step)]
 
