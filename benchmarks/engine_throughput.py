@@ -32,6 +32,7 @@ import workloads  # noqa: E402
 from jina_local_rerank import Reranker  # noqa: E402
 from jina_local_rerank.config import JinaBertConfig  # noqa: E402
 from jina_local_rerank.attention import alibi_bias  # noqa: E402
+from jina_local_rerank.export.agreement import spearman  # noqa: E402
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 
 PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
@@ -83,20 +84,6 @@ def executed_flops(config: JinaBertConfig, length: int) -> float:
     """FLOPs the engine runs for one pair: every layer but the last in full, then the last layer's keys and values."""
     h = config.hidden_size
     return length * ((config.num_hidden_layers - 1) * layer_flops_per_token(config, length) + 2 * 2 * h * h)
-
-
-def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman rank correlation (no ties expected among float logits)."""
-
-    def ranks(values: list[float]) -> list[int]:
-        order = sorted(range(len(values)), key=values.__getitem__)
-        result = [0] * len(values)
-        for rank, index in enumerate(order):
-            result[index] = rank
-        return result
-
-    n = len(a)
-    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ranks(a), ranks(b))) / (n * (n * n - 1))
 
 
 def int8_agreement(parity_dir: Path) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ np = pytest.importorskip("numpy")
 
 CHECKPOINTS = ("tiny", "turbo", "heads8")
 ATOL = 1e-4
+EXPORT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "export.md"
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +154,33 @@ def test_int8_graph_quantizes_every_linear_layer_and_stays_close_to_fp32(parity_
         # The parity weights are scaled up so every component moves the logit; the engine's own int8 differs from
         # fp32 by up to 0.55 on them.
         assert max_error(onnx_logits(int8, feed), onnx_logits(fp32, feed)) < 0.75, case["name"]
+
+
+def test_onnx_reranker_scores_like_the_engine_in_length_sorted_calls(checkpoint_dir, reranker, onnx_export):
+    from jina_local_rerank.export import OnnxReranker
+
+    words = "the closure keeps a reference to every variable of its scope".split()
+    rng = random.Random(1)
+    documents = [" ".join(rng.choices(words, k=rng.randrange(1, 120))) for _ in range(30)]
+    scorer = OnnxReranker(onnx_export(checkpoint_dir), max_batch_tokens=300)  # many calls of a few rows
+    expected = reranker.score("what does a closure keep?", documents, raw=True).logits
+    assert max_error(scorer.logits("what does a closure keep?", documents), expected) < ATOL
+
+
+def test_documented_onnxruntime_example_gives_the_engines_scores(parity_dir, onnx_export, capsys):
+    """The Python example of docs/export.md (tokenizers + onnxruntime only), run on an export."""
+    blocks = re.findall(r"^```python\n(.*?)^```", EXPORT_PAGE.read_text(encoding="utf-8"), re.M | re.S)
+    code = next(block for block in blocks if "onnxruntime.InferenceSession" in block)
+    folder = onnx_export(parity_dir / "tiny")
+    code, replaced = re.subn(r'^folder = ".*"$', f"folder = {str(folder)!r}", code, flags=re.M)
+    assert replaced == 1
+    namespace: dict = {}
+    exec(compile(code, str(EXPORT_PAGE), "exec"), namespace)
+    expected = Reranker(parity_dir / "tiny", device="cpu", dtype="float32").score(
+        namespace["query"], namespace["documents"]
+    )
+    assert max_error(namespace["scores"].tolist(), expected.scores) < ATOL
+    assert len(capsys.readouterr().out.splitlines()) == len(namespace["documents"])
 
 
 def test_cli_writes_the_folder_transformers_js_loads(checkpoint_dir, tmp_path):

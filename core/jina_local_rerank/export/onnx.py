@@ -91,7 +91,7 @@ def _linear_as_matmul(input, weight, bias=None):  # type: ignore[no-untyped-def]
 @contextlib.contextmanager
 def _quiet_exporters() -> Iterator[None]:
     """Silence the exporters' progress lines, warnings and log records (the caller reports what happened)."""
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "root")
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.__trace", "onnxscript", "root")
     loggers = [logging.getLogger(None if name == "root" else name) for name in names]
     levels = [logger.level for logger in loggers]
     try:

@@ -43,6 +43,9 @@ class OnnxReranker:
         settings = onnxruntime.SessionOptions()
         if threads is not None:
             settings.intra_op_num_threads = threads
+        # Idle threads sleep rather than spin between calls: spinning takes the cores from whatever runs next
+        # (tokenization, the engine, the rest of the application).
+        settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(self.directory / ONNX_FOLDER / file), settings, providers=["CPUExecutionProvider"]
         )
