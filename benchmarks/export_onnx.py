@@ -8,8 +8,10 @@ W1 (1 query x 100 passages), W2 (1 query x 4 documents of ~4,700 tokens) and W3 
 documents) scored by the engine (fp32, int8) and by onnxruntime (fp32, int8) with the same tokenization.
 onnxruntime gets right-padded batches, longest first, of at most --ort-batch-tokens padded tokens (default 8,192:
 its attention holds rows x heads x longest^2 scores, so long documents go alone). W1 and W3 are timed in
-interleaved rounds (W2 in --w2-repeats rounds); the peak memory (VmHWM) of each implementation and workload comes
-from a fresh process that loads it and scores the workload once. onnxruntime runs on as many threads as torch.
+interleaved rounds in one process; W2 (gigabytes of attention scores per onnxruntime call) in a fresh process per
+implementation, one after the other: a first run, then the median of --w2-repeats runs. The peak memory (VmHWM) of
+each implementation and workload is that of a fresh process that loads it and scores the workload. onnxruntime runs
+on as many threads as torch.
 
 Agreement: int8 against fp32 per query, onnxruntime's (the export's two graphs: jina_local_rerank.export.int8_agreement)
 and the engine's for comparison, over 10 queries x 50 passages, W1, and the parity golden cases with 3+ documents.
@@ -36,30 +38,34 @@ from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpo
 IMPLEMENTATIONS = ("engine fp32", "engine int8", "onnxruntime fp32", "onnxruntime int8")
 
 MEASURE_PROCESS = """
-import json, sys, time
-implementation, export, batch_tokens, threads, workload = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+import json, statistics, sys, time
+implementation, folder, batch_tokens, threads, workload, runs = sys.argv[1:7]
 query, documents = json.loads(open(workload).read())
 if implementation.startswith("engine"):
     from jina_local_rerank import Reranker
-    scorer = Reranker(export, device="cpu", dtype=implementation.split()[1])
+    scorer = Reranker(folder, device="cpu", dtype=implementation.split()[1])
     score = lambda: scorer.score(query, documents)
 else:
     from jina_local_rerank.export import OnnxReranker
     file = "model.onnx" if implementation.endswith("fp32") else "model_quantized.onnx"
-    scorer = OnnxReranker(export, file, threads=threads, max_batch_tokens=batch_tokens)
+    scorer = OnnxReranker(folder, file, threads=int(threads), max_batch_tokens=int(batch_tokens))
     score = lambda: scorer.logits(query, documents)
-start = time.perf_counter()
-score()
-seconds = time.perf_counter() - start
+score()  # the first run allocates what the later ones reuse
+times = []
+for _ in range(int(runs)):
+    start = time.perf_counter()
+    score()
+    times.append(time.perf_counter() - start)
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
-print(json.dumps({"seconds": seconds, "peak_mb": peak}))
+print(json.dumps({"seconds": statistics.median(times) if times else None, "peak_mb": peak}))
 """
 
 
-def measure_process(implementation: str, folder: Path, batch_tokens: int, threads: int, workload: Path) -> dict:
-    """Seconds of one scoring of ``workload`` in a fresh process (load excluded), and the process's peak memory."""
-    command = [sys.executable, "-c", MEASURE_PROCESS, implementation, str(folder), str(batch_tokens), str(threads),
-               str(workload)]
+def measure_process(implementation: str, folder: Path, args: argparse.Namespace, workload: Path, runs: int) -> dict:
+    """A fresh process that loads ``implementation`` and scores ``workload`` 1 + ``runs`` times: the median seconds
+    of the ``runs`` after the first (None for 0), and the process's peak memory (VmHWM, MB)."""
+    command = [sys.executable, "-c", MEASURE_PROCESS, implementation, str(folder), str(args.ort_batch_tokens),
+               str(torch.get_num_threads()), str(workload), str(runs)]
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
@@ -116,11 +122,13 @@ def print_speed(args: argparse.Namespace, workdir: Path) -> None:
         scorers.update({name: (lambda s=s: s.logits(query, documents)) for name, s in sessions.items()})
         return scorers
 
-    repeats = {"W1": args.repeats, "W2": args.w2_repeats, "W3": 30}
-    seconds = {name: interleaved_medians(runs(*workload[name]), repeats[name]) for name in workload}
+    # W1 and W3 in this process, in interleaved rounds; W2 (gigabytes of attention scores per onnxruntime call) in
+    # one fresh process per implementation, one after the other.
+    seconds = {"W1": interleaved_medians(runs(*workload["W1"]), args.repeats),
+               "W3": interleaved_medians(runs(*workload["W3"]), 30)}
     print(f"\nmodel: full tiny shape, random weights; {threads} threads; onnxruntime calls of <= "
-          f"{args.ort_batch_tokens} padded tokens; medians of {args.repeats} (W1), {args.w2_repeats} (W2) and 30 (W3) "
-          f"interleaved rounds")
+          f"{args.ort_batch_tokens} padded tokens; medians of {args.repeats} (W1) and 30 (W3) interleaved rounds, and "
+          f"of {args.w2_repeats} runs (W2) after a first one, in a fresh process per implementation")
     print("\n| workload | implementation | median s | tokens/s | / engine fp32 time | peak MB (fresh process) |")
     print("|---|---|---:|---:|---:|---:|")
     for name, (query, documents) in workload.items():
@@ -128,12 +136,20 @@ def print_speed(args: argparse.Namespace, workdir: Path) -> None:
         count = sum(map(len, encoded.input_ids))
         path = workdir / f"{name}.json"
         path.write_text(json.dumps([query, documents]))
+        processes = {
+            implementation: measure_process(
+                implementation, checkpoint if implementation.startswith("engine") else export, args, path,
+                args.w2_repeats if name == "W2" else 0,
+            )
+            for implementation in IMPLEMENTATIONS
+        }
+        if name == "W2":
+            seconds[name] = {implementation: processes[implementation]["seconds"] for implementation in IMPLEMENTATIONS}
         for implementation in IMPLEMENTATIONS:
-            folder = checkpoint if implementation.startswith("engine") else export
-            peak = measure_process(implementation, folder, args.ort_batch_tokens, threads, path)["peak_mb"]
             value = seconds[name][implementation]
             print(f"| {name} ({len(documents)} docs, {count:,} tokens) | {implementation} | {value:.3f} | "
-                  f"{count / value:.0f} | {value / seconds[name]['engine fp32']:.2f}x | {peak:.0f} |")
+                  f"{count / value:.0f} | {value / seconds[name]['engine fp32']:.2f}x | "
+                  f"{processes[implementation]['peak_mb']:.0f} |")
 
 
 def main() -> None:

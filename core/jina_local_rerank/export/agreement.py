@@ -88,9 +88,9 @@ def int8_agreement(
 ) -> RankingAgreement:
     """How ``directory/onnx/model_quantized.onnx`` ranks each (query, documents) of ``rankings`` compared with
     ``model.onnx`` of the same export (onnxruntime, CPU)."""
-    fp32 = OnnxReranker(directory, MODEL_FILE, threads=threads)
-    int8 = OnnxReranker(directory, QUANTIZED_MODEL_FILE, threads=threads)
-    return ranking_agreement(
-        [fp32.logits(query, documents) for query, documents in rankings],
-        [int8.logits(query, documents) for query, documents in rankings],
-    )
+    # One session at a time: each keeps the memory of its largest call.
+    logits = [
+        [scorer.logits(query, documents) for query, documents in rankings]
+        for scorer in (OnnxReranker(directory, file, threads=threads) for file in (MODEL_FILE, QUANTIZED_MODEL_FILE))
+    ]
+    return ranking_agreement(*logits)

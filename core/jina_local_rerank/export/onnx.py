@@ -142,8 +142,9 @@ def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelPro
 
 
 def quantize_int8(model_path: Path, output_path: Path) -> None:
-    """onnxruntime's dynamic int8 quantization of ``model_path``: weights int8 per output channel (7-bit range, exact
-    on CPUs without VNNI too), activations quantized per call; the embedding table is stored as uint8."""
+    """onnxruntime's dynamic int8 quantization of ``model_path``: every linear layer's weights int8 per output channel
+    in a 7-bit range (CPUs without VNNI saturate 8-bit products), activations quantized per call (uint8); the
+    embedding table stored as uint8."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_exporters():
