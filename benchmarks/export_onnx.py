@@ -10,8 +10,8 @@ onnxruntime gets right-padded batches, longest first, of at most --ort-batch-tok
 its attention holds rows x heads x longest^2 scores, so long documents go alone). W1 and W3 are timed in
 interleaved rounds in one process; W2 (gigabytes of attention scores per onnxruntime call) in a fresh process per
 implementation, one after the other: a first run, then the median of --w2-repeats runs. The peak memory (VmHWM) of
-each implementation and workload is that of a fresh process that loads it and scores the workload. onnxruntime runs
-on as many threads as torch.
+each implementation and workload is that of a fresh process that loads it and scores the workload. Both run on
+--threads threads (default: torch's count).
 
 Agreement: int8 against fp32 per query, onnxruntime's (the export's two graphs: jina_local_rerank.export.int8_agreement)
 and the engine's for comparison, over 10 queries x 50 passages, W1, and the parity golden cases with 3+ documents.
@@ -42,7 +42,9 @@ import json, statistics, sys, time
 implementation, folder, batch_tokens, threads, workload, runs = sys.argv[1:7]
 query, documents = json.loads(open(workload).read())
 if implementation.startswith("engine"):
+    import torch
     from jina_local_rerank import Reranker
+    torch.set_num_threads(int(threads))
     scorer = Reranker(folder, device="cpu", dtype=implementation.split()[1])
     score = lambda: scorer.score(query, documents)
 else:
@@ -105,7 +107,7 @@ def print_agreement(models: list[Path], workdir: Path, golden: dict | None) -> N
 def print_speed(args: argparse.Namespace, workdir: Path) -> None:
     checkpoint = write_random_checkpoint(workdir / "tiny", TINY_SHAPE, tokenizer_vocab=8000)
     export = export_onnx(checkpoint, workdir / "tiny-onnx", quantize="int8").directory
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # --threads, set in main()
     engines = {name: Reranker(checkpoint, device="cpu", dtype=name.split()[1]) for name in IMPLEMENTATIONS[:2]}
     sessions = {
         name: OnnxReranker(export, "model.onnx" if name.endswith("fp32") else "model_quantized.onnx",
@@ -160,8 +162,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the W1 runs (medians are reported)")
     parser.add_argument("--w2-repeats", type=int, default=2, help="rounds of the W2 runs")
     parser.add_argument("--ort-batch-tokens", type=int, default=8192, help="padded tokens per onnxruntime call")
+    parser.add_argument("--threads", type=int, default=None, help="threads of both runtimes (default: torch's)")
     parser.add_argument("--parity-dir", type=Path, default=PARITY_DIR)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     golden_file = args.parity_dir / "golden.json"
     golden = json.loads(golden_file.read_text()) if golden_file.is_file() else None
     models = args.model or ([args.parity_dir / name for name in ("tiny", "turbo", "heads8")] if golden else [])
