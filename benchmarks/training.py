@@ -13,14 +13,16 @@ BERT spends 2 x 384 x I, so the baseline BERT has intermediate size I = 2304, an
 sentence-transformers (padded to the step's longest pair) and the same tokens per step for ours (packed, no
 padding). Tokens/s counts real tokens, not padding, over the steps after the warm-up ones.
 
-Memory: one step on a list of two 8,192-token pairs, in a fresh process each, with and without activation
-checkpointing (peak resident memory, VmHWM, on CPU; ``torch.cuda.max_memory_allocated`` on GPU).
+Memory: one step on a list of two pairs of 4,096 and of 8,192 tokens, in a fresh process each, with and without
+activation checkpointing (peak resident memory, VmHWM, on CPU, under a limit of 80% of the machine's memory;
+``torch.cuda.max_memory_allocated`` on GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -169,11 +171,24 @@ print(json.dumps({"peak_mb": peak, "step_s": time.perf_counter() - start}))
 """
 
 
-def memory(checkpoint: Path, device: str, checkpointing: bool, length: int) -> dict:
+def memory_limit() -> int:
+    """Bytes a memory row may use: 80% of the machine's memory (a row over it reports "out of memory")."""
+    total_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    return total_kb * 1024 * 8 // 10
+
+
+def memory(checkpoint: Path, device: str, checkpointing: bool, length: int) -> dict | None:
+    """One step in a fresh process under :func:`memory_limit`; ``None`` where it ran out of memory."""
+    limit = memory_limit()
     completed = subprocess.run(
         [sys.executable, "-c", MEMORY_PROCESS, str(checkpoint), device, "1" if checkpointing else "0", str(length)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))) if device == "cpu" else None,
     )
+    if completed.returncode != 0:
+        if "alloc" in completed.stderr or "out of memory" in completed.stderr or completed.returncode < 0:
+            return None
+        raise RuntimeError(completed.stderr)
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -183,7 +198,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="measured steps per trainer (after one warm-up step)")
     parser.add_argument("--batch-pairs", type=int, default=16, help="pairs per sentence-transformers step")
     parser.add_argument("--queries", type=int, default=400)
-    parser.add_argument("--long-tokens", type=int, default=8192, help="document length of the memory rows")
+    parser.add_argument("--long-tokens", type=int, nargs="+", default=[4096, 8192],
+                        help="document lengths of the memory rows")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -216,13 +232,16 @@ def main() -> None:
             print(f"| sentence-transformers CrossEncoderTrainer (GELU BERT, I={GEGLU_EQUIVALENT_INTERMEDIATE}) | "
                   f"{st_median:,.0f} | {st_mean:,.0f} | 1.00x |")
         print()
-        print(f"peak memory of one step on two {args.long_tokens:,}-token pairs (tiny shape)")
+        print(f"peak memory of one step on a list of two pairs of one length (tiny shape; out of memory: over "
+              f"{memory_limit() / 2**30:.0f} GB)" if args.device == "cpu" else "peak memory of one step (tiny shape)")
         print()
-        print("| activation checkpointing | peak MB | step s |")
-        print("|---|---|---|")
-        for checkpointing in (False, True):
-            result = memory(checkpoint, args.device, checkpointing, args.long_tokens)
-            print(f"| {'on' if checkpointing else 'off'} | {result['peak_mb']:,.0f} | {result['step_s']:.1f} |")
+        print("| pair tokens | activation checkpointing | peak MB | step s |")
+        print("|---|---|---|---|")
+        for length in args.long_tokens:
+            for checkpointing in (False, True):
+                result = memory(checkpoint, args.device, checkpointing, length)
+                cells = ("out of memory", "") if result is None else (f"{result['peak_mb']:,.0f}", f"{result['step_s']:.1f}")
+                print(f"| {length:,} | {'on' if checkpointing else 'off'} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

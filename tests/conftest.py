@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 # Tests never reach the network; set before huggingface_hub is imported anywhere.
@@ -41,8 +42,31 @@ def reranker(checkpoint_dir: Path) -> Reranker:
 def parity_dir() -> Path:
     """``../shared/parity``: skipped where absent (a user's clone), required under ``CI=true``."""
     if not (PARITY_DIR / "golden.json").is_file():
-        reason = f"parity data not found at {PARITY_DIR} (set JINA_LOCAL_RERANK_PARITY_DIR)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must run the parity tests")
-        pytest.skip(reason)
+        skip_unless_ci(f"parity data not found at {PARITY_DIR} (set JINA_LOCAL_RERANK_PARITY_DIR)")
     return PARITY_DIR
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip the test for ``reason``; under ``CI=true``, where everything must run, fail instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI must run this test")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tmp_path_factory: pytest.TempPathFactory):
+    """``onnx_export(checkpoint) -> folder``: the checkpoint exported to ONNX with int8, once per session."""
+    missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        skip_unless_ci(f"{', '.join(missing)} not installed: pip install 'jina-local-rerank[export]'")
+    from jina_local_rerank.export import export_onnx
+
+    exports: dict[Path, Path] = {}
+
+    def export(checkpoint: Path) -> Path:
+        if checkpoint not in exports:
+            output = tmp_path_factory.mktemp("onnx-export") / checkpoint.name
+            exports[checkpoint] = export_onnx(checkpoint, output, quantize="int8").directory
+        return exports[checkpoint]
+
+    return export

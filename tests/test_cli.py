@@ -6,6 +6,7 @@ raw bytes on stdin, what ``--help`` imports) run the installed command.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -219,8 +220,17 @@ def test_engine_flags_are_checked_alike_by_every_subcommand(subcommand, flag: st
 def test_every_subcommand_has_every_engine_option() -> None:
     from jina_local_rerank.options import OPTION_NAMES
 
-    parser = build_parser()
-    commands = next(action for action in parser._actions if action.dest == "command").choices
+    def leaves(parser: argparse.ArgumentParser, name: str):
+        """The commands under ``parser`` that run (``export onnx``, not ``export``)."""
+        nested = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if not nested:
+            yield name, parser
+        for action in nested:
+            for child, subparser in action.choices.items():
+                yield from leaves(subparser, f"{name} {child}".strip())
+
+    commands = dict(leaves(build_parser(), ""))
+    assert {"rerank", "score-pairs", "export onnx", "train", "distill", "serve"} <= set(commands)
     for name, subparser in commands.items():
         dests = {action.dest for action in subparser._actions}
         assert set(OPTION_NAMES) <= dests, f"{name} lacks {set(OPTION_NAMES) - dests}"

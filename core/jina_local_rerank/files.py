@@ -3,9 +3,9 @@
 Every command that writes a file goes through :func:`atomic_output`: results go to a temporary file beside the
 target, which replaces it only when the whole output was written, so a failed run (bad input, full disk,
 Ctrl-C) leaves an existing file as it was and creates none; :func:`atomic_directory` does the same for a folder
-of files (a checkpoint). :func:`check_output_path` refuses an output that is
-the input itself (also through links), before anything is read or written. Errors are ``FileProblem``, one
-line naming the file.
+of files (a checkpoint, an export), and :func:`check_output_folder` says whether a folder may be replaced.
+:func:`check_output_path` refuses an output that is the input itself (also through links), before anything is
+read or written. Errors are ``FileProblem``, one line naming the file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -128,20 +128,47 @@ def write_text_atomically(output: str | os.PathLike[str], text: str, what: str =
         temporary.write_text(text, encoding="utf-8")
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_output_folder(
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    keep: Sequence[str | os.PathLike[str]] = (),
+    what: str = "output folder",
+) -> Path:
+    """``output`` as a path, if a folder can be written there; else ``FileProblem`` saying why.
+
+    A missing or empty folder is fine; a non-empty one only with ``overwrite``, and never one that holds any of
+    ``keep`` (the input a command reads, which replacing the folder would delete).
+    """
+    path = Path(output)
+    for source in keep:
+        if _is_within(Path(source), path):
+            raise FileProblem(f"{what} {path} holds the input {source}; choose another folder")
+    if path.exists() and not path.is_dir():
+        raise FileProblem(f"{what} {path} is a file; name a folder to write")
+    if path.is_dir() and not overwrite and any(path.iterdir()):
+        raise FileProblem(f"{what} {path} exists and is not empty; choose another folder or overwrite it (--overwrite)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_directory(output: str | os.PathLike[str], what: str = "output folder") -> Iterator[Path]:
     """Yield a temporary folder beside ``output``; on success it replaces ``output``, on any error it is removed.
 
-    An existing ``output`` is moved aside, the new folder renamed into place, and the old one deleted, so at any
-    moment ``output`` is either the old folder or the complete new one. The caller decides whether an existing
-    folder may be replaced.
+    Missing parent folders are created. An existing ``output`` is moved aside, the new folder renamed into place,
+    and the old one deleted, so at any moment ``output`` is either the old folder or the complete new one. The
+    caller decides whether an existing folder may be replaced (:func:`check_output_folder`).
     """
     path = Path(output)
     if path.exists() and not path.is_dir():
         raise FileProblem(f"{what} {path} is a file; name a folder to write")
-    if not path.parent.is_dir():
-        raise FileProblem(f"cannot write {what} {path}: the folder {path.parent} does not exist")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     except OSError as exc:
         raise FileProblem(f"cannot write {what} {path}: {_reason(exc)}") from None

@@ -18,8 +18,12 @@ def cpu_row_blocks(x: torch.Tensor) -> list[slice]:
     """``x``'s rows as ``CPU_BLOCK_ROWS``-row slices on CPUs, one slice of all rows elsewhere.
 
     While autograd records (training), all rows go in one slice too: the blocks' ``out=`` writes are not
-    differentiable, and the backward pass keeps every activation anyway.
+    differentiable, and the backward pass keeps every activation anyway. And under ``torch.compile`` or
+    ``torch.export`` (the ONNX exporter): the graph must hold for any number of rows, and its runtime blocks the
+    work its own way.
     """
+    if torch.compiler.is_compiling():
+        return [slice(None)]
     step = CPU_BLOCK_ROWS if x.device.type == "cpu" and not torch.is_grad_enabled() else max(1, len(x))
     return [slice(start, start + step) for start in range(0, len(x), step)]
 

@@ -22,6 +22,7 @@ COMMANDS = (
     "jina_local_rerank.cli.rerank",
     "jina_local_rerank.cli.score_pairs",
     "jina_local_rerank.evaluation.cli",
+    "jina_local_rerank.export.cli",
     "jina_local_rerank.server.cli",
     "jina_local_rerank.training.cli",
 )

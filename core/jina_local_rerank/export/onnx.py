@@ -1,0 +1,201 @@
+"""Export a checkpoint to ONNX in the folder layout transformers.js and onnxruntime callers load.
+
+``DIR/config.json`` and the tokenizer files are copied unchanged; ``DIR/onnx/model.onnx`` takes ``input_ids`` and
+``attention_mask`` (int64 ``[batch_size, sequence_length]``, any size, up to the model's 8,192-token window) and
+returns fp32 ``logits [batch_size, 1]``; with ``quantize="int8"``, ``DIR/onnx/model_quantized.onnx`` is the same
+graph with onnxruntime's dynamic int8 quantization (what transformers.js loads for ``dtype: "q8"``).
+
+The graph is traced from the project's own model (:mod:`~jina_local_rerank.export.padded_batch`) with
+``torch.export`` and written by torch's ONNX exporter; the ALiBi bias is computed from the attention mask inside
+the graph, so no table of the 8,192-token window is stored. The folder is written beside its destination and
+renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..checkpoint import TOKENIZER_FILES, default_model, load_checkpoint, resolve_model_dir
+from ..errors import CheckpointError
+from ..files import atomic_directory, check_output_folder
+from ..model import JinaBertForReranking
+from ..options import RerankerOptions
+from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
+from .padded_batch import PaddedBatchReranker
+
+if TYPE_CHECKING:
+    import os
+
+    import onnx
+
+QUANTIZATIONS = ("int8",)
+OPSET = 18
+INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'jina-local-rerank[export]'"
+# The options an export reads; every other option decides how the engine scores, which a graph does not hold.
+EXPORT_OPTIONS = ("model", "revision", "cache_dir", "token")
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx` wrote: the folder, its graphs, and every file in it."""
+
+    directory: Path
+    model: Path
+    quantized_model: Path | None
+    files: tuple[Path, ...]
+
+
+def _export_options(options_or_model: RerankerOptions | str | os.PathLike[str]) -> RerankerOptions:
+    """The options to export with; a scoring option set away from its default is a ``ValueError`` naming it."""
+    options = options_or_model if isinstance(options_or_model, RerankerOptions) else RerankerOptions(options_or_model)
+    defaults = RerankerOptions()
+    if options.dtype not in ("auto", "float32"):
+        raise ValueError(
+            f"dtype {options.dtype!r}: the exported graph is float32; quantize='int8' (--quantize int8) adds "
+            f"the int8 graph"
+        )
+    if options.device not in ("auto", "cpu"):
+        raise ValueError(f"device {options.device!r}: export runs on the CPU (the graph runs wherever onnxruntime does)")
+    changed = [
+        option.name
+        for option in fields(RerankerOptions)
+        if option.name not in (*EXPORT_OPTIONS, "dtype", "device")
+        and getattr(options, option.name) != getattr(defaults, option.name)
+    ]
+    if changed:
+        raise ValueError(
+            f"{', '.join(changed)}: scoring options do not apply to an export (the graph scores the tokens it is "
+            f"given, up to the model's window; apply such limits when tokenizing)"
+        )
+    return options
+
+
+def _linear_as_matmul(input, weight, bias=None):  # type: ignore[no-untyped-def]
+    """``aten.linear`` as ``MatMul(x, W^T) (+ b)`` rather than the exporter's ``Gemm`` for 2-D inputs: onnxruntime's
+    dynamic quantization rewrites ``MatMul`` with a constant weight and leaves ``Gemm`` in fp32."""
+    from onnxscript import opset18 as op
+
+    product = op.MatMul(input, op.Transpose(weight, perm=[1, 0]))
+    return product if bias is None else op.Add(product, bias)
+
+
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """Silence the exporters' progress lines, warnings and log records (the caller reports what happened)."""
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.__trace", "onnxscript", "root")
+    loggers = [logging.getLogger(None if name == "root" else name) for name in names]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelProto:
+    """``model`` (fp32, CPU) as an ONNX graph over padded batches, batch and sequence axes dynamic."""
+    import onnxscript.optimizer
+
+    graph = PaddedBatchReranker(model).eval()
+    # Example inputs of at least 2 on each axis (export specializes sizes 0 and 1), with padding in one row.
+    input_ids = torch.tensor([[0, 5, 6, 2, 2, 7, 2, 1], [0, 9, 2, 2, 8, 8, 8, 2]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    axes = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", max=model.config.max_position_embeddings)}
+    with _quiet_exporters(), torch.no_grad():
+        # Strict (TorchDynamo) tracing keeps the model's len(...) of token rows symbolic.
+        program = torch.export.export(
+            graph, (input_ids, attention_mask), dynamic_shapes={name: axes for name in INPUT_NAMES}, strict=True
+        )
+        exported = torch.onnx.export(
+            program,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            optimize=False,
+            verbose=False,
+            custom_translation_table={torch.ops.aten.linear.default: _linear_as_matmul},
+        )
+        shape = exported.model.graph.inputs[0].shape
+        exported.rename_axes({shape[0]: "batch_size", shape[1]: "sequence_length"})
+        # Fold the weights' transposes and the feed-forward's halves into constants (same bytes as the weights).
+        largest = max(parameter.numel() for parameter in model.parameters())
+        onnxscript.optimizer.optimize(exported.model, input_size_limit=largest, output_size_limit=largest)
+    proto = exported.model_proto
+    proto.doc_string = (
+        "JinaBERT reranker (jina-local-rerank): input_ids, attention_mask [batch_size, sequence_length] "
+        "-> raw logits [batch_size, 1]; sigmoid(logit) is the relevance score"
+    )
+    return proto
+
+
+def quantize_int8(model_path: Path, output_path: Path) -> None:
+    """onnxruntime's dynamic int8 quantization of ``model_path``: every linear layer's weights int8 per output channel
+    in a 7-bit range (CPUs without VNNI saturate 8-bit products), activations quantized per call (uint8); the
+    embedding table stored as uint8."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_exporters():
+        quantize_dynamic(
+            model_path, output_path, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8
+        )
+
+
+def _checkpoint_files(directory: Path) -> list[Path]:
+    """``config.json`` and the tokenizer files present in ``directory`` (``tokenizer.json`` is required)."""
+    if not (directory / "tokenizer.json").is_file():
+        raise CheckpointError(f"{directory}: tokenizer.json is missing from the checkpoint (an export needs it)")
+    return [directory / name for name in ("config.json", *TOKENIZER_FILES) if (directory / name).is_file()]
+
+
+def export_onnx(
+    options_or_model: RerankerOptions | str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    quantize: str | None = None,
+    overwrite: bool = False,
+) -> OnnxExport:
+    """Write ``output_dir`` with ``onnx/model.onnx`` (and ``onnx/model_quantized.onnx`` with ``quantize="int8"``),
+    ``config.json`` and the tokenizer files: a folder transformers.js and onnxruntime load as they load the
+    published models.
+
+    ``options_or_model`` is a Hub id, a checkpoint folder or :class:`~jina_local_rerank.RerankerOptions` (its model,
+    revision, cache_dir and token; scoring options do not apply to a graph and are refused). An existing non-empty
+    ``output_dir`` is refused unless ``overwrite``, which replaces it once the new folder is complete.
+    """
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
+    options = _export_options(options_or_model)
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
+    model_name = options.model or default_model()
+    directory = resolve_model_dir(model_name, revision=options.revision, cache_dir=options.cache_dir, token=options.token)
+    sources = _checkpoint_files(directory)
+    output = check_output_folder(output_dir, overwrite=overwrite, keep=[directory])
+    with atomic_directory(output, "export folder") as staging:
+        model = load_checkpoint(directory, torch.float32, torch.device("cpu"))
+        (staging / ONNX_FOLDER).mkdir()
+        onnx.save(onnx_graph(model), staging / ONNX_FOLDER / MODEL_FILE)
+        if quantize == "int8":
+            quantize_int8(staging / ONNX_FOLDER / MODEL_FILE, staging / ONNX_FOLDER / QUANTIZED_MODEL_FILE)
+        for source in sources:
+            shutil.copyfile(source, staging / source.name)
+    written = tuple(sorted(path for path in output.rglob("*") if path.is_file()))
+    quantized = output / ONNX_FOLDER / QUANTIZED_MODEL_FILE if quantize else None
+    return OnnxExport(output, output / ONNX_FOLDER / MODEL_FILE, quantized, written)

@@ -1,0 +1,254 @@
+"""ONNX export: the engine's logits from onnxruntime at any shape, the folder transformers.js loads, int8, errors.
+
+Exports are real (``torch.export`` and torch's ONNX exporter), scored by the real onnxruntime; one export per
+checkpoint per session (the ``onnx_export`` fixture).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from jina_local_rerank import Reranker
+from jina_local_rerank.checkpoint import TOKENIZER_FILES
+from jina_local_rerank.cli import main
+from jina_local_rerank.files import FileProblem, atomic_directory
+
+np = pytest.importorskip("numpy")
+
+CHECKPOINTS = ("tiny", "turbo", "heads8")
+ATOL = 1e-4
+EXPORT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "export.md"
+
+
+@pytest.fixture(scope="module")
+def golden(parity_dir: Path) -> dict:
+    return json.loads((parity_dir / "golden.json").read_text())
+
+
+def session(folder: Path, file: str = "model.onnx"):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(folder / "onnx" / file), providers=["CPUExecutionProvider"])
+
+
+def padded(sequences: list[list[int]], pad_id: int, left: bool = False) -> dict:
+    """The graph's feed for ``sequences``, padded on the right (as tokenizers do by default) or on the left."""
+    width = max(map(len, sequences))
+    input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        columns = slice(width - len(sequence), width) if left else slice(0, len(sequence))
+        input_ids[row, columns] = sequence
+        attention_mask[row, columns] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def onnx_logits(graph, feed: dict) -> list[float]:
+    (logits,) = graph.run(None, feed)
+    assert logits.shape == (len(feed["input_ids"]), 1) and logits.dtype == np.float32
+    return logits[:, 0].tolist()
+
+
+def max_error(a: list[float], b: list[float]) -> float:
+    assert len(a) == len(b)
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_onnxruntime_matches_the_engine_on_every_golden_case(name, parity_dir, golden, onnx_export):
+    """The fp32 graph on golden's padded batches (right padding) and the same batches padded on the left.
+
+    The long cases (1,500 and 3,000 tokens: most of the time) are padded on the left on heads8 only: the same graph
+    code at a fraction of the cost.
+    """
+    engine = Reranker(parity_dir / name, device="cpu", dtype="float32").engine
+    graph = session(onnx_export(parity_dir / name))
+    for case in golden["cases"]:
+        expected = golden["results"][name][case["name"]]
+        sequences = [ids[:length] for ids, length in zip(expected["input_ids"], expected["seq_lens"])]
+        reference = engine.logits(sequences, max_batch_tokens=16384)
+        feeds = [("right", {key: np.array(expected[key], dtype=np.int64) for key in ("input_ids", "attention_mask")})]
+        if name == "heads8" or max(expected["seq_lens"]) < 1024:
+            feeds.append(("left", padded(sequences, engine.tokenizer.pad_id, left=True)))
+        for padding, feed in feeds:
+            error = max_error(onnx_logits(graph, feed), reference)
+            assert error < ATOL, f"{name}/{case['name']} ({padding} padding): max |logit error| {error:.2e}"
+
+
+def test_one_graph_runs_at_every_batch_size_and_length(checkpoint_dir, reranker, onnx_export):
+    """The same graph from 1 x 1 to mixed batches and a 2,000-token row, padded either side."""
+    graph = session(onnx_export(checkpoint_dir))
+    rng = random.Random(0)
+    vocabulary = reranker.engine.model.config.vocab_size
+    for lengths in ([1], [2], [1, 5], [7, 7, 7], [3, 300, 17, 64, 2], list(range(1, 41)), [2000, 9]):
+        sequences = [[0] + [rng.randrange(5, vocabulary) for _ in range(n - 1)] for n in lengths]
+        reference = reranker.engine.logits(sequences, max_batch_tokens=1 << 20)
+        for left in (False, True):
+            error = max_error(onnx_logits(graph, padded(sequences, 1, left)), reference)
+            assert error < ATOL, f"lengths {lengths} ({'left' if left else 'right'} padding): {error:.2e}"
+
+
+def test_graph_declares_the_inputs_transformers_js_feeds(checkpoint_dir, onnx_export):
+    graph = session(onnx_export(checkpoint_dir))
+    inputs = [(i.name, i.type, i.shape) for i in graph.get_inputs()]
+    dynamic = ["batch_size", "sequence_length"]
+    assert inputs == [("input_ids", "tensor(int64)", dynamic), ("attention_mask", "tensor(int64)", dynamic)]
+    assert [(o.name, o.type, o.shape) for o in graph.get_outputs()] == [("logits", "tensor(float)", ["batch_size", 1])]
+
+
+def graph_tensors(model) -> list:
+    """Every constant tensor of an ONNX model: initializers and ``Constant`` nodes' values."""
+    from onnx import helper
+
+    constants = [
+        helper.get_attribute_value(attribute)
+        for node in model.graph.node
+        if node.op_type == "Constant"
+        for attribute in node.attribute
+        if attribute.name == "value"
+    ]
+    return [*model.graph.initializer, *constants]
+
+
+def test_graph_holds_the_weights_and_no_alibi_table(parity_dir, onnx_export):
+    """No [heads, L, L] bias constant (the original's is 3.2 GB): the constants are the weights, nothing more."""
+    import onnx
+
+    checkpoint = parity_dir / "tiny"
+    model = onnx.load(onnx_export(checkpoint) / "onnx" / "model.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    parameters = sum(p.numel() for p in Reranker(checkpoint, device="cpu", dtype="float32").engine.model.parameters())
+    heads = 12
+    tensors = [(list(t.dims), int(np.prod(t.dims))) for t in graph_tensors(model)]
+    # Weights are matrices and vectors; the only higher-rank constant is the per-head slopes, [1, heads, 1, 1].
+    assert all(len(dims) <= 2 or size <= heads for dims, size in tensors), tensors
+    elements = sum(size for _, size in tensors)
+    # A bias table for even 64 tokens would add heads * 64 * 64 elements.
+    assert parameters - 1024 <= elements < parameters + heads * 64 * 64, (elements, parameters)
+
+
+def test_int8_graph_quantizes_every_linear_layer_and_stays_close_to_fp32(parity_dir, golden, onnx_export):
+    import onnx
+
+    folder = onnx_export(parity_dir / "tiny")
+    quantized = onnx.load(folder / "onnx" / "model_quantized.onnx")
+    layers = 4
+    # Per layer: query, key, value, attention output, the two feed-forward halves, wo; then pooler and classifier.
+    assert sum(node.op_type == "MatMulInteger" for node in quantized.graph.node) == 7 * layers + 2
+    assert sum(node.op_type == "MatMul" and node.input[1] in {t.name for t in quantized.graph.initializer}
+               for node in quantized.graph.node) == 0
+    size = (folder / "onnx" / "model_quantized.onnx").stat().st_size
+    assert size < 0.3 * (folder / "onnx" / "model.onnx").stat().st_size
+    fp32, int8 = session(folder), session(folder, "model_quantized.onnx")
+    for case in golden["cases"]:
+        expected = golden["results"]["tiny"][case["name"]]
+        if max(expected["seq_lens"]) >= 1024:
+            continue  # the long cases: benchmarks/export_onnx.py measures them
+        feed = {key: np.array(expected[key], dtype=np.int64) for key in ("input_ids", "attention_mask")}
+        # The parity weights are scaled up so every component moves the logit; the engine's own int8 differs from
+        # fp32 by up to 0.55 on them.
+        assert max_error(onnx_logits(int8, feed), onnx_logits(fp32, feed)) < 0.75, case["name"]
+
+
+def test_onnx_reranker_scores_like_the_engine_in_length_sorted_calls(checkpoint_dir, reranker, onnx_export):
+    from jina_local_rerank.export import OnnxReranker
+
+    words = "the closure keeps a reference to every variable of its scope".split()
+    rng = random.Random(1)
+    documents = [" ".join(rng.choices(words, k=rng.randrange(1, 120))) for _ in range(30)]
+    scorer = OnnxReranker(onnx_export(checkpoint_dir), max_batch_tokens=300)  # many calls of a few rows
+    expected = reranker.score("what does a closure keep?", documents, raw=True).logits
+    assert max_error(scorer.logits("what does a closure keep?", documents), expected) < ATOL
+
+
+def test_documented_onnxruntime_example_gives_the_engines_scores(parity_dir, onnx_export, capsys):
+    """The Python example of docs/export.md (tokenizers + onnxruntime only), run on an export."""
+    blocks = re.findall(r"^```python\n(.*?)^```", EXPORT_PAGE.read_text(encoding="utf-8"), re.M | re.S)
+    code = next(block for block in blocks if "onnxruntime.InferenceSession" in block)
+    folder = onnx_export(parity_dir / "tiny")
+    code, replaced = re.subn(r'^folder = ".*"$', f"folder = {str(folder)!r}", code, flags=re.M)
+    assert replaced == 1
+    namespace: dict = {}
+    exec(compile(code, str(EXPORT_PAGE), "exec"), namespace)
+    expected = Reranker(parity_dir / "tiny", device="cpu", dtype="float32").score(
+        namespace["query"], namespace["documents"]
+    )
+    assert max_error(namespace["scores"].tolist(), expected.scores) < ATOL
+    assert len(capsys.readouterr().out.splitlines()) == len(namespace["documents"])
+
+
+def test_cli_writes_the_folder_transformers_js_loads(checkpoint_dir, tmp_path):
+    output = tmp_path / "exported"
+    stdout = io.StringIO()
+    assert main(["export", "onnx", "--model", str(checkpoint_dir), "--output", str(output)], stdout=stdout) == 0
+    summary = json.loads(stdout.getvalue())
+    copied = ["config.json", *TOKENIZER_FILES]
+    assert sorted(summary["files"]) == sorted([*copied, "onnx/model.onnx"])
+    assert summary["output"] == str(output)
+    for name in copied:
+        assert (output / name).read_bytes() == (checkpoint_dir / name).read_bytes(), name
+    assert [path.name for path in tmp_path.iterdir()] == ["exported"]  # no temporary folder left beside it
+
+
+def test_python_export_takes_options_and_overwrites_only_when_asked(checkpoint_dir, tmp_path):
+    from jina_local_rerank import RerankerOptions
+    from jina_local_rerank.export import export_onnx
+
+    output = tmp_path / "exported"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(FileProblem, match="not empty"):
+        export_onnx(RerankerOptions(model=str(checkpoint_dir)), output)
+    assert (output / "notes.txt").read_text() == "mine"
+    result = export_onnx(RerankerOptions(model=str(checkpoint_dir)), output, overwrite=True)
+    assert result.directory == output and result.quantized_model is None
+    assert result.model == output / "onnx" / "model.onnx" and result.model in result.files
+    assert set(result.files) == {path for path in output.rglob("*") if path.is_file()}
+    assert not (output / "notes.txt").exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["exported"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status", "message"),
+    [
+        ("--model {tmp}/missing --output {tmp}/out", 1, "does not exist"),
+        ("--model {checkpoint} --output {tmp}/a-file", 2, "is a file"),
+        ("--model {checkpoint} --output {tmp}/full", 2, "not empty"),
+        ("--model {checkpoint} --output {checkpoint} --overwrite", 2, "holds the input"),
+        ("--model {checkpoint} --output {tmp}/out --dtype int8", 2, "--quantize int8"),
+        ("--model {checkpoint} --output {tmp}/out --max-length 512", 2, "max_length"),
+    ],
+    ids=["missing-model", "output-is-a-file", "output-not-empty", "output-is-the-model", "dtype", "scoring-option"],
+)
+def test_bad_input_gives_one_line_and_writes_nothing(checkpoint_dir, tmp_path, capsys, arguments, status, message):
+    (tmp_path / "a-file").write_text("keep")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("keep")
+    argv = ["export", "onnx", *arguments.format(tmp=tmp_path, checkpoint=checkpoint_dir).split()]
+    assert main(argv) == status
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error and "Traceback" not in error, error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "full"]
+    assert (tmp_path / "full" / "keep.txt").read_text() == "keep" and (tmp_path / "a-file").read_text() == "keep"
+    assert (checkpoint_dir / "model.safetensors").is_file()
+
+
+def test_a_failed_folder_write_leaves_the_old_folder_and_no_trace(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(target) as staging:
+        (staging / "new.txt").write_text("new")
+        raise RuntimeError("interrupted")
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+    assert [path.name for path in target.iterdir()] == ["old.txt"]
+    with atomic_directory(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+    assert [path.name for path in target.iterdir()] == ["new.txt"]
