@@ -34,7 +34,6 @@ from jina_local_rerank import Reranker  # noqa: E402
 from jina_local_rerank.config import JinaBertConfig  # noqa: E402
 from jina_local_rerank.evaluation.metrics import spearman  # noqa: E402
 from jina_local_rerank.attention import alibi_bias  # noqa: E402
-from jina_local_rerank.export.agreement import spearman  # noqa: E402
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 
 PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"

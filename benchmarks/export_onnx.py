@@ -1,6 +1,6 @@
 """onnxruntime on the exported graph against the engine on CPU, same run; and int8's ranking agreement with fp32.
 
-    python benchmarks/export_onnx.py                              # speed table + agreement on the parity checkpoints
+    python benchmarks/export_onnx.py                              # speed table + int8 agreement (trained, parity)
     python benchmarks/export_onnx.py --model DIR --agreement-only # int8 vs fp32 agreement of any checkpoint
 
 Speed: a random checkpoint of the full tiny shape (as in engine_throughput.py) exported once (fp32 and int8), then
@@ -14,13 +14,17 @@ each implementation and workload is that of a fresh process that loads it and sc
 --threads threads (default: torch's count).
 
 Agreement: int8 against fp32 per query, onnxruntime's (the export's two graphs: jina_local_rerank.export.int8_agreement)
-and the engine's for comparison, over 10 queries x 50 passages, W1, and the parity golden cases with 3+ documents.
+and the engine's for comparison. First on the docstring reranker (trained in the run by
+training.docstring_task.train_docstring_reranker: a model whose rankings mean something), over its 100 held-out
+queries x 20 BM25 candidates, with the held-out NDCG@10 of each; then on the parity checkpoints (random weights)
+and any --model, over 10 queries x 50 passages, W1, and the parity golden cases with 3+ documents.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,8 +36,13 @@ import workloads  # noqa: E402
 from engine_throughput import PARITY_DIR, interleaved_medians  # noqa: E402
 
 from jina_local_rerank import Reranker  # noqa: E402
-from jina_local_rerank.export import OnnxReranker, export_onnx, int8_agreement, ranking_agreement  # noqa: E402
+from jina_local_rerank.evaluation import ndcg_at, ranking_agreement  # noqa: E402
+from jina_local_rerank.export import OnnxReranker, export_onnx  # noqa: E402
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
+from jina_local_rerank.ranking import best_first  # noqa: E402
+from jina_local_rerank.training.docstring_task import (  # noqa: E402
+    HeldOutQuery, held_out_queries, train_docstring_reranker, write_docstring_dataset,
+)
 
 IMPLEMENTATIONS = ("engine fp32", "engine int8", "onnxruntime fp32", "onnxruntime int8")
 
@@ -85,23 +94,40 @@ def agreement_rankings(golden: dict | None) -> list[tuple[str, list[str]]]:
     return rankings
 
 
-def print_agreement(models: list[Path], workdir: Path, golden: dict | None) -> None:
-    """int8 against fp32 per model: onnxruntime's (the export) and, for comparison, the engine's."""
-    rankings = agreement_rankings(golden)
+def print_agreement(models: list[tuple[str, Path, list[HeldOutQuery] | None]], workdir: Path, golden: dict | None) -> None:
+    """int8 against fp32 per (name, model, held-out queries or None): onnxruntime's (the export) and the engine's.
+
+    With held-out queries, the agreement is over their candidates and the table adds each one's NDCG@10."""
     print("\n| int8 vs fp32: model / runtime | rankings | documents | mean Spearman | min Spearman | top-1 same | "
-          "top-3 overlap | max abs logit change | largest fp32 logit spread |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for model in models:
+          "top-3 overlap | max abs logit change | largest fp32 logit spread | NDCG@10 fp32 -> int8 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, model, held_out in models:
+        rankings = [(q.query, q.texts) for q in held_out] if held_out else agreement_rankings(golden)
         export = export_onnx(model, workdir / f"agreement-{model.name}", quantize="int8").directory
-        fp32, int8 = (Reranker(model, device="cpu", dtype=dtype) for dtype in ("float32", "int8"))
-        engine = ranking_agreement(
-            [fp32.score(query, documents, raw=True).logits for query, documents in rankings],
-            [int8.score(query, documents, raw=True).logits for query, documents in rankings],
-        )
-        for runtime, a in (("onnxruntime", int8_agreement(export, rankings)), ("engine", engine)):
-            print(f"| {model.name} / {runtime} | {a.queries} | {a.documents} | {a.mean_spearman:.3f} | "
+        for runtime in ("onnxruntime", "engine"):
+            logits = {}
+            for precision in ("fp32", "int8"):  # one at a time: a session keeps the memory of its largest call
+                score = scorer(runtime, precision, model, export)
+                logits[precision] = [score(query, documents) for query, documents in rankings]
+            fp32, int8 = logits["fp32"], logits["int8"]
+            a = ranking_agreement(fp32, int8)
+            ndcg = f"{held_out_ndcg(held_out, fp32):.3f} -> {held_out_ndcg(held_out, int8):.3f}" if held_out else ""
+            print(f"| {name} / {runtime} | {a.queries} | {a.documents} | {a.mean_spearman:.3f} | "
                   f"{a.min_spearman:.3f} | {a.top1:.0%} | {a.top3:.0%} | {a.max_logit_change:.3f} | "
-                  f"{a.logit_spread:.3f} |")
+                  f"{a.logit_spread:.3f} | {ndcg} |")
+
+
+def scorer(runtime: str, precision: str, model: Path, export: Path):
+    """``(query, documents) -> raw logits`` of the engine or onnxruntime (``export``) at ``precision``."""
+    if runtime == "onnxruntime":
+        return OnnxReranker(export, "model.onnx" if precision == "fp32" else "model_quantized.onnx").logits
+    reranker = Reranker(model, device="cpu", dtype="float32" if precision == "fp32" else "int8")
+    return lambda query, documents: reranker.score(query, documents, raw=True).logits
+
+
+def held_out_ndcg(held_out: list[HeldOutQuery], logits: list[list[float]]) -> float:
+    """Mean NDCG@10 of the held-out queries ranked by ``logits`` (one list per query)."""
+    return statistics.fmean(ndcg_at([q.ids[i] for i in best_first(scores)], q.qrels) for q, scores in zip(held_out, logits))
 
 
 def print_speed(args: argparse.Namespace, workdir: Path) -> None:
@@ -157,7 +183,8 @@ def print_speed(args: argparse.Namespace, workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append", default=None,
-                        help="checkpoint(s) for the int8 agreement (default: the parity checkpoints)")
+                        help="checkpoint(s) for the int8 agreement (default: the docstring reranker and the parity "
+                        "checkpoints)")
     parser.add_argument("--agreement-only", action="store_true", help="skip the speed table")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the W1 runs (medians are reported)")
     parser.add_argument("--w2-repeats", type=int, default=2, help="rounds of the W2 runs")
@@ -169,12 +196,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     golden_file = args.parity_dir / "golden.json"
     golden = json.loads(golden_file.read_text()) if golden_file.is_file() else None
-    models = args.model or ([args.parity_dir / name for name in ("tiny", "turbo", "heads8")] if golden else [])
     with tempfile.TemporaryDirectory(prefix="jlr-export-bench-") as directory:
+        workdir = Path(directory)
+        if args.model:
+            models = [(model.name, model, None) for model in args.model]
+        else:
+            _, test = write_docstring_dataset(workdir / "docstring-task")
+            trained = train_docstring_reranker(workdir / "docstring-reranker", dataset=workdir / "docstring-task")
+            models = [("docstring reranker (trained)", trained.output, held_out_queries(test))]
+            models += [(name, args.parity_dir / name, None) for name in ("tiny", "turbo", "heads8") if golden]
         if not args.agreement_only:
-            print_speed(args, Path(directory))
-        if models:
-            print_agreement(models, Path(directory), golden)
+            print_speed(args, workdir)
+        print_agreement(models, workdir, golden)
 
 
 if __name__ == "__main__":

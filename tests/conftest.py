@@ -70,3 +70,33 @@ def onnx_export(tmp_path_factory: pytest.TempPathFactory):
         return exports[checkpoint]
 
     return export
+
+
+# --- the docstring reranker: a trained model whose rankings mean something ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docstring_task(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The docstring retrieval task: its ``train`` and ``test`` BEIR folders (see ``training.docstring_task``)."""
+    from jina_local_rerank.training.docstring_task import write_docstring_dataset
+
+    return write_docstring_dataset(tmp_path_factory.mktemp("docstring-task"))
+
+
+@pytest.fixture(scope="session")
+def trained_reranker(tmp_path_factory: pytest.TempPathFactory, docstring_task: tuple[Path, Path]):
+    """The docstring reranker, trained once per session from random weights (the shared builder)."""
+    pytest.importorskip("bm25s")
+    from jina_local_rerank.training.docstring_task import train_docstring_reranker
+
+    output = tmp_path_factory.mktemp("trained") / "docstring-reranker"
+    return train_docstring_reranker(output, dataset=docstring_task[0].parent)
+
+
+@pytest.fixture(scope="session")
+def held_out_rankings(docstring_task: tuple[Path, Path]):
+    """Every held-out query with the candidates the training evaluation reranks (BM25 top ``eval_top_k``)."""
+    pytest.importorskip("bm25s")
+    from jina_local_rerank.training.docstring_task import held_out_queries
+
+    return held_out_queries(docstring_task[1])

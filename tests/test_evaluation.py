@@ -170,6 +170,22 @@ def test_bad_rankings_and_cutoffs_are_rejected() -> None:
         recall_at(["a"], {"a": 1}, 0)
 
 
+def test_ranking_agreement_by_hand() -> None:
+    from jina_local_rerank.evaluation import ranking_agreement
+
+    reference = [[3.0, 2.0, 1.0, 0.0], [1.0, 2.0, 3.0], [5.0, 4.0]]  # the last has too few documents to rank
+    candidate = [[3.5, 2.0, 1.0, 0.5], [3.0, 2.0, 1.0], [0.0, 9.0]]
+    agreement = ranking_agreement(reference, candidate)
+    assert (agreement.queries, agreement.documents) == (2, 7)
+    assert (agreement.mean_spearman, agreement.min_spearman) == (0.0, -1.0)
+    assert (agreement.top1, agreement.top3) == (0.5, 1.0)  # three of three documents are always the best three
+    assert (agreement.max_logit_change, agreement.logit_spread) == (2.0, 3.0)
+    with pytest.raises(ValueError, match="2 reference queries but 1 candidate"):
+        ranking_agreement(reference[:2], candidate[:1])
+    with pytest.raises(ValueError, match="at least one query with 3"):
+        ranking_agreement([[1.0, 2.0]], [[1.0, 2.0]])
+
+
 def test_default_cutoffs_stop_at_the_candidate_depth() -> None:
     assert default_cutoffs(100) == (10, 100)
     assert default_cutoffs(10) == (10,)

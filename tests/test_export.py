@@ -18,6 +18,7 @@ from jina_local_rerank import Reranker
 from jina_local_rerank.checkpoint import TOKENIZER_FILES
 from jina_local_rerank.cli import main
 from jina_local_rerank.files import FileProblem, atomic_directory
+from jina_local_rerank.ranking import best_first
 
 np = pytest.importorskip("numpy")
 
@@ -154,6 +155,36 @@ def test_int8_graph_quantizes_every_linear_layer_and_stays_close_to_fp32(parity_
         # The parity weights are scaled up so every component moves the logit; the engine's own int8 differs from
         # fp32 by up to 0.55 on them.
         assert max_error(onnx_logits(int8, feed), onnx_logits(fp32, feed)) < 0.75, case["name"]
+
+
+def test_int8_ranks_like_fp32_on_the_trained_reranker(trained_reranker, held_out_rankings, onnx_export):
+    """On a model whose rankings mean something, int8 keeps them: onnxruntime's graphs and the engine's dtypes."""
+    from jina_local_rerank.evaluation import ndcg_at, ranking_agreement
+    from jina_local_rerank.export import OnnxReranker, int8_agreement
+
+    folder = onnx_export(trained_reranker.output)
+    rankings = [(query.query, query.texts) for query in held_out_rankings]
+    onnx = int8_agreement(folder, rankings)
+    fp32, int8 = (Reranker(trained_reranker.output, device="cpu", dtype=dtype) for dtype in ("float32", "int8"))
+    engine = ranking_agreement([fp32.score(q, texts, raw=True).logits for q, texts in rankings],
+                               [int8.score(q, texts, raw=True).logits for q, texts in rankings])
+    print(f"int8 vs fp32 on the docstring reranker ({onnx.queries} queries, {onnx.documents} documents): "
+          f"onnxruntime {onnx}, engine {engine}")
+    assert onnx.queries == engine.queries >= 90  # the queries with 3+ candidates
+    for agreement in (onnx, engine):
+        assert agreement.mean_spearman >= 0.97 and agreement.top1 >= 0.8 and agreement.top3 >= 0.9, agreement
+
+    def ndcg(logits_of) -> float:
+        scores = []
+        for query in held_out_rankings:
+            order = best_first(logits_of(query.query, query.texts))
+            scores.append(ndcg_at([query.ids[i] for i in order], query.qrels))
+        return sum(scores) / len(scores)
+
+    reference = ndcg(lambda q, texts: fp32.score(q, texts, raw=True).logits)
+    assert reference >= trained_reranker.before["ndcg@10"] + 0.15
+    assert ndcg(OnnxReranker(folder, "model_quantized.onnx").logits) >= reference - 0.02
+    assert ndcg(lambda q, texts: int8.score(q, texts, raw=True).logits) >= reference - 0.02
 
 
 def test_onnx_reranker_scores_like_the_engine_in_length_sorted_calls(checkpoint_dir, reranker, onnx_export):

@@ -631,7 +631,8 @@ def test_shutdown_lets_requests_in_flight_finish(
         assert [card["id"] for card in models["data"]] == ["alpha", "beta"]
         assert health(running)["batching"]["enabled"] is (sig == signal.SIGTERM)
         rng = random.Random(13)
-        documents = [random_text(rng, 900) for _ in range(4)]  # ~1.3k tokens each, over the window: a slow request
+        # ~1.3k tokens each, over the window: a request slow enough (~100 windows) to be seen in flight
+        documents = [random_text(rng, 900) for _ in range(32)]
         answer: dict[str, httpx.Response] = {}
 
         def slow_request() -> None:
@@ -646,6 +647,7 @@ def test_shutdown_lets_requests_in_flight_finish(
         sender.start()
         deadline = time.monotonic() + 60
         while health(running)["batching"]["in_flight"] == 0:
+            assert "response" not in answer, "the request finished before it was seen in flight; make it slower"
             assert time.monotonic() < deadline, "the request never reached the model"
             time.sleep(0.01)
         running.process.send_signal(sig)

@@ -20,7 +20,7 @@ from jina_local_rerank import Reranker
 from jina_local_rerank.attention import ExactLengthAttention, PaddedAttention
 from jina_local_rerank.checkpoint import expected_shapes, load_checkpoint
 from jina_local_rerank.config import JinaBertConfig
-from jina_local_rerank.evaluation import DatasetError, load_beir, ndcg_at, select_queries, spearman
+from jina_local_rerank.evaluation import DatasetError, ndcg_at, spearman
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.random_checkpoint import CheckpointShape, write_random_checkpoint
 from jina_local_rerank.ranking import best_first
@@ -39,7 +39,7 @@ from jina_local_rerank.training import (
     mine_hard_negatives,
 )
 from jina_local_rerank.training.data import QueryGroup, TrainingData
-from jina_local_rerank.training.docstring_task import train_docstring_reranker, write_docstring_dataset
+from jina_local_rerank.training.docstring_task import write_docstring_dataset
 from jina_local_rerank.training.modeling import enable_activation_checkpointing, trainable_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -551,36 +551,16 @@ def test_cli_train_and_its_one_line_errors(checkpoint_dir: Path, tmp_path: Path)
 # --- the proof: a trained reranker, through every runtime; distillation ----------------------------------------
 
 
-@pytest.fixture(scope="session")
-def docstring_task(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return write_docstring_dataset(tmp_path_factory.mktemp("docstring-task"))
-
-
-@pytest.fixture(scope="session")
-def trained_reranker(tmp_path_factory: pytest.TempPathFactory, docstring_task: tuple[Path, Path]):
-    """The docstring reranker, trained once per session from random weights (the shared builder)."""
-    pytest.importorskip("bm25s")
-    output = tmp_path_factory.mktemp("trained") / "docstring-reranker"
-    return train_docstring_reranker(output, dataset=docstring_task[0].parent)
-
-
-def held_out_ndcg(rank, docstring_task: tuple[Path, Path]) -> float:
+def held_out_ndcg(rank, held_out_rankings) -> float:
     """Mean NDCG@10 over the held-out queries, each ranking its BM25 candidates with ``rank(query, texts)``."""
-    from jina_local_rerank.evaluation import bm25_first_stage
-    from jina_local_rerank.training.docstring_task import DOCSTRING_CONFIG
-
-    dataset = load_beir(docstring_task[1], "test")
-    query_ids, _ = select_queries(dataset)
-    candidates = bm25_first_stage(dataset, query_ids, DOCSTRING_CONFIG.eval_top_k).rankings
     scores = []
-    for query_id in query_ids:
-        ids = candidates[query_id]
-        order = rank(dataset.queries[query_id], [dataset.corpus[i].full_text for i in ids])
-        scores.append(ndcg_at([ids[i] for i in order], dataset.qrels[query_id]))
+    for query in held_out_rankings:
+        order = rank(query.query, query.texts)
+        scores.append(ndcg_at([query.ids[i] for i in order], query.qrels))
     return sum(scores) / len(scores)
 
 
-def test_training_raises_held_out_ndcg_far_above_the_untrained_model(trained_reranker, docstring_task):
+def test_training_raises_held_out_ndcg_far_above_the_untrained_model(trained_reranker):
     before, after = trained_reranker.before["ndcg@10"], trained_reranker.after["ndcg@10"]
     print(f"docstring reranker: held-out NDCG@10 {before:.4f} before, {after:.4f} after training "
           f"({trained_reranker.steps} steps, {trained_reranker.tokens:,} tokens, {trained_reranker.seconds:.0f} s)")
@@ -590,12 +570,12 @@ def test_training_raises_held_out_ndcg_far_above_the_untrained_model(trained_rer
     assert f"| ndcg@10 | {before:.4f} | {after:.4f} | {after - before:+.4f} |" in card
 
 
-def test_the_gain_holds_through_reranker_and_every_adapter(trained_reranker, docstring_task):
+def test_the_gain_holds_through_reranker_and_every_adapter(trained_reranker, held_out_rankings):
     from jina_local_rerank.training.docstring_task import DOCSTRING_MAX_LENGTH
 
     path, after = trained_reranker.output, trained_reranker.after["ndcg@10"]
     reranker = Reranker(path, device="cpu", max_length=DOCSTRING_MAX_LENGTH)
-    assert held_out_ndcg(lambda q, texts: best_first(reranker.score(q, texts).logits), docstring_task) == (
+    assert held_out_ndcg(lambda q, texts: best_first(reranker.score(q, texts).logits), held_out_rankings) == (
         pytest.approx(after, abs=1e-9))
 
     # The adapters at their defaults (the model's full window): the ranking still holds its gain.
@@ -624,10 +604,10 @@ def test_the_gain_holds_through_reranker_and_every_adapter(trained_reranker, doc
         return [doc.meta["i"] for doc in ranker.run(query=query, documents=docs)["documents"]]
 
     full_window = Reranker(path, device="cpu")
-    expected = held_out_ndcg(lambda q, texts: best_first(full_window.score(q, texts).logits), docstring_task)
+    expected = held_out_ndcg(lambda q, texts: best_first(full_window.score(q, texts).logits), held_out_rankings)
     assert expected >= trained_reranker.before["ndcg@10"] + 0.15
     for name, rank in (("llama_index", llama_rank), ("langchain", langchain_rank), ("haystack", haystack_rank)):
-        assert held_out_ndcg(rank, docstring_task) == pytest.approx(expected, abs=1e-9), name
+        assert held_out_ndcg(rank, held_out_rankings) == pytest.approx(expected, abs=1e-9), name
 
 
 def test_distillation_raises_the_students_rank_correlation_with_its_teacher(trained_reranker, docstring_task,

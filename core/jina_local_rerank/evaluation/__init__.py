@@ -8,6 +8,8 @@ from __future__ import annotations
 from ..lazy import lazy_exports
 
 _EXPORTS = {
+    "RankingAgreement": ".agreement",
+    "ranking_agreement": ".agreement",
     "BeirDataset": ".beir",
     "BeirDocument": ".beir",
     "DatasetError": ".beir",

@@ -9,7 +9,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
-    from .agreement import RankingAgreement, int8_agreement, ranking_agreement, spearman
+    from .agreement import int8_agreement
     from .onnx import OnnxExport, export_onnx
     from .runtime import OnnxReranker
 
@@ -17,10 +17,7 @@ _EXPORTS = {
     "OnnxExport": ".onnx",
     "export_onnx": ".onnx",
     "OnnxReranker": ".runtime",
-    "RankingAgreement": ".agreement",
     "int8_agreement": ".agreement",
-    "ranking_agreement": ".agreement",
-    "spearman": ".agreement",
 }
 
 __all__ = sorted(_EXPORTS)

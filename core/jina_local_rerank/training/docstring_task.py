@@ -22,6 +22,7 @@ import os
 import random
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..options import RerankerOptions
@@ -154,3 +155,28 @@ def train_docstring_reranker(
         trainer = Trainer(options, train=train, eval=test, output=directory, config=config,
                           state_dir=Path(scratch) / "state", overwrite=True)
         return trainer.fit()
+
+
+@dataclass(frozen=True)
+class HeldOutQuery:
+    """A query of the task's ``test`` dataset with the BM25 candidates its evaluation reranks (``ids``, ``texts``)."""
+
+    query: str
+    ids: list[str]
+    texts: list[str]
+    qrels: dict[str, int]
+
+
+def held_out_queries(test: str | os.PathLike[str], top_k: int = DOCSTRING_CONFIG.eval_top_k) -> list[HeldOutQuery]:
+    """Every query of the ``test`` dataset (from :func:`write_docstring_dataset`) with its BM25 top ``top_k``."""
+    from ..evaluation import bm25_first_stage, load_beir, select_queries
+
+    dataset = load_beir(Path(test), "test")
+    query_ids, _ = select_queries(dataset)
+    candidates = bm25_first_stage(dataset, query_ids, top_k).rankings
+    queries = []
+    for query_id in query_ids:
+        ids = candidates[query_id]
+        texts = [dataset.corpus[i].full_text for i in ids]
+        queries.append(HeldOutQuery(dataset.queries[query_id], ids, texts, dataset.qrels[query_id]))
+    return queries
