@@ -32,17 +32,20 @@ from pathlib import Path
 
 import torch
 
-from jina_local_rerank.evaluation.runs import BM25Index
-from jina_local_rerank.options import RerankerOptions
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint
-from jina_local_rerank.engine import get_engine
-from jina_local_rerank.tokenization import PairTokenizer
-from jina_local_rerank.training import Trainer, TrainingConfig
-from jina_local_rerank.training.docstring_task import docstring_pairs
+sys.path.insert(0, str(Path(__file__).parent))
+from engine_throughput import flop_matched_intermediate, sentence_transformers_baseline  # noqa: E402
+
+from jina_local_rerank.config import JinaBertConfig  # noqa: E402
+from jina_local_rerank.engine import get_engine  # noqa: E402
+from jina_local_rerank.evaluation.runs import BM25Index  # noqa: E402
+from jina_local_rerank.options import RerankerOptions  # noqa: E402
+from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
+from jina_local_rerank.tokenization import PairTokenizer  # noqa: E402
+from jina_local_rerank.training import Trainer, TrainingConfig  # noqa: E402
+from jina_local_rerank.training.docstring_task import docstring_pairs  # noqa: E402
 
 MAX_LENGTH = 512
 NEGATIVES = 3
-GEGLU_EQUIVALENT_INTERMEDIATE = 3 * TINY_SHAPE.intermediate_size // 2  # 2 x 384 x I = 3 x 384 x 1536 -> I = 2304
 
 
 def triplets(count: int) -> list[dict]:
@@ -103,25 +106,17 @@ def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, ba
     """CrossEncoderTrainer with BinaryCrossEntropyLoss on a GELU BERT of the tiny shape's cost per token."""
     try:
         from datasets import Dataset
-        from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer
+        from sentence_transformers.cross_encoder import CrossEncoderTrainer
         from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
         from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
-        from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast, TrainerCallback
+        from transformers import TrainerCallback
     except ImportError as exc:
         print(f"sentence-transformers baseline skipped ({exc}); pip install 'jina-local-rerank[bench]'")
         return None
-    directory = workdir / "bert-tiny-cost"
-    vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
-    config = BertConfig(vocab_size=vocab, hidden_size=384, num_hidden_layers=TINY_SHAPE.num_hidden_layers,
-                        num_attention_heads=12, intermediate_size=GEGLU_EQUIVALENT_INTERMEDIATE,
-                        max_position_embeddings=MAX_LENGTH, num_labels=1)
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(directory)
-    PreTrainedTokenizerFast(
-        tokenizer_file=str(checkpoint / "tokenizer.json"), bos_token="<s>", eos_token="</s>", sep_token="</s>",
-        cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=MAX_LENGTH,
-    ).save_pretrained(directory)
-    model = CrossEncoder(str(directory), device=device, max_length=MAX_LENGTH, num_labels=1)
+    config = JinaBertConfig.from_json_file(checkpoint / "config.json")
+    intermediate = flop_matched_intermediate(config, config.num_hidden_layers)  # 2 x 384 x I = 3 x 384 x 1536
+    model = sentence_transformers_baseline(checkpoint, workdir, device=device, layers=config.num_hidden_layers,
+                                           intermediate_size=intermediate, max_length=MAX_LENGTH)
     pairs = [(row["query"], doc, float(label)) for row in rows
              for doc, label in ((row["positive"], 1), *((negative, 0) for negative in row["negatives"]))]
     dataset = Dataset.from_dict({"query": [p[0] for p in pairs], "document": [p[1] for p in pairs],
@@ -143,7 +138,7 @@ def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, ba
     trainer.train()
     times = [b - a for a, b in zip(stamps, stamps[1:])]
     mean_tokens = statistics.fmean(lengths)  # real tokens per pair (batches are random draws of the pairs)
-    return {"times": times, "tokens": [round(mean_tokens * batch_pairs)] * len(times)}
+    return {"times": times, "tokens": [round(mean_tokens * batch_pairs)] * len(times), "intermediate": intermediate}
 
 
 MEMORY_PROCESS = """
@@ -229,7 +224,7 @@ def main() -> None:
               f"{ours_median / base:.2f}x |" if base else f"| jina-local-rerank Trainer | {ours_median:,.0f} | "
               f"{ours_mean:,.0f} | |")
         if st is not None:
-            print(f"| sentence-transformers CrossEncoderTrainer (GELU BERT, I={GEGLU_EQUIVALENT_INTERMEDIATE}) | "
+            print(f"| sentence-transformers CrossEncoderTrainer (GELU BERT, I={st['intermediate']}) | "
                   f"{st_median:,.0f} | {st_mean:,.0f} | 1.00x |")
         print()
         print(f"peak memory of one step on a list of two pairs of one length (tiny shape; out of memory: over "

@@ -61,6 +61,7 @@ def max_error(a: list[float], b: list[float]) -> float:
     return max(abs(x - y) for x, y in zip(a, b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_onnxruntime_matches_the_engine_on_every_golden_case(name, parity_dir, golden, onnx_export):
     """The fp32 graph on golden's padded batches (right padding) and the same batches padded on the left.
@@ -157,6 +158,7 @@ def test_int8_graph_quantizes_every_linear_layer_and_stays_close_to_fp32(parity_
         assert max_error(onnx_logits(int8, feed), onnx_logits(fp32, feed)) < 0.75, case["name"]
 
 
+@pytest.mark.slow
 def test_int8_ranks_like_fp32_on_the_trained_reranker(trained_reranker, held_out_rankings, onnx_export):
     """On a model whose rankings mean something, int8 keeps them: onnxruntime's graphs and the engine's dtypes."""
     from jina_local_rerank.evaluation import ndcg_at, ranking_agreement

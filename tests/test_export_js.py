@@ -139,6 +139,7 @@ def sigmoid(logits: list[float]) -> list[float]:
     return [1 / (1 + math.exp(-logit)) for logit in logits]
 
 
+@pytest.mark.slow
 def test_transformers_js_rank_gives_the_engines_scores(transformers_js, parity_dir, golden, onnx_export, tmp_path):
     """fp32 (``model.onnx``): every golden ranking, the engine's order and sigmoid scores within 1e-4."""
     export = onnx_export(parity_dir / "tiny")
@@ -153,6 +154,7 @@ def test_transformers_js_rank_gives_the_engines_scores(transformers_js, parity_d
         assert error < ATOL, f"{query[:40]!r}: max |score error| {error:.2e}"
 
 
+@pytest.mark.slow
 def test_transformers_js_q8_loads_the_int8_graph(transformers_js, parity_dir, golden, onnx_export, tmp_path):
     """``dtype: "q8"`` runs ``model_quantized.onnx``: its scores are those onnxruntime gives for that file in Python,
     far closer to them than to the fp32 graph's (the short rankings: the long ones are the fp32 test's)."""

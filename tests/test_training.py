@@ -519,6 +519,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_train_and_its_one_line_errors(checkpoint_dir: Path, tmp_path: Path):
     train = write_jsonl(tmp_path / "train.jsonl", triplets(6))
     completed = run_cli("train", "--model", str(checkpoint_dir), "--device", "cpu", "--train", str(train),
@@ -560,6 +561,7 @@ def held_out_ndcg(rank, held_out_rankings) -> float:
     return sum(scores) / len(scores)
 
 
+@pytest.mark.slow
 def test_training_raises_held_out_ndcg_far_above_the_untrained_model(trained_reranker):
     before, after = trained_reranker.before["ndcg@10"], trained_reranker.after["ndcg@10"]
     print(f"docstring reranker: held-out NDCG@10 {before:.4f} before, {after:.4f} after training "
@@ -570,6 +572,7 @@ def test_training_raises_held_out_ndcg_far_above_the_untrained_model(trained_rer
     assert f"| ndcg@10 | {before:.4f} | {after:.4f} | {after - before:+.4f} |" in card
 
 
+@pytest.mark.slow
 def test_the_gain_holds_through_reranker_and_every_adapter(trained_reranker, held_out_rankings):
     from jina_local_rerank.training.docstring_task import DOCSTRING_MAX_LENGTH
 
@@ -610,6 +613,7 @@ def test_the_gain_holds_through_reranker_and_every_adapter(trained_reranker, hel
         assert held_out_ndcg(rank, held_out_rankings) == pytest.approx(expected, abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_distillation_raises_the_students_rank_correlation_with_its_teacher(trained_reranker, docstring_task,
                                                                             tmp_path: Path):
     from jina_local_rerank.training.docstring_task import DOCSTRING_MAX_LENGTH

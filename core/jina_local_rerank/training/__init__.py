@@ -7,13 +7,14 @@ use, so ``import jina_local_rerank.training`` loads neither torch nor the data s
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .config import TrainingConfig
     from .data import QueryGroup, TrainingData, load_training_data
-    from .docstring_task import docstring_task, train_docstring_reranker
+    from .docstring_task import train_docstring_reranker
     from .evaluator import EvalQuery, RerankingEvaluator
     from .losses import (
         BinaryCrossEntropyLoss,
@@ -44,7 +45,6 @@ _EXPORTS = {
     "TrainingResult": ".trainer",
     "build_student": ".student",
     "default_layers": ".student",
-    "docstring_task": ".docstring_task",
     "load_training_data": ".data",
     "mine_hard_negatives": ".mining",
     "train_docstring_reranker": ".docstring_task",
@@ -52,14 +52,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
