@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from jina_local_rerank.attention import ExactLengthAttention, PaddedAttention
 from jina_local_rerank.checkpoint import expected_shapes, load_checkpoint
 from jina_local_rerank.config import JinaBertConfig
 from jina_local_rerank.evaluation import DatasetError, ndcg_at, spearman
+from jina_local_rerank.files import FileProblem
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.random_checkpoint import CheckpointShape, write_random_checkpoint
 from jina_local_rerank.ranking import best_first
@@ -463,6 +465,55 @@ def test_fine_tuning_writes_exactly_the_input_format(parity_dir: Path, tmp_path:
         Trainer(options, train=data, output=out, config=config)
     with pytest.raises(ValueError, match="is the starting checkpoint"):
         Trainer(options.replace(model=str(out)), train=data, output=out, config=config, overwrite=True).fit()
+
+
+def test_failed_runs_leave_the_users_folders_and_the_process_as_they_were(checkpoint_dir: Path, tmp_path: Path):
+    import random
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(checkpoint_dir, teacher)
+    (teacher / "NOTES.txt").write_text("mine")
+    train = write_jsonl(tmp_path / "train.jsonl", triplets(4))
+    run = RerankerOptions(device="cpu", max_length=64)
+    config = TrainingConfig(loss="margin-mse", negatives=2, mining_margin=None, show_progress="never")
+    with pytest.raises(FileProblem, match="holds the input"):  # replacing the output would delete the teacher
+        Trainer(run, teacher=str(teacher), student_layers=1, train=train, output=teacher, config=config,
+                overwrite=True, teacher_cache_dir=tmp_path / "cache").fit()
+    assert (teacher / "NOTES.txt").read_text() == "mine" and not (tmp_path / "teacher.training").exists()
+
+    # Evaluation data with neither judgments nor a teacher: refused before anything is written.
+    unjudged = write_jsonl(tmp_path / "eval.jsonl", [{"query": "q", "documents": ["a b", "c d", "e f"]}])
+    with pytest.raises(DatasetError, match="no relevance labels and no teacher scores"):
+        Trainer(run.replace(model=str(checkpoint_dir)), train=train, eval=unjudged, output=tmp_path / "out",
+                config=TrainingConfig(negatives=2, show_progress="never")).fit()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["eval.jsonl", "teacher", "train.jsonl"]
+
+    # A damaged saved state is a one-line FileProblem, not an unpickling traceback.
+    (tmp_path / "out.training").mkdir()
+    (tmp_path / "out.training" / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(FileProblem, match="cannot read the saved training state"):
+        Trainer(run.replace(model=str(checkpoint_dir)), train=train, output=tmp_path / "out", resume=True,
+                config=TrainingConfig(negatives=2, show_progress="never")).fit()
+
+    # A run seeds its own generators: the caller's random and torch states are untouched.
+    random.seed(123)
+    torch.manual_seed(123)
+    expected = (random.random(), torch.rand(1))
+    random.seed(123)
+    torch.manual_seed(123)
+    Trainer(run.replace(model=str(checkpoint_dir)), train=train, output=tmp_path / "fine", config=TrainingConfig(
+        negatives=2, epochs=1, step_tokens=600, seed=7, show_progress="never")).fit()
+    assert (random.random(), torch.rand(1)) == expected
+
+
+def test_distilling_lists_that_judge_nothing_relevant(checkpoint_dir: Path, tmp_path: Path):
+    """Labels all 0 with a teacher column: a teacher's loss still learns from them (any documents of the list)."""
+    rows = [{"query": f"query {i}", "document": f"document {i} {j}", "label": 0, "score": float(j - i)}
+            for i in range(3) for j in range(3)]
+    result = Trainer(RerankerOptions(model=str(checkpoint_dir), device="cpu", max_length=64),
+                     train=write_jsonl(tmp_path / "scored.jsonl", rows), output=tmp_path / "out",
+                     config=TrainingConfig(loss="kl", negatives=2, teacher_column="score", show_progress="never")).fit()
+    assert result.steps >= 1 and result.data["queries"] == 3
 
 
 # --- resuming ---------------------------------------------------------------------------------------------------

@@ -63,12 +63,13 @@ def encode_groups(
 
 
 def sample_list(group: EncodedGroup, index: int, negatives: int, rng: random.Random) -> TrainingList:
-    """One positive (a document with a label above 0) and up to ``negatives`` documents labelled below it; for an
-    unlabelled group, ``1 + negatives`` documents."""
+    """One positive (a document with a label above 0) and up to ``negatives`` documents labelled below it; for a
+    group without one (unlabelled, for a teacher's loss), ``1 + negatives`` documents."""
     count = len(group.sequences)
-    if group.labels is None:
+    positives = [i for i, label in enumerate(group.labels or ()) if label > 0]
+    if not positives:  # unlabelled, or (for a teacher's loss) nothing judged relevant: any documents
         return TrainingList(index, tuple(rng.sample(range(count), min(count, 1 + negatives))))
-    positive = rng.choice([i for i, label in enumerate(group.labels) if label > 0])
+    positive = rng.choice(positives)
     below = [i for i, label in enumerate(group.labels) if label < group.labels[positive]]
     return TrainingList(index, (positive, *rng.sample(below, min(len(below), negatives))))
 

@@ -1,5 +1,5 @@
 """The settings of a training run: one frozen, validated object, with defaults for fine-tuning a pretrained
-checkpoint (a few epochs of AdamW at a small learning rate, warmup then linear decay, lists of one positive and
+checkpoint (one epoch of AdamW at a small learning rate, warmup then linear decay, lists of one positive and
 seven hard negatives, 16k tokens per step). Lengths and budgets are in tokens.
 
 The engine settings (model, device, dtype, lengths, forward-pass budget) are the

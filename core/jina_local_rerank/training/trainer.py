@@ -33,7 +33,7 @@ from ..checkpoint_writer import source_config, write_checkpoint
 from ..devices import resolve_device
 from ..engine import EngineKey, ScoringEngine
 from ..evaluation.beir import DatasetError
-from ..files import FileProblem, atomic_output, write_text_atomically
+from ..files import FileProblem, atomic_output, check_output_folder, write_text_atomically
 from ..options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
 from ..progress import progress_bar
 from ..tokenization import SPECIAL_TOKENS_PER_PAIR, PairTokenizer
@@ -107,8 +107,8 @@ def _autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
     if dtype == "bfloat16":
         return torch.bfloat16
     raise ValueError(
-        f"training computes in float32 or bfloat16 (weights stay float32), not {dtype}; float16 would need loss "
-        "scaling: use bfloat16"
+        f"training computes in float32 or bfloat16 (weights stay float32), not {dtype}: use auto, float32 or "
+        "bfloat16 (int8 is for scoring the trained checkpoint; float16 would need loss scaling)"
     )
 
 
@@ -217,8 +217,24 @@ class Trainer:
         """Train, evaluate and write the output; ``on_step`` is called after every optimizer step.
 
         Ctrl-C stops after the current step with the state saved (``KeyboardInterrupt`` is raised after the
-        save): run again with ``resume`` to continue where it stopped, to the same result.
+        save): run again with ``resume`` to continue where it stopped, to the same result. The run seeds its own
+        random generators: the process's ``random`` and torch states are as they were afterwards. A run that fails
+        before saving any state removes the state folder it created.
         """
+        created = not self.state_dir.exists()
+        python_random = random.getstate()
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                return self._run(on_step)
+        except BaseException:
+            if created and not (self.state_dir / STATE_FILE).exists():
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+            raise
+        finally:
+            random.setstate(python_random)
+
+    def _run(self, on_step: Callable[[StepReport], None] | None) -> TrainingResult:
         cfg, options = self.config, self.options
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -234,6 +250,8 @@ class Trainer:
         directory = self._starting_checkpoint()
         if self.output.resolve() == directory.resolve():
             raise FileProblem(f"output {self.output} is the starting checkpoint; choose another folder")
+        if self.teacher is not None:  # replacing the output must never delete the teacher
+            check_output_folder(self.output, overwrite=True, keep=[self._teacher_dir()], what="output")
         raw_config = source_config(directory)
         model = trainable_model(directory, device)
         if cfg.activation_checkpointing:
@@ -363,8 +381,7 @@ class Trainer:
             return resolve_model_dir(options.model, revision=options.revision, cache_dir=options.cache_dir,
                                      token=options.token)
         assert self.teacher is not None and self.student_layers is not None
-        teacher_dir = resolve_model_dir(self.teacher.model, revision=self.teacher.revision,
-                                        cache_dir=self.teacher.cache_dir, token=self.teacher.token)
+        teacher_dir = self._teacher_dir()
         if isinstance(self.student_layers, int):
             self.layers_kept = default_layers(source_config(teacher_dir)["num_hidden_layers"], self.student_layers)
         else:
@@ -373,6 +390,12 @@ class Trainer:
         if not (self.resume and folder.is_dir()):
             build_student(teacher_dir, folder, layers=self.layers_kept)
         return folder
+
+    def _teacher_dir(self) -> Path:
+        assert self.teacher is not None
+        teacher = self.teacher
+        return resolve_model_dir(teacher.model, revision=teacher.revision, cache_dir=teacher.cache_dir,
+                                 token=teacher.token)
 
     def _lengths(self, window: int) -> tuple[int, int]:
         max_length = self.options.max_length or min(DEFAULT_TRAINING_MAX_LENGTH, window)
@@ -410,6 +433,9 @@ class Trainer:
                     teacher.append(tuple(logits[start : start + len(query.documents)]))
                     start += len(query.documents)
                 evaluator = evaluator.with_teacher(teacher)
+        if evaluator is not None and not evaluator.judged and any(q.teacher is None for q in evaluator.queries):
+            raise DatasetError(f"evaluation set {evaluator.name}: no relevance labels and no teacher scores to "
+                               "evaluate against (give labelled data, or a teacher)")
         return _usable(train, loss), evaluator
 
     def _read(self, source: str | os.PathLike[str] | TrainingData) -> TrainingData:
@@ -498,7 +524,13 @@ class Trainer:
     def _restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                  fingerprint: str) -> dict[str, Any]:
         path = self.state_dir / STATE_FILE
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises pickle's, zipfile's and its own errors for a damaged file
+            raise FileProblem(f"{path}: cannot read the saved training state ({type(exc).__name__}); "
+                              "overwrite to start over") from None
+        if not isinstance(state, dict):
+            raise FileProblem(f"{path}: not a training state this version can resume")
         if state.get("format") != STATE_FORMAT:
             raise FileProblem(f"{path}: not a training state this version can resume")
         saved, now = state["config"], self._resumable_config()
