@@ -238,7 +238,10 @@ def test_python_export_takes_options_and_overwrites_only_when_asked(checkpoint_d
     (output / "notes.txt").write_text("mine")
     with pytest.raises(FileProblem, match="not empty"):
         export_onnx(RerankerOptions(model=str(checkpoint_dir)), output)
+    with pytest.raises(FileProblem, match="has no config.json: not a folder this command wrote"):
+        export_onnx(RerankerOptions(model=str(checkpoint_dir)), output, overwrite=True)  # the user's own folder
     assert (output / "notes.txt").read_text() == "mine"
+    (output / "config.json").write_text("{}")  # an earlier export (or checkpoint) folder: replaced when asked
     result = export_onnx(RerankerOptions(model=str(checkpoint_dir)), output, overwrite=True)
     assert result.directory == output and result.quantized_model is None
     assert result.model == output / "onnx" / "model.onnx" and result.model in result.files
@@ -254,12 +257,16 @@ def test_python_export_takes_options_and_overwrites_only_when_asked(checkpoint_d
         ("--model {checkpoint} --output {tmp}/a-file", 2, "is a file"),
         ("--model {checkpoint} --output {tmp}/full", 2, "not empty"),
         ("--model {checkpoint} --output {checkpoint} --overwrite", 2, "holds the input"),
+        ("--model {checkpoint} --output {checkpoint}/onnx-export", 2, "is inside the input"),
+        ("--model {checkpoint} --output {tmp}/a-file/out", 2, "a-file is a file, not a folder"),
         ("--model {checkpoint} --output {tmp}/out --dtype int8", 2, "--quantize int8"),
         ("--model {checkpoint} --output {tmp}/out --max-length 512", 2, "max_length"),
     ],
-    ids=["missing-model", "output-is-a-file", "output-not-empty", "output-is-the-model", "dtype", "scoring-option"],
+    ids=["missing-model", "output-is-a-file", "output-not-empty", "output-is-the-model", "output-in-the-model",
+         "output-under-a-file", "dtype", "scoring-option"],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(checkpoint_dir, tmp_path, capsys, arguments, status, message):
+    checkpoint_files = [path.name for path in checkpoint_dir.iterdir()]
     (tmp_path / "a-file").write_text("keep")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("keep")
@@ -269,7 +276,20 @@ def test_bad_input_gives_one_line_and_writes_nothing(checkpoint_dir, tmp_path, c
     assert error.count("\n") == 1 and message in error and "Traceback" not in error, error
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "full"]
     assert (tmp_path / "full" / "keep.txt").read_text() == "keep" and (tmp_path / "a-file").read_text() == "keep"
-    assert (checkpoint_dir / "model.safetensors").is_file()
+    assert sorted(path.name for path in checkpoint_dir.iterdir()) == sorted(checkpoint_files)
+
+
+def test_an_empty_output_path_is_refused(checkpoint_dir, capsys):
+    assert main(["export", "onnx", "--model", str(checkpoint_dir), "--output", ""]) == 2
+    assert capsys.readouterr().err.strip().endswith("the export folder is an empty path; name a folder to write")
+
+
+def test_int8_agreement_needs_the_int8_graph(checkpoint_dir, onnx_export, tmp_path):
+    from jina_local_rerank.export import export_onnx, int8_agreement
+
+    folder = export_onnx(checkpoint_dir, tmp_path / "fp32-only").directory
+    with pytest.raises(FileProblem, match="no model_quantized.onnx"):
+        int8_agreement(folder, [("q", ["a", "b", "c"])])
 
 
 def test_a_failed_folder_write_leaves_the_old_folder_and_no_trace(tmp_path):

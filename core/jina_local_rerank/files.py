@@ -138,21 +138,38 @@ def check_output_folder(
     *,
     overwrite: bool = False,
     keep: Sequence[str | os.PathLike[str]] = (),
+    marker: str | None = None,
     what: str = "output folder",
 ) -> Path:
     """``output`` as a path, if a folder can be written there; else ``FileProblem`` saying why.
 
-    A missing or empty folder is fine; a non-empty one only with ``overwrite``, and never one that holds any of
-    ``keep`` (the input a command reads, which replacing the folder would delete).
+    A missing or empty folder is fine; a non-empty one only with ``overwrite`` and, given a ``marker``, only if it
+    holds that file (a folder the command wrote before, not one of the user's). Never one that holds any of
+    ``keep`` (the inputs a command reads, which replacing the folder would delete) or lies inside one of them.
     """
+    if not os.fspath(output):
+        raise FileProblem(f"the {what} is an empty path; name a folder to write")
     path = Path(output)
     for source in keep:
         if _is_within(Path(source), path):
             raise FileProblem(f"{what} {path} holds the input {source}; choose another folder")
+        if _is_within(path, Path(source)):
+            raise FileProblem(f"{what} {path} is inside the input {source}; choose a folder outside it")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FileProblem(f"cannot write {what} {path}: {parent} is a file, not a folder")
+            break
     if path.exists() and not path.is_dir():
         raise FileProblem(f"{what} {path} is a file; name a folder to write")
-    if path.is_dir() and not overwrite and any(path.iterdir()):
-        raise FileProblem(f"{what} {path} exists and is not empty; choose another folder or overwrite it (--overwrite)")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise FileProblem(
+                f"{what} {path} exists and is not empty; choose another folder or overwrite it (--overwrite)"
+            )
+        if marker is not None and not (path / marker).is_file():
+            raise FileProblem(f"{what} {path} is not empty and has no {marker}: not a folder this command wrote; "
+                              "choose another (overwrite replaces only those)")
     return path
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..evaluation.agreement import RankingAgreement, ranking_agreement
-from .layout import MODEL_FILE, QUANTIZED_MODEL_FILE
+from ..files import FileProblem
+from .layout import MODEL_FILE, ONNX_FOLDER, QUANTIZED_MODEL_FILE
 from .runtime import OnnxReranker
 
 
@@ -18,6 +20,9 @@ def int8_agreement(
 ) -> RankingAgreement:
     """How ``directory/onnx/model_quantized.onnx`` ranks each (query, documents) of ``rankings`` compared with
     ``model.onnx`` of the same export (onnxruntime, CPU)."""
+    missing = [file for file in (MODEL_FILE, QUANTIZED_MODEL_FILE) if not (Path(directory) / ONNX_FOLDER / file).is_file()]
+    if missing:
+        raise FileProblem(f"{Path(directory) / ONNX_FOLDER}: no {missing[0]} (export with quantize='int8')")
     # One session at a time: each keeps the memory of its largest call.
     logits = [
         [scorer.logits(query, documents) for query, documents in rankings]

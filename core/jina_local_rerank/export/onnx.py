@@ -173,7 +173,8 @@ def export_onnx(
 
     ``options_or_model`` is a Hub id, a checkpoint folder or :class:`~jina_local_rerank.RerankerOptions` (its model,
     revision, cache_dir and token; scoring options do not apply to a graph and are refused). An existing non-empty
-    ``output_dir`` is refused unless ``overwrite``, which replaces it once the new folder is complete.
+    ``output_dir`` is refused unless ``overwrite``, which replaces it once the new folder is complete, and only if it
+    is a checkpoint or export folder (it holds ``config.json``); an output inside the checkpoint's folder is refused.
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
@@ -185,9 +186,12 @@ def export_onnx(
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     model_name = options.model or default_model()
+    # Checked before a download, and again once the checkpoint's folder is known.
+    check_output_folder(output_dir, overwrite=overwrite, marker="config.json", what="export folder")
     directory = resolve_model_dir(model_name, revision=options.revision, cache_dir=options.cache_dir, token=options.token)
     sources = _checkpoint_files(directory)
-    output = check_output_folder(output_dir, overwrite=overwrite, keep=[directory])
+    output = check_output_folder(output_dir, overwrite=overwrite, keep=[directory], marker="config.json",
+                                 what="export folder")
     with atomic_directory(output, "export folder") as staging:
         model = load_checkpoint(directory, torch.float32, torch.device("cpu"))
         (staging / ONNX_FOLDER).mkdir()
