@@ -35,7 +35,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"dtype 'q8')",
     )
     onnx.add_argument(
-        "--overwrite", action="store_true", help="replace OUTPUT if it exists and is not empty (once the export is done)"
+        "--overwrite", action="store_true",
+        help="replace OUTPUT if it is an earlier export or a checkpoint (holds config.json), once the export is done",
     )
     add_option_arguments(onnx)
     onnx.set_defaults(handler=run_export_onnx)
