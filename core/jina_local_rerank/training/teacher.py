@@ -3,8 +3,8 @@
 The cache is keyed on the teacher's content (a hash of its ``config.json``, weights and tokenizer, so a changed
 checkpoint is never read from a stale cache), the scoring settings that change logits (dtype, lengths,
 long-document handling) and each (query, document) pair, so a rerun, or a run on more data, scores only the
-pairs it has not seen. Pairs are scored in chunks and the cache is saved after each one (atomically): an
-interrupted scoring run keeps what it finished.
+pairs it has not seen. Pairs are scored in chunks and the cache is saved (atomically) whenever a tenth of it is
+new: an interrupted scoring run keeps nearly all it finished.
 """
 
 from __future__ import annotations
@@ -112,11 +112,17 @@ class TeacherScorer:
             reranker = Reranker(self.options)
             try:
                 with progress_bar("teacher scoring", "pair", show_progress, total=len(missing)) as progress:
+                    unsaved = 0
                     for start in range(0, len(missing), CHUNK_PAIRS):
                         chunk = missing[start : start + CHUNK_PAIRS]
                         logits = reranker.score_pairs([list(pair) for _, pair in chunk], raw=True).logits
                         cache.update((key, logit) for (key, _), logit in zip(chunk, logits))
-                        self._write_cache(cache)
+                        unsaved += len(chunk)
+                        # Saved when a tenth of the cache is new (and at the end): the rewrites add up to a few
+                        # times the final file, not the square of it.
+                        if unsaved >= len(cache) // 10 or start + CHUNK_PAIRS >= len(missing):
+                            self._write_cache(cache)
+                            unsaved = 0
                         progress.update(len(chunk))
             finally:
                 if not loaded_before:
