@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,14 @@ import workloads  # noqa: E402
 from engine_throughput import PARITY_DIR, interleaved_medians  # noqa: E402
 
 from jina_local_rerank import Reranker  # noqa: E402
-from jina_local_rerank.evaluation import ndcg_at, ranking_agreement  # noqa: E402
+from jina_local_rerank.evaluation import ranking_agreement  # noqa: E402
 from jina_local_rerank.export import OnnxReranker, export_onnx  # noqa: E402
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 from jina_local_rerank.ranking import best_first  # noqa: E402
 from jina_local_rerank.training.docstring_task import (  # noqa: E402
-    HeldOutQuery, held_out_queries, train_docstring_reranker, write_docstring_dataset,
+    held_out_ndcg, held_out_queries, train_docstring_reranker, write_docstring_dataset,
 )
+from jina_local_rerank.training.evaluator import EvalQuery  # noqa: E402
 
 IMPLEMENTATIONS = ("engine fp32", "engine int8", "onnxruntime fp32", "onnxruntime int8")
 
@@ -94,7 +94,7 @@ def agreement_rankings(golden: dict | None) -> list[tuple[str, list[str]]]:
     return rankings
 
 
-def print_agreement(models: list[tuple[str, Path, list[HeldOutQuery] | None]], workdir: Path, golden: dict | None) -> None:
+def print_agreement(models: list[tuple[str, Path, list[EvalQuery] | None]], workdir: Path, golden: dict | None) -> None:
     """int8 against fp32 per (name, model, held-out queries or None): onnxruntime's (the export) and the engine's.
 
     With held-out queries, the agreement is over their candidates and the table adds each one's NDCG@10."""
@@ -102,7 +102,7 @@ def print_agreement(models: list[tuple[str, Path, list[HeldOutQuery] | None]], w
           "top-3 overlap | max abs logit change | largest fp32 logit spread | NDCG@10 fp32 -> int8 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, model, held_out in models:
-        rankings = [(q.query, q.texts) for q in held_out] if held_out else agreement_rankings(golden)
+        rankings = [(q.query, list(q.documents)) for q in held_out] if held_out else agreement_rankings(golden)
         export = export_onnx(model, workdir / f"agreement-{model.name}", quantize="int8").directory
         for runtime in ("onnxruntime", "engine"):
             logits = {}
@@ -111,7 +111,8 @@ def print_agreement(models: list[tuple[str, Path, list[HeldOutQuery] | None]], w
                 logits[precision] = [score(query, documents) for query, documents in rankings]
             fp32, int8 = logits["fp32"], logits["int8"]
             a = ranking_agreement(fp32, int8)
-            ndcg = f"{held_out_ndcg(held_out, fp32):.3f} -> {held_out_ndcg(held_out, int8):.3f}" if held_out else ""
+            ndcg = " -> ".join(f"{held_out_ndcg(held_out, [best_first(scores) for scores in logits]):.3f}"
+                               for logits in (fp32, int8)) if held_out else ""
             print(f"| {name} / {runtime} | {a.queries} | {a.documents} | {a.mean_spearman:.3f} | "
                   f"{a.min_spearman:.3f} | {a.top1:.0%} | {a.top3:.0%} | {a.max_logit_change:.3f} | "
                   f"{a.logit_spread:.3f} | {ndcg} |")
@@ -123,11 +124,6 @@ def scorer(runtime: str, precision: str, model: Path, export: Path):
         return OnnxReranker(export, "model.onnx" if precision == "fp32" else "model_quantized.onnx").logits
     reranker = Reranker(model, device="cpu", dtype="float32" if precision == "fp32" else "int8")
     return lambda query, documents: reranker.score(query, documents, raw=True).logits
-
-
-def held_out_ndcg(held_out: list[HeldOutQuery], logits: list[list[float]]) -> float:
-    """Mean NDCG@10 of the held-out queries ranked by ``logits`` (one list per query)."""
-    return statistics.fmean(ndcg_at([q.ids[i] for i in best_first(scores)], q.qrels) for q, scores in zip(held_out, logits))
 
 
 def print_speed(args: argparse.Namespace, workdir: Path) -> None:

@@ -161,32 +161,31 @@ def test_int8_graph_quantizes_every_linear_layer_and_stays_close_to_fp32(parity_
 @pytest.mark.slow
 def test_int8_ranks_like_fp32_on_the_trained_reranker(trained_reranker, held_out_rankings, onnx_export):
     """On a model whose rankings mean something, int8 keeps them: onnxruntime's graphs and the engine's dtypes."""
-    from jina_local_rerank.evaluation import ndcg_at, ranking_agreement
+    from jina_local_rerank.evaluation import ranking_agreement
     from jina_local_rerank.export import OnnxReranker, int8_agreement
+    from jina_local_rerank.training.docstring_task import held_out_ndcg
 
     folder = onnx_export(trained_reranker.output)
-    rankings = [(query.query, query.texts) for query in held_out_rankings]
+    rankings = [(query.query, list(query.documents)) for query in held_out_rankings]
     onnx = int8_agreement(folder, rankings)
-    fp32, int8 = (Reranker(trained_reranker.output, device="cpu", dtype=dtype) for dtype in ("float32", "int8"))
-    engine = ranking_agreement([fp32.score(q, texts, raw=True).logits for q, texts in rankings],
-                               [int8.score(q, texts, raw=True).logits for q, texts in rankings])
+    fp32, int8 = ([reranker.score(q, texts, raw=True).logits for q, texts in rankings]
+                  for reranker in (Reranker(trained_reranker.output, device="cpu", dtype=dtype)
+                                   for dtype in ("float32", "int8")))
+    engine = ranking_agreement(fp32, int8)
     print(f"int8 vs fp32 on the docstring reranker ({onnx.queries} queries, {onnx.documents} documents): "
           f"onnxruntime {onnx}, engine {engine}")
     assert onnx.queries == engine.queries >= 90  # the queries with 3+ candidates
     for agreement in (onnx, engine):
         assert agreement.mean_spearman >= 0.97 and agreement.top1 >= 0.8 and agreement.top3 >= 0.9, agreement
 
-    def ndcg(logits_of) -> float:
-        scores = []
-        for query in held_out_rankings:
-            order = best_first(logits_of(query.query, query.texts))
-            scores.append(ndcg_at([query.ids[i] for i in order], query.qrels))
-        return sum(scores) / len(scores)
+    def ndcg(logits: list[list[float]]) -> float:
+        return held_out_ndcg(held_out_rankings, [best_first(scores) for scores in logits])
 
-    reference = ndcg(lambda q, texts: fp32.score(q, texts, raw=True).logits)
+    reference = ndcg(fp32)
     assert reference >= trained_reranker.before["ndcg@10"] + 0.15
-    assert ndcg(OnnxReranker(folder, "model_quantized.onnx").logits) >= reference - 0.02
-    assert ndcg(lambda q, texts: int8.score(q, texts, raw=True).logits) >= reference - 0.02
+    onnx_int8 = OnnxReranker(folder, "model_quantized.onnx")
+    assert ndcg([onnx_int8.logits(q, texts) for q, texts in rankings]) >= reference - 0.02
+    assert ndcg(int8) >= reference - 0.02
 
 
 def test_onnx_reranker_scores_like_the_engine_in_length_sorted_calls(checkpoint_dir, reranker, onnx_export):

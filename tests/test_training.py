@@ -21,7 +21,7 @@ from jina_local_rerank import Reranker
 from jina_local_rerank.attention import ExactLengthAttention, PaddedAttention
 from jina_local_rerank.checkpoint import expected_shapes, load_checkpoint
 from jina_local_rerank.config import JinaBertConfig
-from jina_local_rerank.evaluation import DatasetError, ndcg_at, spearman
+from jina_local_rerank.evaluation import DatasetError, spearman
 from jina_local_rerank.files import FileProblem
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.random_checkpoint import CheckpointShape, write_random_checkpoint
@@ -605,11 +605,9 @@ def test_cli_train_and_its_one_line_errors(checkpoint_dir: Path, tmp_path: Path)
 
 def held_out_ndcg(rank, held_out_rankings) -> float:
     """Mean NDCG@10 over the held-out queries, each ranking its BM25 candidates with ``rank(query, texts)``."""
-    scores = []
-    for query in held_out_rankings:
-        order = rank(query.query, query.texts)
-        scores.append(ndcg_at([query.ids[i] for i in order], query.qrels))
-    return sum(scores) / len(scores)
+    from jina_local_rerank.training.docstring_task import held_out_ndcg as mean_ndcg
+
+    return mean_ndcg(held_out_rankings, [rank(query.query, list(query.documents)) for query in held_out_rankings])
 
 
 @pytest.mark.slow

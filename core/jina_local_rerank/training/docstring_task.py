@@ -22,12 +22,14 @@ import os
 import random
 import tempfile
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..options import RerankerOptions
 from ..random_checkpoint import CheckpointShape, write_random_checkpoint
+from ..evaluation.metrics import ndcg_at
 from .config import TrainingConfig
+from .evaluator import EvalQuery, RerankingEvaluator
 from .trainer import Trainer, TrainingResult
 
 # Standard-library modules that import without side effects on every platform; their docstrings are the corpus.
@@ -157,26 +159,14 @@ def train_docstring_reranker(
         return trainer.fit()
 
 
-@dataclass(frozen=True)
-class HeldOutQuery:
-    """A query of the task's ``test`` dataset with the BM25 candidates its evaluation reranks (``ids``, ``texts``)."""
 
-    query: str
-    ids: list[str]
-    texts: list[str]
-    qrels: dict[str, int]
+def held_out_queries(test: str | os.PathLike[str], top_k: int = DOCSTRING_CONFIG.eval_top_k) -> list[EvalQuery]:
+    """The queries of the ``test`` dataset (from :func:`write_docstring_dataset`) with the BM25 top ``top_k`` the
+    training evaluation reranks: the evaluator's own queries."""
+    return RerankingEvaluator.from_beir(test, top_k=top_k).queries
 
 
-def held_out_queries(test: str | os.PathLike[str], top_k: int = DOCSTRING_CONFIG.eval_top_k) -> list[HeldOutQuery]:
-    """Every query of the ``test`` dataset (from :func:`write_docstring_dataset`) with its BM25 top ``top_k``."""
-    from ..evaluation import bm25_first_stage, load_beir, select_queries
-
-    dataset = load_beir(Path(test), "test")
-    query_ids, _ = select_queries(dataset)
-    candidates = bm25_first_stage(dataset, query_ids, top_k).rankings
-    queries = []
-    for query_id in query_ids:
-        ids = candidates[query_id]
-        texts = [dataset.corpus[i].full_text for i in ids]
-        queries.append(HeldOutQuery(dataset.queries[query_id], ids, texts, dataset.qrels[query_id]))
-    return queries
+def held_out_ndcg(queries: Sequence[EvalQuery], orders: Sequence[Sequence[int]]) -> float:
+    """Mean NDCG@10 of ``queries`` with their candidates in ``orders`` (document indices, best first)."""
+    scores = [ndcg_at([str(i) for i in order], query.qrels) for query, order in zip(queries, orders, strict=True)]
+    return sum(scores) / len(scores)
