@@ -127,17 +127,13 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
 
 
 def _config(args: argparse.Namespace):  # -> TrainingConfig
+    """The run's settings from the flags: one flag per ``TrainingConfig`` field (``--progress`` for show_progress)."""
+    from dataclasses import fields
+
     from .config import TrainingConfig
 
-    return TrainingConfig(
-        epochs=args.epochs, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, max_grad_norm=args.max_grad_norm, loss=args.loss,
-        temperature=args.temperature, negatives=args.negatives, mining_margin=args.mining_margin,
-        step_tokens=args.step_tokens, seed=args.seed, eval_every=args.eval_every, eval_top_k=args.eval_top_k,
-        eval_max_queries=args.eval_max_queries, eval_fraction=args.eval_fraction, save_every=args.save_every,
-        activation_checkpointing=args.activation_checkpointing, teacher_column=args.teacher_column,
-        show_progress=args.progress,
-    )
+    values = {field.name: getattr(args, field.name) for field in fields(TrainingConfig) if field.name != "show_progress"}
+    return TrainingConfig(**values, show_progress=args.progress)
 
 
 def _run_train(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
