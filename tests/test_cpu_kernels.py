@@ -148,3 +148,70 @@ def test_low_precision_modes_stay_within_their_tolerance_of_the_golden_logits(
             logits = reranker.engine.logits(sequences, max_batch_tokens=16384)
             error = max(abs(a - b) for a, b in zip(logits, expected["logits"]))
             assert error < MODE_ATOL[dtype], f"{dtype} {name}/{case['name']}: max |logit error| {error:.3f}"
+
+
+# --- every entry point takes the modes ---------------------------------------------------------------------------
+
+SURFACE_DOCS = ["use sorted() to get a new list", "the weather is fine", "list.sort() sorts the list in place"]
+
+
+@pytest.fixture(scope="module", params=["bfloat16", "int8"])
+def mode_scores(request, checkpoint_dir: Path) -> tuple[str, list[float]]:
+    """A mode and the scores ``Reranker`` gives SURFACE_DOCS in it: what every entry point must answer."""
+    return request.param, Reranker(checkpoint_dir, device="cpu", dtype=request.param).score(QUERY, SURFACE_DOCS).scores
+
+
+def test_the_cli_takes_the_modes(checkpoint_dir, mode_scores):
+    import io
+
+    from jina_local_rerank.cli import main
+
+    dtype, expected = mode_scores
+    out = io.StringIO()
+    argv = ["rerank", "--model", str(checkpoint_dir), "--device", "cpu", "--dtype", dtype, "--query", QUERY]
+    assert main([*argv, *SURFACE_DOCS], stdin=io.StringIO(""), stdout=out) == 0
+    results = json.loads(out.getvalue())["results"]
+    assert {r["index"]: r["relevance_score"] for r in results} == pytest.approx(dict(enumerate(expected)), abs=1e-6)
+
+
+def test_the_server_takes_the_modes(checkpoint_dir, mode_scores, tmp_path):
+    import httpx
+    from server_process import start_server
+
+    dtype, expected = mode_scores
+    server = start_server(checkpoint_dir, tmp_path / "server.log", "--dtype", dtype, "--log-level", "warning")
+    try:
+        body = {"query": QUERY, "documents": SURFACE_DOCS}
+        results = httpx.post(f"{server.url}/v1/rerank", json=body, timeout=60).json()["results"]
+    finally:
+        server.stop()
+    assert {r["index"]: r["relevance_score"] for r in results} == pytest.approx(dict(enumerate(expected)), abs=1e-5)
+
+
+def test_the_adapters_take_the_modes(checkpoint_dir, mode_scores):
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("haystack")
+    from haystack import Document as HaystackDocument
+    from haystack_integrations.components.rankers.jina_local_rerank import JinaLocalRanker
+    from langchain_core.documents import Document as LangChainDocument
+    from langchain_jina_local_rerank import JinaLocalRerank as LangChainRerank
+    from llama_index.core.schema import NodeWithScore, TextNode
+    from llama_index.postprocessor.jina_local_rerank import JinaLocalRerank as LlamaIndexRerank
+
+    dtype, expected = mode_scores
+    wanted = sorted(zip(expected, SURFACE_DOCS), reverse=True)
+    nodes = [NodeWithScore(node=TextNode(text=text)) for text in SURFACE_DOCS]
+    llama = LlamaIndexRerank(model=str(checkpoint_dir), device="cpu", dtype=dtype, top_n=3)
+    got = [(n.score, n.node.get_content()) for n in llama.postprocess_nodes(nodes, query_str=QUERY)]
+    assert [t for _, t in got] == [t for _, t in wanted]
+    assert [s for s, _ in got] == pytest.approx([s for s, _ in wanted], abs=1e-6)
+    chain = LangChainRerank(model=checkpoint_dir, device="cpu", dtype=dtype, top_n=3)
+    docs = chain.compress_documents([LangChainDocument(page_content=text) for text in SURFACE_DOCS], QUERY)
+    assert [d.page_content for d in docs] == [t for _, t in wanted]
+    assert [d.metadata["relevance_score"] for d in docs] == pytest.approx([s for s, _ in wanted], abs=1e-6)
+    ranker = JinaLocalRanker(str(checkpoint_dir), top_k=3, dtype=dtype)
+    ranker.warm_up()
+    ranked = ranker.run(query=QUERY, documents=[HaystackDocument(content=text) for text in SURFACE_DOCS])["documents"]
+    assert [d.content for d in ranked] == [t for _, t in wanted]
+    assert [d.score for d in ranked] == pytest.approx([s for s, _ in wanted], abs=1e-6)
