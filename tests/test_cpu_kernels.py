@@ -127,7 +127,7 @@ def test_the_cpu_features_name_the_instruction_sets_the_paths_read():
     assert set(features) == {"architecture", "avx2", "avx512_f", "avx512_bf16", "avx512_vnni", "avx_vnni",
                              "amx_bf16", "amx_int8"}
     assert all(isinstance(value, bool) for name, value in features.items() if name != "architecture")
-    assert quantization._activation_levels() == (256 if features["avx512_vnni"] or features["avx_vnni"] else 128)
+    assert quantization._activation_levels() == (256 if features["avx512_vnni"] else 128)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@
   ARM without BF16) torch's generic bf16 GEMM is many times slower than fp32, so the encoder's linear layers
   become :class:`Bf16ViaFp32Linear`: the same bf16 weights, multiplied by fp32 kernels. A product of two bf16
   numbers is exact in fp32 and both paths sum in fp32, so they compute the same numbers to summation order.
-- ``int8``: FBGEMM (x86) with 8-bit activations where AVX512_VNNI (or AVX-VNNI) adds the products, 7-bit
+- ``int8``: FBGEMM (x86) with 8-bit activations where AVX512_VNNI adds the products in 32 bits, 7-bit
   without; ``torch._int_mm`` elsewhere (see :mod:`~jina_local_rerank.quantization`).
 
 Each mode logs once per process, at INFO on the ``jina_local_rerank`` logger, which path it took and why.
@@ -43,9 +43,9 @@ def native_bf16_matmul() -> bool:
 
 
 def vnni() -> bool:
-    """Whether the CPU adds 8-bit products in 32 bits (AVX512_VNNI or AVX-VNNI): FBGEMM's full 8-bit range."""
-    features = cpu_features()
-    return bool(features["avx512_vnni"] or features["avx_vnni"])
+    """Whether FBGEMM adds 8-bit products in 32 bits here (AVX512_VNNI; its AVX2 kernels, AVX-VNNI CPUs included,
+    add pairs in saturating 16 bits): the full 8-bit activation range is safe."""
+    return bool(cpu_features()["avx512_vnni"])
 
 
 def bf16_path() -> str:
