@@ -117,3 +117,27 @@ def test_gpu_benchmark_runs_every_row_on_cpu(tmp_path):
     assert float(notes["W1: max |flex logit - padded logit|"]) < 0.05  # the two paths compute one function (bf16)
     assert "| W1 (2 queries x 2 passages) | engine flex, score_pairs" in completed.stdout
     assert "| ratio and target |" in completed.stdout
+
+
+@pytest.mark.slow
+def test_cpu_precision_benchmark_runs_every_row(tmp_path):
+    """``benchmarks/cpu_precision.py --quick``: every mode and peer, the limits, batch-mates and agreement rows."""
+    for package in ("openvino", "nncf", "sentence_transformers", "bm25s"):
+        pytest.importorskip(package)
+    output = tmp_path / "cpu_precision.json"
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "cpu_precision.py"), "--quick", "--json", str(output)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    result = json.loads(output.read_text())
+    implementations = {f"engine {m}" for m in ("fp32", "bf16", "int8")}
+    implementations |= {f"OpenVINO {m} (our export)" for m in ("fp32", "bf16", "int8")}
+    assert implementations <= set(result["w1_seconds"]) and set(result["w1_seconds"]) == set(result["w3_seconds"])
+    assert all(seconds > 0 for seconds in result["w1_seconds"].values())
+    assert set(result["limits"]) == {"fp32", "bf16", "int8"} and all(v > 0 for v in result["limits"].values())
+    assert set(result["w2_peak_mb"]) == {"fp32", "bf16", "int8"}
+    assert max(result["batch_mate_change"].values()) < 1e-3
+    assert [a["mode"] for a in result["agreement"]] == ["fp32", "bf16", "int8"]
+    assert result["agreement"][0]["mean_spearman"] == pytest.approx(1.0) and result["agreement"][0]["max_change"] == 0
+    assert "| goal (same run) | measured | goal | met |" in completed.stdout

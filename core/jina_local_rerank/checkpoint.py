@@ -19,6 +19,7 @@ from .config import JinaBertConfig
 from .errors import CheckpointError, ModelNotFoundError
 from .attention import alibi_slopes
 from .model import JinaBertForReranking
+from .cpu_kernels import prepare_bf16
 from .quantization import quantize_linear_layers
 
 DEFAULT_MODEL = "jinaai/jina-reranker-v1-tiny-en"
@@ -236,7 +237,8 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -
 
     ``config.json`` is checked key by key, every tensor by name, shape and dtype before any is read, and every
     value for being finite before the model is built. ``torch.qint8`` loads fp32 weights and quantizes the
-    encoder's linear layers to int8 (CPU; see :mod:`~jina_local_rerank.quantization`).
+    encoder's linear layers to int8 (CPU; see :mod:`~jina_local_rerank.quantization`); bf16 on a CPU without
+    native bf16 matmuls gets the fallback of :mod:`~jina_local_rerank.cpu_kernels`.
     """
     config_path = directory / "config.json"
     config = JinaBertConfig.from_json_file(config_path)
@@ -256,4 +258,6 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -
     model.eval()
     if dtype == torch.qint8:
         quantize_linear_layers(model.bert.encoder)
+    elif dtype == torch.bfloat16 and device.type == "cpu":
+        prepare_bf16(model)
     return model

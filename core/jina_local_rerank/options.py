@@ -59,7 +59,7 @@ class RerankerOptions:
     dtype: str = _option(
         "auto",
         "weights and activations: 'auto' (bf16 on CUDA where supported, else fp16; fp32 elsewhere), 'float32', "
-        "'bfloat16', 'float16', or 'int8' (CPU: linear layers quantized, scores within ~0.1 of fp32)",
+        "'bfloat16', 'float16', or 'int8' (CPU: linear layers quantized; logits move by tenths, see docs/concepts.md)",
         choices=DTYPES + tuple(DTYPE_ALIASES),
     )
     max_length: int | None = _option(

@@ -16,6 +16,8 @@ import warnings
 import torch
 from torch import nn
 
+from .cpu_kernels import log_path_once, vnni
+
 WEIGHT_LEVELS = 127  # symmetric int8 weights: -127..127 times the channel's scale
 
 
@@ -27,13 +29,21 @@ def _fbgemm_available() -> bool:
 
 
 def _activation_levels() -> int:
-    """Levels of FBGEMM's unsigned 8-bit activations: 256, or 128 where AVX512-VNNI is missing.
+    """Levels of FBGEMM's unsigned 8-bit activations: 256, or 128 where VNNI is missing.
 
     Without VNNI the x86 kernels add pairs of uint8 x int8 products in saturating int16, which full 8-bit
     activations can overflow; torch's own dynamic quantization reduces the range for the same reason.
     """
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()  # absent from older torch: 7 bits there
-    return 256 if capabilities.get("avx512_vnni", False) else 128
+    return 256 if vnni() else 128
+
+
+def int8_path() -> str:
+    """The kernels ``dtype="int8"`` runs on this CPU, in words."""
+    if not _fbgemm_available():
+        return "torch._int_mm (no FBGEMM in this torch build or on this CPU), 8-bit activations"
+    if _activation_levels() == 256:
+        return "FBGEMM with VNNI, 8-bit activations"
+    return "FBGEMM without VNNI, 7-bit activations (8-bit products could overflow its 16-bit sums)"
 
 
 class Int8Linear(nn.Module):
@@ -84,7 +94,9 @@ class Int8Linear(nn.Module):
 
 
 def quantize_linear_layers(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.Linear`` inside ``module`` by an :class:`Int8Linear`, in place; returns ``module``."""
+    """Replace every ``nn.Linear`` inside ``module`` by an :class:`Int8Linear`, in place; returns ``module``.
+    Logs (once per process) which kernels they run on."""
+    log_path_once("int8", int8_path())
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
