@@ -30,6 +30,7 @@ from ..files import atomic_directory, check_output_folder
 from ..model import JinaBertForReranking
 from ..options import RerankerOptions
 from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
+from .blocked_attention import expand_blocked_attention, translation_table
 from .padded_batch import PaddedBatchReranker
 
 if TYPE_CHECKING:
@@ -38,7 +39,10 @@ if TYPE_CHECKING:
     import onnx
 
 QUANTIZATIONS = ("int8",)
+# The oldest onnxruntime transformers.js loads graphs with (onnxruntime-web/node 1.14, in @xenova/transformers 2.17)
+# reads IR version 8 and opset 18 at most; the graph uses nothing newer, so it is written with those.
 OPSET = 18
+IR_VERSION = 8
 INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'jina-local-rerank[export]'"
 # The options an export reads; every other option decides how the engine scores, which a graph does not hold.
 EXPORT_OPTIONS = ("model", "revision", "cache_dir", "token")
@@ -126,7 +130,7 @@ def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelPro
             opset_version=opset,
             optimize=False,
             verbose=False,
-            custom_translation_table={torch.ops.aten.linear.default: _linear_as_matmul},
+            custom_translation_table={torch.ops.aten.linear.default: _linear_as_matmul, **translation_table()},
         )
         shape = exported.model.graph.inputs[0].shape
         exported.rename_axes({shape[0]: "batch_size", shape[1]: "sequence_length"})
@@ -134,6 +138,8 @@ def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelPro
         largest = max(parameter.numel() for parameter in model.parameters())
         onnxscript.optimizer.optimize(exported.model, input_size_limit=largest, output_size_limit=largest)
     proto = exported.model_proto
+    expand_blocked_attention(proto)
+    proto.ir_version = IR_VERSION
     proto.doc_string = (
         "JinaBERT reranker (jina-local-rerank): input_ids, attention_mask [batch_size, sequence_length] "
         "-> raw logits [batch_size, 1]; sigmoid(logit) is the relevance score"
