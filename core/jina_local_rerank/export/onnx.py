@@ -1,6 +1,7 @@
 """Export a checkpoint to ONNX in the folder layout transformers.js and onnxruntime callers load.
 
-``DIR/config.json`` and the tokenizer files are copied unchanged; ``DIR/onnx/model.onnx`` takes ``input_ids`` and
+``DIR/config.json`` and the tokenizer files are copied (``tokenizer.json`` with its BPE merges as ``"a b"`` strings,
+which every transformers.js release reads: :mod:`~jina_local_rerank.export.tokenizer_file`); ``DIR/onnx/model.onnx`` takes ``input_ids`` and
 ``attention_mask`` (int64 ``[batch_size, sequence_length]``, any size, up to the model's 8,192-token window) and
 returns fp32 ``logits [batch_size, 1]``; with ``quantize="int8"``, ``DIR/onnx/model_quantized.onnx`` is the same
 graph with onnxruntime's dynamic int8 quantization (what transformers.js loads for ``dtype: "q8"``).
@@ -32,6 +33,7 @@ from ..options import RerankerOptions
 from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
 from .blocked_attention import expand_blocked_attention, translation_table
 from .padded_batch import PaddedBatchReranker
+from .tokenizer_file import write_portable_tokenizer
 
 if TYPE_CHECKING:
     import os
@@ -205,7 +207,10 @@ def export_onnx(
         if quantize == "int8":
             quantize_int8(staging / ONNX_FOLDER / MODEL_FILE, staging / ONNX_FOLDER / QUANTIZED_MODEL_FILE)
         for source in sources:
-            shutil.copyfile(source, staging / source.name)
+            if source.name == "tokenizer.json":
+                write_portable_tokenizer(source, staging / source.name)
+            else:
+                shutil.copyfile(source, staging / source.name)
     written = tuple(sorted(path for path in output.rglob("*") if path.is_file()))
     quantized = output / ONNX_FOLDER / QUANTIZED_MODEL_FILE if quantize else None
     return OnnxExport(output, output / ONNX_FOLDER / MODEL_FILE, quantized, written)
