@@ -10,8 +10,8 @@ memory; and the graph's memory on one 8,192-token pair and on the card's 10-docu
 Workloads: "10 docs" is the card's example query with 10 product descriptions; "8k pair" one pair of 8,192 tokens;
 "20k call" the card's single call on 10 documents, one of 20,000 tokens (truncated to 8,192, padded batch
 [10, 8192]). Each runtime runs in a fresh process (Python: onnxruntime; Node.js: the card's code; browser: the
-browser example in headless Chromium): load time (model + tokenizer), the largest |score - engine score| (sigmoid),
-and the process's peak memory (VmHWM; in the browser the sum over Chromium's processes at the end, as a bound).
+browser example in headless Chromium): load time (model + tokenizer; in Chromium also the page's own example call),
+the workload's call time, the largest |score - engine score| (sigmoid), and the process's peak memory (VmHWM; in the browser the sum over Chromium's processes at the end, as a bound).
 """
 
 from __future__ import annotations
@@ -47,9 +47,11 @@ folder, file, rankings = sys.argv[1], sys.argv[2], json.loads(open(sys.argv[3]).
 start = time.perf_counter()
 scorer = OnnxReranker(folder, file, max_batch_tokens=1 << 30)  # one call per ranking, as the card's code
 load = time.perf_counter() - start
+start = time.perf_counter()
 scores = [[1 / (1 + np.exp(-x)) for x in scorer.logits(query, documents)] for query, documents in rankings]
+seconds = time.perf_counter() - start
 peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
-print(json.dumps({"load": load, "scores": scores, "peak_mb": peak}))
+print(json.dumps({"load": load, "seconds": seconds, "scores": scores, "peak_mb": peak}))
 """
 
 NODE_PROCESS = """
@@ -58,12 +60,14 @@ const peakMb = () => Number(readFileSync("/proc/self/status", "utf8").match(/VmH
 const started = performance.now();
 CARD
 const load = (performance.now() - started) / 1000;
+const scoring = performance.now();
 const scores = [];
 for (const [query, documents] of JSON.parse(readFileSync(process.argv[2], "utf8"))) {
   const ranked = await rank(query, documents);
   scores.push(documents.map((_, i) => ranked.find((r) => r.corpus_id === i).score));
 }
-console.log(JSON.stringify({ load, scores, peak_mb: peakMb() }));
+const seconds = (performance.now() - scoring) / 1000;
+console.log(JSON.stringify({ load, seconds, scores, peak_mb: peakMb() }));
 """
 
 
@@ -116,13 +120,13 @@ def main() -> None:
         selected = [name for name in args.workloads.split(",") if name]
         expected = {name: [sigmoid(x) for x in engine.score(*rankings[name], raw=True).logits] for name in selected}
         print(f"model: full tiny shape, random weights; onnx/model.onnx {export.joinpath('onnx/model.onnx').stat().st_size >> 20} MB")
-        print("\n| runtime | where | dtype | workload | max abs score diff vs engine fp32 | load s | peak MB |")
-        print("|---|---|---|---|---:|---:|---:|")
+        print("\n| runtime | where | dtype | workload | max abs score diff vs engine fp32 | load s | call s | peak MB |")
+        print("|---|---|---|---|---:|---:|---:|---:|")
 
         def report(runtime: str, where: str, dtype: str, name: str, result: dict) -> None:
             diff = max(abs(a - b) for a, b in zip(result["scores"][0], expected[name]))
             print(f"| {runtime} | {where} | {dtype} | {name} | {diff:.1e} | {result['load']:.2f} | "
-                  f"{result['peak_mb']:,.0f} |", flush=True)
+                  f"{result['seconds']:.2f} | {result['peak_mb']:,.0f} |", flush=True)
 
         for name in selected:
             file = workdir / f"{name}.json"
@@ -163,10 +167,8 @@ def browser(args, runtime, package, export, file, name, report) -> None:  # noqa
     try:
         url = server.stdout.readline().strip()
         driver = args.node_modules / "bench-browser.mjs"
-        driver.write_text(BROWSER_SCRIPT.replace('console.log(JSON.stringify({ results, example, models, missing }));',
-                                                 'console.log(JSON.stringify({ results, models, loadSeconds: (Date.now() - started) / 1000 }));'))
+        driver.write_text(BROWSER_SCRIPT)
         with tempfile.TemporaryDirectory() as profile:
-            start = time.perf_counter()
             process = subprocess.Popen(["node", str(driver), url, str(file), profile, CHROMIUM],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             peak = 0.0
@@ -174,14 +176,14 @@ def browser(args, runtime, package, export, file, name, report) -> None:  # noqa
                 peak = max(peak, peak_of_tree(process.pid))
                 time.sleep(0.5)
             stdout, stderr = process.communicate()
-            del start
         if process.returncode:
             print(f"| {runtime} | Chromium | fp32 | {name} | failed: {stderr.strip()[-200:]} | | |", flush=True)
             return
         outcome = json.loads(stdout.strip().splitlines()[-1])
         ranked = outcome["results"][0]
         scores = [next(r["score"] for r in ranked if r["corpus_id"] == i) for i in range(len(ranked))]
-        report(runtime, "Chromium", "fp32", name, {"scores": [scores], "load": outcome["loadSeconds"], "peak_mb": peak})
+        report(runtime, "Chromium", "fp32", name,
+               {"scores": [scores], "load": outcome["loadSeconds"], "seconds": outcome["seconds"], "peak_mb": peak})
     finally:
         server.terminate()
         server.wait()

@@ -83,14 +83,16 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   if (errors.length) throw new Error(`the page failed: ${errors.join("; ")}`);
+  const loadSeconds = (Date.now() - started) / 1000;  // the model, the tokenizer and the page's example call
   const rankings = JSON.parse(readFileSync(rankingsFile, "utf8"));
   const results = await page.evaluate(async (rankings) => {
     const out = [];
     for (const [query, documents] of rankings) out.push(await window.rank(query, documents));
     return out;
   }, rankings);
+  const seconds = (Date.now() - started) / 1000 - loadSeconds;
   const example = JSON.parse(await page.$eval("#results", (element) => element.textContent));
-  console.log(JSON.stringify({ results, example, models, missing }));
+  console.log(JSON.stringify({ results, example, models, missing, loadSeconds, seconds }));
 } finally {
   await browser.close();
 }
