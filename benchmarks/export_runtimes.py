@@ -96,7 +96,7 @@ def sigmoid(x: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--node-modules", type=Path, required=True)
-    parser.add_argument("--skip-browser", action="store_true")
+    parser.add_argument("--where", default="python,node,browser", help="which of python, node, browser to run")
     parser.add_argument("--workloads", default="10 docs,8k pair,20k call")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jlr-export-runtimes-") as directory:
@@ -132,27 +132,27 @@ def main() -> None:
             file = workdir / f"{name}.json"
             file.write_text(json.dumps([rankings[name]]))
             for dtype, model_file in (("fp32", "model.onnx"), ("int8", "model_quantized.onnx")):
-                if name == "20k call" and dtype == "int8":
+                if "python" not in args.where or (name == "20k call" and dtype == "int8"):
                     continue
                 out = subprocess.run([sys.executable, "-c", PYTHON_PROCESS, str(export), model_file, str(file)],
                                      capture_output=True, text=True)
                 if out.returncode:
-                    print(f"| onnxruntime (Python) | - | {dtype} | {name} | failed: {out.stderr.strip()[-200:]} | | |")
+                    print(f"| onnxruntime (Python) | - | {dtype} | {name} | failed: {out.stderr.strip()[-200:]} | | | |")
                     continue
                 report("onnxruntime 1.32 (Python)", "-", dtype, name, json.loads(out.stdout))
             for runtime, (package, fp32, int8) in RUNTIMES.items():
                 for dtype, options in (("fp32", fp32), ("q8", int8)):
-                    if name != "10 docs" and dtype == "q8":
+                    if "node" not in args.where or (name != "10 docs" and dtype == "q8"):
                         continue
                     script = args.node_modules / "bench-runtime.mjs"
                     script.write_text(NODE_PROCESS.replace("CARD", card_code(package, export, options)))
                     out = subprocess.run(["node", str(script), str(file)], capture_output=True, text=True)
                     if out.returncode:
                         print(f"| {runtime} | Node.js | {dtype} | {name} | failed: "
-                              f"{out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else out.returncode} | | |")
+                              f"{out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else out.returncode} | | | |")
                         continue
                     report(runtime, "Node.js", dtype, name, json.loads(out.stdout.strip().splitlines()[-1]))
-                if not args.skip_browser:
+                if "browser" in args.where:
                     browser(args, runtime, package, export, file, name, report)
 
 
@@ -177,7 +177,8 @@ def browser(args, runtime, package, export, file, name, report) -> None:  # noqa
                 time.sleep(0.5)
             stdout, stderr = process.communicate()
         if process.returncode:
-            print(f"| {runtime} | Chromium | fp32 | {name} | failed: {stderr.strip()[-200:]} | | |", flush=True)
+            error = next((line for line in stderr.splitlines() if "Error" in line), stderr.strip()[-200:])
+            print(f"| {runtime} | Chromium | fp32 | {name} | failed: {error[:300]} | | | |", flush=True)
             return
         outcome = json.loads(stdout.strip().splitlines()[-1])
         ranked = outcome["results"][0]

@@ -66,6 +66,7 @@ const browser = await puppeteer.launch({
   executablePath,
   headless: true,
   userDataDir,
+  protocolTimeout: 1800000,  // rank() on long documents takes minutes in WebAssembly (puppeteer's default: 180 s)
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync"],
 });

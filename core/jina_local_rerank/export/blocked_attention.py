@@ -7,8 +7,10 @@ placeholder node and :func:`expand_blocked_attention` then replaces with a stand
 query rows: each iteration builds its rows' ALiBi bias from the token positions and computes
 ``softmax(q k^T + bias) v`` for them, so a call holds about ``BLOCK_ELEMENTS`` scores per tensor whatever its
 shape. ``Loop`` (opset 1+) and the operators in its body run in every onnxruntime release transformers.js ships
-(onnxruntime-web/node 1.14 in @xenova/transformers 2.17 onwards), unlike com.microsoft's fused attention with a bias,
-whose CPU kernels also hold every score.
+(onnxruntime-web/node 1.14 in @xenova/transformers 2.17 onwards). com.microsoft's fused ``Attention`` /
+``MultiHeadAttention`` would not help: their bias input is itself a ``[batch, heads, length, length]`` tensor. Nor
+would a key window shared by all heads (the engine skips keys beyond each head's ALiBi reach): the smallest slope's
+reach exceeds the 8,192-token window.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ class PaddedBatchAttention(PackedAttention):
         self.key_mask = (1 - real) * torch.finfo(torch.float32).min
         # Only the <s> rows' bias is built here ([batch, heads, 1, sequence]); every row's is built per block of
         # query rows inside the graph (blocked_attention).
-        self.cls_bias = -slopes[None, :, None, None] * self.positions.abs()[:, None, None, :] + self.key_mask[:, None, None, :]
+        distance = self.positions.abs()[:, None, None, :]
+        self.cls_bias = -slopes[None, :, None, None] * distance + self.key_mask[:, None, None, :]
 
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
         """Flattened ``[batch * sequence, heads, d]`` as ``[batch, heads, sequence, d]``."""
