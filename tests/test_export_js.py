@@ -35,7 +35,8 @@ NODE_MAJOR = 20  # transformers.js 3+ and its sharp dependency need Node.js 20 o
 ATOL = 1e-4
 # Runtime -> (import name in the shared install, npm spec, load options for fp32 and for int8).
 RUNTIMES = {
-    "xenova-2.17.2": ("@xenova/transformers", "@xenova/transformers@2.17.2", "{ quantized: false }", "{ quantized: true }"),
+    "xenova-2.17.2": ("@xenova/transformers", "@xenova/transformers@2.17.2", "{ quantized: false }",
+                      "{ quantized: true }"),
     "hf-3.8.1": ("transformers3", "transformers3@npm:@huggingface/transformers@3.8.1", "{ dtype: 'fp32' }",
                  "{ dtype: 'q8' }"),
     "hf-4.3.2": ("transformers4", "transformers4@npm:@huggingface/transformers@4.3.2", "{ dtype: 'fp32' }",
@@ -219,7 +220,8 @@ def sigmoid(logits: list[float]) -> list[float]:
 def run_node(node_modules: Path, runtime: str, export: Path, options: str, queries: list, tmp_path: Path) -> list:
     package = RUNTIMES[runtime][0]
     script = node_modules / f"rank-{runtime}.mjs"  # beside node_modules, where Node.js resolves the packages
-    script.write_text(NODE_SCRIPT.format(card=card_code(package, export.parent, export.name, options)), encoding="utf-8")
+    code = card_code(package, export.parent, export.name, options)
+    script.write_text(NODE_SCRIPT.format(card=code), encoding="utf-8")
     rankings_file = tmp_path / "rankings.json"
     rankings_file.write_text(json.dumps(queries), encoding="utf-8")
     completed = subprocess.run(["node", str(script), str(rankings_file)], capture_output=True, text=True, timeout=600)
@@ -231,7 +233,8 @@ def assert_engine_scores(engine, runtime: str, queries: list, results: list) -> 
     """Each ranking in the engine's order, every sigmoid score within ``ATOL`` of the engine's."""
     assert len(results) == len(queries)
     for (query, documents), ranked in zip(queries, results):
-        expected = sigmoid(engine.logits(as_transformers_js_encodes(engine.tokenizer, query, documents, runtime), 1 << 20))
+        sequences = as_transformers_js_encodes(engine.tokenizer, query, documents, runtime)
+        expected = sigmoid(engine.logits(sequences, 1 << 20))
         assert sorted(r["corpus_id"] for r in ranked) == list(range(len(documents)))
         assert [r["corpus_id"] for r in ranked] == sorted(range(len(documents)), key=lambda i: -expected[i])
         error = max(abs(r["score"] - expected[r["corpus_id"]]) for r in ranked)
@@ -243,7 +246,8 @@ def assert_engine_scores(engine, runtime: str, queries: list, results: list) -> 
 def test_card_code_in_node_gives_the_engines_scores(runtime, node_modules, export, engine, tmp_path):
     """fp32 (``model.onnx``): the engine's order and sigmoid scores within 1e-4, a 20k-token document included."""
     queries = js_rankings(engine)
-    assert_engine_scores(engine, runtime, queries, run_node(node_modules, runtime, export, RUNTIMES[runtime][2], queries, tmp_path))
+    results = run_node(node_modules, runtime, export, RUNTIMES[runtime][2], queries, tmp_path)
+    assert_engine_scores(engine, runtime, queries, results)
 
 
 @pytest.mark.slow

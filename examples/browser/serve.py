@@ -1,12 +1,13 @@
-"""Serve index.html (the model card's transformers.js code) with an exported model, on 127.0.0.1 only.
+r"""Serve index.html (the model card's transformers.js code) with an exported model, on 127.0.0.1 only.
 
-    python examples/browser/serve.py --model exported/jina-reranker-v1-tiny-en --transformers node_modules/@xenova/transformers
+    python examples/browser/serve.py --model exported/jina-reranker-v1-tiny-en \
+        --transformers node_modules/@xenova/transformers
 
 ``--model`` is a folder written by ``jina-local-rerank export onnx`` (served as ``/models/reranker/``);
 ``--transformers`` the installed transformers.js package (``@xenova/transformers`` 2.x or
 ``@huggingface/transformers`` 3.x/4.x): its ``dist/`` folder (the browser bundle) is served as ``/transformers/``,
-and the ``dist/`` of the onnxruntime-web it depends on (the wasm files) as ``/ort/``. Nothing is fetched from elsewhere. Prints the page's address, then serves until
-interrupted. Standard library only.
+and the ``dist/`` of the onnxruntime-web it depends on (the wasm files) as ``/ort/``. Nothing is fetched from
+elsewhere. Prints the page's address, then serves until interrupted. Standard library only.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def main() -> None:
     if ort is None:
         parser.error(f"--transformers {args.transformers}: onnxruntime-web is not installed beside it (npm install)")
     roots = {"/models/reranker/": model, "/transformers/": dist, "/ort/": ort}
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), functools.partial(Handler, roots=roots))
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", args.port), functools.partial(Handler, roots=roots))
+    except OSError as exc:
+        parser.error(f"--port {args.port}: cannot listen on 127.0.0.1 ({exc.strerror or exc})")
     print(f"http://127.0.0.1:{server.server_address[1]}/", flush=True)
     try:
         server.serve_forever()

@@ -24,6 +24,7 @@ DOMAIN = "jina_local_rerank"
 PLACEHOLDER = "AlibiAttention"
 # Scores (and bias, probabilities) per block: as in the engine, 64 MiB per tensor in fp32.
 BLOCK_ELEMENTS = ATTENTION_BLOCK_ELEMENTS
+INPUTS = ("q", "k", "v", "positions", "key_mask", "neg_slopes")
 
 
 @torch.library.custom_op(f"{DOMAIN}::alibi_attention", mutates_args=())
@@ -52,7 +53,7 @@ def _placeholder_opset():  # type: ignore[no-untyped-def]
         parameter = onnx.defs.OpSchema.FormalParameter
         onnx.defs.register_schema(onnx.defs.OpSchema(
             PLACEHOLDER, DOMAIN, 1,
-            inputs=[parameter(name, "tensor(float)") for name in ("q", "k", "v", "positions", "key_mask", "neg_slopes")],
+            inputs=[parameter(name, "tensor(float)") for name in INPUTS],
             outputs=[parameter("context", "tensor(float)")],
         ))
     return Opset(DOMAIN, 1)
@@ -140,8 +141,8 @@ def _blocked_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
     count = add("Squeeze", [blocks, constant("axis_0b", [0])], "count")
     looped = add("Loop", [count, true], "blocks_out", body=graph)  # [blocks, B, H, rows, d]
     stacked = add("Transpose", [looped], "stacked", perm=[1, 2, 0, 3, 4])
-    joined = add("Reshape", [stacked, add("Concat", [batch, heads, constant("minus_one", [-1]), head_dim], "joined_shape",
-                                          axis=0)], "joined")
+    joined_shape = add("Concat", [batch, heads, constant("minus_one", [-1]), head_dim], "joined_shape", axis=0)
+    joined = add("Reshape", [stacked, joined_shape], "joined")
     nodes.append(helper.make_node("Slice", [joined, constant("start_0", [0]), length, constant("axis_2b", [2])],
                                   [output], name=name("context")))
     return nodes
