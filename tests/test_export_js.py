@@ -284,14 +284,12 @@ def chromium() -> str:
     return CHROMIUM
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("runtime", RUNTIMES)
-def test_browser_example_gives_the_engines_scores(runtime, node_modules, chromium, export, engine, tmp_path):
-    """The browser example, served by its one command, in headless Chromium: it loads ``model.onnx`` (fp32) and
-    nothing from outside 127.0.0.1, shows the example's ranking, and ``rank()`` gives the engine's scores."""
-    package = node_modules / "node_modules" / RUNTIMES[runtime][0]
+def run_browser(example: Path, package: Path, export: Path, queries: list, node_modules: Path, chromium: str,
+                tmp_path: Path) -> dict:
+    """``example``'s serve.py serving its page with ``export`` and ``package``, driven in headless Chromium: the
+    page's example results, ``rank()`` on ``queries``, the .onnx files it fetched and any 4xx/5xx paths."""
     server = subprocess.Popen(
-        [sys.executable, str(BROWSER_EXAMPLE / "serve.py"), "--model", str(export), "--transformers", str(package),
+        [sys.executable, str(example / "serve.py"), "--model", str(export), "--transformers", str(package),
          "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -300,7 +298,6 @@ def test_browser_example_gives_the_engines_scores(runtime, node_modules, chromiu
         assert url.startswith("http://127.0.0.1:"), server.stderr.read()
         driver = node_modules / "drive-browser.mjs"
         driver.write_text(BROWSER_SCRIPT, encoding="utf-8")
-        queries = js_rankings(engine)
         rankings_file = tmp_path / "rankings.json"
         rankings_file.write_text(json.dumps(queries), encoding="utf-8")
         profile = tmp_path / "chromium-profile"
@@ -312,8 +309,36 @@ def test_browser_example_gives_the_engines_scores(runtime, node_modules, chromiu
         server.terminate()
         server.wait(timeout=10)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_browser_example_gives_the_engines_scores(runtime, node_modules, chromium, export, engine, tmp_path):
+    """The browser example, served by its one command, in headless Chromium: it loads ``model.onnx`` (fp32) and
+    nothing from outside 127.0.0.1, shows the example's ranking, and ``rank()`` gives the engine's scores."""
+    package = node_modules / "node_modules" / RUNTIMES[runtime][0]
+    queries = js_rankings(engine)
+    outcome = run_browser(BROWSER_EXAMPLE, package, export, queries, node_modules, chromium, tmp_path)
     assert outcome["models"] == ["/models/reranker/onnx/model.onnx"]
     assert outcome["missing"] == []
     assert len(outcome["example"]) == 3 and all(0 < r["score"] < 1 for r in outcome["example"])
     assert_engine_scores(engine, runtime, queries, outcome["results"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("runtime", "loads"), [("xenova-2.17.2", "model.onnx"), ("hf-3.8.1", "model_quantized.onnx"),
+                                                ("hf-4.3.2", "model_quantized.onnx")])
+def test_cards_quantized_false_is_fp32_in_browsers_only_before_3x(runtime, loads, node_modules, chromium, export,
+                                                                  tmp_path):
+    """The card's own ``{ quantized: false }`` (without ``dtype``, which docs/export.md says to add): 2.17 loads
+    ``model.onnx``; 3.x and 4.x ignore the option and, in a browser, load ``model_quantized.onnx``."""
+    example = tmp_path / "browser"
+    shutil.copytree(BROWSER_EXAMPLE, example)
+    page = (example / "index.html").read_text(encoding="utf-8")
+    page, count = re.subn(r"\{ quantized: false, dtype: 'fp32' \}", "{ quantized: false }", page)
+    assert count == 1
+    (example / "index.html").write_text(page, encoding="utf-8")
+    package = node_modules / "node_modules" / RUNTIMES[runtime][0]
+    outcome = run_browser(example, package, export, [], node_modules, chromium, tmp_path)
+    assert outcome["models"] == [f"/models/reranker/onnx/{loads}"]
