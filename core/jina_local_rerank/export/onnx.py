@@ -1,14 +1,16 @@
 """Export a checkpoint to ONNX in the folder layout transformers.js and onnxruntime callers load.
 
-``DIR/config.json`` and the tokenizer files are copied (``tokenizer.json`` with its BPE merges as ``"a b"`` strings,
-which every transformers.js release reads: :mod:`~jina_local_rerank.export.tokenizer_file`); ``DIR/onnx/model.onnx`` takes ``input_ids`` and
-``attention_mask`` (int64 ``[batch_size, sequence_length]``, any size, up to the model's 8,192-token window) and
-returns fp32 ``logits [batch_size, 1]``; with ``quantize="int8"``, ``DIR/onnx/model_quantized.onnx`` is the same
-graph with onnxruntime's dynamic int8 quantization (what transformers.js loads for ``dtype: "q8"``).
+``DIR/config.json`` and the tokenizer files are copied (``tokenizer.json`` with its BPE merges as ``"a b"``
+strings, which every transformers.js release reads: :mod:`~jina_local_rerank.export.tokenizer_file`);
+``DIR/onnx/model.onnx`` takes ``input_ids`` and ``attention_mask`` (int64 ``[batch_size, sequence_length]``, any
+size, up to the model's 8,192-token window) and returns fp32 ``logits [batch_size, 1]``; with ``quantize="int8"``,
+``DIR/onnx/model_quantized.onnx`` is the same graph with onnxruntime's dynamic int8 quantization (what
+transformers.js loads for ``dtype: "q8"``).
 
 The graph is traced from the project's own model (:mod:`~jina_local_rerank.export.padded_batch`) with
 ``torch.export`` and written by torch's ONNX exporter; the ALiBi bias is computed from the attention mask inside
-the graph, so no table of the 8,192-token window is stored. The folder is written beside its destination and
+the graph, per block of query rows (:mod:`~jina_local_rerank.export.blocked_attention`), so no table of the
+8,192-token window is stored and no ``[batch, heads, length, length]`` tensor is ever held. The folder is written beside its destination and
 renamed into place only when complete.
 """
 
@@ -30,8 +32,8 @@ from ..errors import CheckpointError
 from ..files import atomic_directory, check_output_folder
 from ..model import JinaBertForReranking
 from ..options import RerankerOptions
-from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
 from .blocked_attention import expand_blocked_attention, translation_table
+from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
 from .padded_batch import PaddedBatchReranker
 from .tokenizer_file import write_portable_tokenizer
 
