@@ -1,9 +1,15 @@
-"""transformers.js runs an export: the model card's ``rank()`` flow in Node.js, scores equal to the engine's.
+"""The model card's transformers.js code runs an export in every runtime a user reaches for, with the engine's scores.
 
-``@huggingface/transformers`` (with onnxruntime-node) is installed from the npm registry into the pytest cache
-once per version (``ONNXRUNTIME_NODE_INSTALL=skip``: its CPU binaries are in the npm package; only the CUDA ones
-would come from elsewhere). The ``rank()`` function the script runs is the one ``docs/export.md`` shows. Where
-Node.js or the packages cannot be had, the test skips with the reason, except under ``CI=true``.
+``@xenova/transformers`` 2.17 (the card's package), ``@huggingface/transformers`` 3.x and 4.x, each in Node.js and
+in headless Chromium (Debian's ``chromium`` driven by ``puppeteer-core``, the page ``examples/browser/index.html``
+served by ``examples/browser/serve.py`` from 127.0.0.1). The code run in Node.js is ``docs/export.md``'s JavaScript
+example as written there, with only the package, the model folder and the load options substituted; the page runs
+the same ``rank()``.
+
+All packages come from the npm registry in one install (3.x and 4.x under npm aliases), kept in the pytest cache
+(``--ignore-scripts``: the CPU binaries are in npm packages; the scripts would only download CUDA binaries and
+libvips from GitHub). One small export (``checkpoint_dir``) serves every test. Where Node.js, the packages or
+Chromium cannot be had, the tests skip with the reason, except under ``CI=true``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,42 +29,113 @@ import pytest
 from jina_local_rerank import Reranker
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TRANSFORMERS_JS = "4.3.2"
-NODE_MAJOR = 20  # transformers.js 4 and its sharp dependency need Node.js 20 or later
+BROWSER_EXAMPLE = REPO_ROOT / "examples" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+NODE_MAJOR = 20  # transformers.js 3+ and its sharp dependency need Node.js 20 or later
 ATOL = 1e-4
-SCRIPT = """\
+# Runtime -> (import name in the shared install, npm spec, load options for fp32 and for int8).
+RUNTIMES = {
+    "xenova-2.17.2": ("@xenova/transformers", "@xenova/transformers@2.17.2", "{ quantized: false }",
+                      "{ quantized: true }"),
+    "hf-3.8.1": ("transformers3", "transformers3@npm:@huggingface/transformers@3.8.1", "{ dtype: 'fp32' }",
+                 "{ dtype: 'q8' }"),
+    "hf-4.3.2": ("transformers4", "transformers4@npm:@huggingface/transformers@4.3.2", "{ dtype: 'fp32' }",
+                 "{ dtype: 'q8' }"),
+}
+EMPTY_DOCUMENT_AS_NO_PAIR = {"hf-4.3.2"}
+PACKAGES = [spec for _, spec, _, _ in RUNTIMES.values()] + ["puppeteer-core@24.43.1"]
+# 2.17 pins sharp 0.32, whose install script downloads libvips from GitHub; 0.33 ships it in npm packages.
+PACKAGE_JSON = {"private": True, "overrides": {"@xenova/transformers": {"sharp": "0.33.5"}}}
+
+NODE_SCRIPT = """\
 import {{ readFileSync }} from "node:fs";
-import {{ env, AutoTokenizer, AutoModelForSequenceClassification }} from "@huggingface/transformers";
-
-const [modelRoot, model_id, dtype, rankingsFile] = process.argv.slice(2);
-env.allowRemoteModels = false;
-env.localModelPath = modelRoot;
-const tokenizer = await AutoTokenizer.from_pretrained(model_id);
-const model = await AutoModelForSequenceClassification.from_pretrained(model_id, {{ dtype }});
-
-{rank}
+{card}
 
 const results = [];
-for (const [query, documents] of JSON.parse(readFileSync(rankingsFile, "utf8"))) {{
+for (const [query, documents] of JSON.parse(readFileSync(process.argv[2], "utf8"))) {{
   results.push(await rank(query, documents));
 }}
 console.log(JSON.stringify(results));
 """
 
+BROWSER_SCRIPT = """\
+import { readFileSync } from "node:fs";
+import puppeteer from "puppeteer-core";
+
+const [url, rankingsFile, userDataDir, executablePath] = process.argv.slice(2);
+const browser = await puppeteer.launch({
+  executablePath,
+  headless: true,
+  userDataDir,
+  protocolTimeout: 1800000,  // rank() on long documents takes minutes in WebAssembly (puppeteer's default: 180 s)
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage();
+  const errors = [], models = [], missing = [];
+  page.on("pageerror", (error) => errors.push(String(error)));
+  page.on("requestfailed", (request) => errors.push(`request failed: ${request.url()}`));
+  page.on("request", (request) => { if (request.url().endsWith(".onnx")) models.push(new URL(request.url()).pathname); });
+  page.on("response", (response) => { if (response.status() >= 400) missing.push(new URL(response.url()).pathname); });
+  await page.goto(url);
+  const started = Date.now();
+  while (!(await page.evaluate(() => typeof window.rank === "function")) && errors.length === 0) {
+    if (Date.now() - started > 300000) throw new Error("the page did not define rank() within 300 s");
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  if (errors.length) throw new Error(`the page failed: ${errors.join("; ")}`);
+  const loadSeconds = (Date.now() - started) / 1000;  // the model, the tokenizer and the page's example call
+  const rankings = JSON.parse(readFileSync(rankingsFile, "utf8"));
+  const results = await page.evaluate(async (rankings) => {
+    const out = [];
+    for (const [query, documents] of rankings) out.push(await window.rank(query, documents));
+    return out;
+  }, rankings);
+  const seconds = (Date.now() - started) / 1000 - loadSeconds;
+  const example = JSON.parse(await page.$eval("#results", (element) => element.textContent));
+  console.log(JSON.stringify({ results, example, models, missing, loadSeconds, seconds }));
+} finally {
+  await browser.close();
+}
+"""
+
 
 def unavailable(reason: str) -> None:
-    """Skip for ``reason`` (no Node.js, or npm cannot install); under ``CI=true``, which must run it, fail."""
+    """Skip for ``reason``; under ``CI=true``, which must run it, fail."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must run the transformers.js test")
+        pytest.fail(f"{reason}; CI must run the transformers.js tests")
     pytest.skip(reason)
 
 
-def documented_rank_function() -> str:
-    """The ``async function rank(...)`` of docs/export.md's JavaScript example, as written there."""
+def documented_card_code() -> str:
+    """``docs/export.md``'s JavaScript example (the model card's code with the local-model settings)."""
     text = (REPO_ROOT / "docs" / "export.md").read_text(encoding="utf-8")
-    match = re.search(r"^async function rank\(.*?^}$", text, re.M | re.S)
-    assert match, "docs/export.md shows no rank() function"
+    blocks = [block for block in re.findall(r"^```js\n(.*?)^```$", text, re.M | re.S) if "async function rank" in block]
+    assert len(blocks) == 1, "docs/export.md shows no single JavaScript rank() example"
+    return blocks[0]
+
+
+def rank_function(code: str) -> str:
+    match = re.search(r"^async function rank\(.*?^}$", code, re.M | re.S)
+    assert match, "no rank() function"
     return match.group(0)
+
+
+def card_code(package: str, model_root: Path, model_id: str, options: str) -> str:
+    """The documented example up to its ``rank()`` for ``package``, the exported folder and the load options."""
+    code = documented_card_code()
+    code = code[: code.index("// Example usage:")]
+    substitutions = [
+        (r"from '@xenova/transformers';", f"from '{package}';"),
+        (r"env\.localModelPath = '[^']*';", f"env.localModelPath = {json.dumps(str(model_root) + '/')};"),
+        (r"const model_id = '[^']*';", f"const model_id = {json.dumps(model_id)};"),
+        (r"\{ quantized: false \}", options),
+    ]
+    for pattern, replacement in substitutions:
+        code, count = re.subn(pattern, lambda _: replacement, code)
+        assert count == 1, f"docs/export.md's example has no single {pattern!r}"
+    return code
 
 
 def npm_errors(output: str) -> str:
@@ -66,71 +144,71 @@ def npm_errors(output: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def transformers_js(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder whose node_modules holds @huggingface/transformers, installed once and kept in the pytest cache."""
+def node_modules(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose node_modules holds every runtime and puppeteer-core: one npm install, kept in the pytest cache."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         unavailable(f"Node.js {NODE_MAJOR}+ and npm are needed on PATH to run transformers.js")
     version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
     if int(version.lstrip("v").split(".")[0]) < NODE_MAJOR:
-        unavailable(f"Node.js {version} is too old for transformers.js {TRANSFORMERS_JS} (needs {NODE_MAJOR}+)")
+        unavailable(f"Node.js {version} is too old for transformers.js 3+ (needs {NODE_MAJOR}+)")
     cache = getattr(request.config, "cache", None)
     root = Path(cache.mkdir("transformers-js")) if cache is not None else tmp_path_factory.mktemp("transformers-js")
-    folder = root / TRANSFORMERS_JS
-    if not (folder / "node_modules" / "@huggingface" / "transformers" / "package.json").is_file():
+    key = re.sub(r"[^A-Za-z0-9.]+", "-", "+".join(PACKAGES))
+    folder = root / key
+    if not (folder / "node_modules" / ".package-lock.json").is_file():
         # Installed beside the cache entry and renamed into place, so an interrupted install is never reused.
         staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
-        (staging / "package.json").write_text('{"private": true}\n')
+        (staging / "package.json").write_text(json.dumps(PACKAGE_JSON) + "\n")
         completed = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", f"@huggingface/transformers@{TRANSFORMERS_JS}"],
-            cwd=staging,
-            env={**os.environ, "ONNXRUNTIME_NODE_INSTALL": "skip"},
-            capture_output=True,
-            text=True,
-            timeout=900,
+            [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", *PACKAGES],
+            cwd=staging, capture_output=True, text=True, timeout=900,
         )
         if completed.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
-            unavailable(f"npm install @huggingface/transformers@{TRANSFORMERS_JS} failed: {npm_errors(completed.stderr)}")
+            unavailable(f"npm install {' '.join(PACKAGES)} failed: {npm_errors(completed.stderr)}")
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)
     return folder
 
 
-def rankings(golden: dict) -> list[tuple[str, list[str]]]:
-    """Every golden case's pairs grouped by query: (query, documents) rankings, documents in case order."""
-    grouped: dict[str, list[str]] = {}
-    for case in golden["cases"]:
-        for query, document in case["pairs"]:
-            if document is not None:
-                grouped.setdefault(query, []).append(document)
-    return list(grouped.items())
+@pytest.fixture(scope="session")
+def export(checkpoint_dir: Path, onnx_export) -> Path:
+    return onnx_export(checkpoint_dir)
 
 
-def run_rank(transformers_js: Path, export: Path, dtype: str, queries: list, tmp_path: Path) -> list[list[dict]]:
-    script = transformers_js / "rank.mjs"  # beside node_modules, where Node.js resolves the package
-    script.write_text(SCRIPT.format(rank=documented_rank_function()), encoding="utf-8")
-    rankings_file = tmp_path / "rankings.json"
-    rankings_file.write_text(json.dumps(queries), encoding="utf-8")
-    completed = subprocess.run(
-        ["node", str(script), f"{export.parent}/", export.name, dtype, str(rankings_file)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+@pytest.fixture(scope="session")
+def engine(checkpoint_dir: Path):
+    return Reranker(checkpoint_dir, device="cpu", dtype="float32").engine
 
 
-@pytest.fixture(scope="module")
-def golden(parity_dir: Path) -> dict:
-    return json.loads((parity_dir / "golden.json").read_text())
+def js_rankings(engine) -> list[tuple[str, list[str]]]:
+    """Short and empty documents, and one past the 8,192-token window (truncated by both tokenizers)."""
+    words = "organic skincare sensitive skin aloe vera chamomile makeup trends colors techniques yoga".split()
+    long_document = " ".join(words[i % len(words)] + str(i % 97) for i in range(6000))
+    assert len(engine.tokenizer.tokenize([long_document])[0]) > 8192
+    return [
+        ("Organic skincare products for sensitive skin", [
+            "Organic skincare for sensitive skin with aloe vera and chamomile.",
+            "New makeup trends focus on bold colors and innovative techniques",
+            "Bio-Hautpflege für empfindliche Haut mit Aloe Vera und Kamille",
+            "针对敏感肌专门设计的天然有机护肤产品",
+            "",
+        ]),
+        ("yoga", ["Yoga mats made from recycled materials", long_document, "x"]),
+    ]
 
 
-def as_transformers_js_encodes(tokenizer, query: str, documents: list[str]) -> list[list[int]]:
-    """The token sequences transformers.js's tokenizer gives for (query, document) pairs: the engine's pair encoding,
-    except that an empty document counts as no pair (``<s> query </s>``, where the engine and transformers' batched
-    tokenizer give ``<s> query </s></s></s>``)."""
+
+
+def as_transformers_js_encodes(tokenizer, query: str, documents: list[str], runtime: str) -> list[list[int]]:
+    """The token sequences ``runtime``'s tokenizer gives for (query, document) pairs: the engine's pair encoding,
+    except that 4.x encodes an empty document as no pair (``<s> query </s>``, where the engine, 2.x, 3.x and
+    transformers' batched tokenizer give ``<s> query </s></s></s>``)."""
     (query_ids,) = tokenizer.tokenize([query])
     pairs = tokenizer.encode_pairs([query], [(0, d) for d in documents], max_length=8192, max_query_length=8187)
+    if runtime not in EMPTY_DOCUMENT_AS_NO_PAIR:
+        return pairs.input_ids
     single = [tokenizer.cls_id, *query_ids, tokenizer.sep_id]
     return [single if document == "" else ids for document, ids in zip(documents, pairs.input_ids)]
 
@@ -139,37 +217,128 @@ def sigmoid(logits: list[float]) -> list[float]:
     return [1 / (1 + math.exp(-logit)) for logit in logits]
 
 
-@pytest.mark.slow
-def test_transformers_js_rank_gives_the_engines_scores(transformers_js, parity_dir, golden, onnx_export, tmp_path):
-    """fp32 (``model.onnx``): every golden ranking, the engine's order and sigmoid scores within 1e-4."""
-    export = onnx_export(parity_dir / "tiny")
-    queries = rankings(golden)
-    engine = Reranker(parity_dir / "tiny", device="cpu", dtype="float32").engine
-    results = run_rank(transformers_js, export, "fp32", queries, tmp_path)
+def run_node(node_modules: Path, runtime: str, export: Path, options: str, queries: list, tmp_path: Path) -> list:
+    package = RUNTIMES[runtime][0]
+    script = node_modules / f"rank-{runtime}.mjs"  # beside node_modules, where Node.js resolves the packages
+    code = card_code(package, export.parent, export.name, options)
+    script.write_text(NODE_SCRIPT.format(card=code), encoding="utf-8")
+    rankings_file = tmp_path / "rankings.json"
+    rankings_file.write_text(json.dumps(queries), encoding="utf-8")
+    completed = subprocess.run(["node", str(script), str(rankings_file)], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def assert_engine_scores(engine, runtime: str, queries: list, results: list) -> None:
+    """Each ranking in the engine's order, every sigmoid score within ``ATOL`` of the engine's."""
     assert len(results) == len(queries)
     for (query, documents), ranked in zip(queries, results):
-        expected = engine.logits(as_transformers_js_encodes(engine.tokenizer, query, documents), 1 << 20)
+        sequences = as_transformers_js_encodes(engine.tokenizer, query, documents, runtime)
+        expected = sigmoid(engine.logits(sequences, 1 << 20))
+        assert sorted(r["corpus_id"] for r in ranked) == list(range(len(documents)))
         assert [r["corpus_id"] for r in ranked] == sorted(range(len(documents)), key=lambda i: -expected[i])
-        error = max(abs(r["score"] - sigmoid(expected)[r["corpus_id"]]) for r in ranked)
+        error = max(abs(r["score"] - expected[r["corpus_id"]]) for r in ranked)
         assert error < ATOL, f"{query[:40]!r}: max |score error| {error:.2e}"
 
 
 @pytest.mark.slow
-def test_transformers_js_q8_loads_the_int8_graph(transformers_js, parity_dir, golden, onnx_export, tmp_path):
-    """``dtype: "q8"`` runs ``model_quantized.onnx``: its scores are those onnxruntime gives for that file in Python,
-    far closer to them than to the fp32 graph's (the short rankings: the long ones are the fp32 test's)."""
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_card_code_in_node_gives_the_engines_scores(runtime, node_modules, export, engine, tmp_path):
+    """fp32 (``model.onnx``): the engine's order and sigmoid scores within 1e-4, a 20k-token document included."""
+    queries = js_rankings(engine)
+    results = run_node(node_modules, runtime, export, RUNTIMES[runtime][2], queries, tmp_path)
+    assert_engine_scores(engine, runtime, queries, results)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_card_code_in_node_loads_the_int8_graph(runtime, node_modules, export, engine, tmp_path):
+    """int8 (``{ quantized: true }`` in 2.x, ``dtype: 'q8'`` later) runs ``model_quantized.onnx``: its scores are
+    closer to onnxruntime's for that file in Python than to the fp32 graph's (short rankings only)."""
     from jina_local_rerank.export import OnnxReranker
 
-    export = onnx_export(parity_dir / "tiny")
-    queries = [(query, documents) for query, documents in rankings(golden) if len(" ".join(documents)) < 4000]
+    queries = [(query, documents) for query, documents in js_rankings(engine) if query != "yoga"]
     int8, fp32 = OnnxReranker(export, "model_quantized.onnx"), OnnxReranker(export)
     int8_error, fp32_change = 0.0, 0.0
-    for (query, documents), ranked in zip(queries, run_rank(transformers_js, export, "q8", queries, tmp_path)):
-        sequences = as_transformers_js_encodes(int8.tokenizer, query, documents)
+    for (query, documents), ranked in zip(queries, run_node(node_modules, runtime, export, RUNTIMES[runtime][3],
+                                                            queries, tmp_path)):
+        sequences = as_transformers_js_encodes(int8.tokenizer, query, documents, runtime)
         quantized, unquantized = (sigmoid(scorer.sequence_logits(sequences)) for scorer in (int8, fp32))
         int8_error = max(int8_error, *(abs(r["score"] - quantized[r["corpus_id"]]) for r in ranked))
         fp32_change = max(fp32_change, *(abs(r["score"] - unquantized[r["corpus_id"]]) for r in ranked))
-    # Not to 1e-4: onnxruntime's int8 kernels round differently from release to release and with its graph
-    # fusions (onnxruntime-node 1.30 here, 1.32 in Python: 0.012 apart in score, against 0.08 from fp32).
+    # Not to 1e-4: onnxruntime's int8 kernels round differently from release to release and with its graph fusions.
     assert fp32_change > 10 * ATOL
     assert int8_error < fp32_change / 3
+
+
+def test_browser_page_runs_the_documented_rank_function():
+    """``examples/browser/index.html`` holds the card's ``rank()`` exactly as ``docs/export.md`` shows it."""
+    page = (BROWSER_EXAMPLE / "index.html").read_text(encoding="utf-8")
+    assert rank_function(page) == rank_function(documented_card_code())
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if not os.access(CHROMIUM, os.X_OK):
+        unavailable(f"no {CHROMIUM} (Debian: apt-get install chromium) to run transformers.js in a browser")
+    return CHROMIUM
+
+
+def run_browser(example: Path, package: Path, export: Path, queries: list, node_modules: Path, chromium: str,
+                tmp_path: Path) -> dict:
+    """``example``'s serve.py serving its page with ``export`` and ``package``, driven in headless Chromium: the
+    page's example results, ``rank()`` on ``queries``, the .onnx files it fetched and any 4xx/5xx paths."""
+    server = subprocess.Popen(
+        [sys.executable, str(example / "serve.py"), "--model", str(export), "--transformers", str(package),
+         "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = server.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), server.stderr.read()
+        driver = node_modules / "drive-browser.mjs"
+        driver.write_text(BROWSER_SCRIPT, encoding="utf-8")
+        rankings_file = tmp_path / "rankings.json"
+        rankings_file.write_text(json.dumps(queries), encoding="utf-8")
+        profile = tmp_path / "chromium-profile"
+        completed = subprocess.run(
+            ["node", str(driver), url, str(rankings_file), str(profile), chromium],
+            capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_browser_example_gives_the_engines_scores(runtime, node_modules, chromium, export, engine, tmp_path):
+    """The browser example, served by its one command, in headless Chromium: it loads ``model.onnx`` (fp32) and
+    nothing from outside 127.0.0.1, shows the example's ranking, and ``rank()`` gives the engine's scores."""
+    package = node_modules / "node_modules" / RUNTIMES[runtime][0]
+    queries = js_rankings(engine)
+    outcome = run_browser(BROWSER_EXAMPLE, package, export, queries, node_modules, chromium, tmp_path)
+    assert outcome["models"] == ["/models/reranker/onnx/model.onnx"]
+    assert outcome["missing"] == []
+    assert len(outcome["example"]) == 3 and all(0 < r["score"] < 1 for r in outcome["example"])
+    assert_engine_scores(engine, runtime, queries, outcome["results"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("runtime", "loads"), [("xenova-2.17.2", "model.onnx"), ("hf-3.8.1", "model_quantized.onnx"),
+                                                ("hf-4.3.2", "model_quantized.onnx")])
+def test_cards_quantized_false_is_fp32_in_browsers_only_before_3x(runtime, loads, node_modules, chromium, export,
+                                                                  tmp_path):
+    """The card's own ``{ quantized: false }`` (without ``dtype``, which docs/export.md says to add): 2.17 loads
+    ``model.onnx``; 3.x and 4.x ignore the option and, in a browser, load ``model_quantized.onnx``."""
+    example = tmp_path / "browser"
+    shutil.copytree(BROWSER_EXAMPLE, example)
+    page = (example / "index.html").read_text(encoding="utf-8")
+    page, count = re.subn(r"\{ quantized: false, dtype: 'fp32' \}", "{ quantized: false }", page)
+    assert count == 1
+    (example / "index.html").write_text(page, encoding="utf-8")
+    package = node_modules / "node_modules" / RUNTIMES[runtime][0]
+    outcome = run_browser(example, package, export, [], node_modules, chromium, tmp_path)
+    assert outcome["models"] == [f"/models/reranker/onnx/{loads}"]

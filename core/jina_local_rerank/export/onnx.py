@@ -1,13 +1,16 @@
 """Export a checkpoint to ONNX in the folder layout transformers.js and onnxruntime callers load.
 
-``DIR/config.json`` and the tokenizer files are copied unchanged; ``DIR/onnx/model.onnx`` takes ``input_ids`` and
-``attention_mask`` (int64 ``[batch_size, sequence_length]``, any size, up to the model's 8,192-token window) and
-returns fp32 ``logits [batch_size, 1]``; with ``quantize="int8"``, ``DIR/onnx/model_quantized.onnx`` is the same
-graph with onnxruntime's dynamic int8 quantization (what transformers.js loads for ``dtype: "q8"``).
+``DIR/config.json`` and the tokenizer files are copied (``tokenizer.json`` with its BPE merges as ``"a b"``
+strings, which every transformers.js release reads: :mod:`~jina_local_rerank.export.tokenizer_file`);
+``DIR/onnx/model.onnx`` takes ``input_ids`` and ``attention_mask`` (int64 ``[batch_size, sequence_length]``, any
+size, up to the model's 8,192-token window) and returns fp32 ``logits [batch_size, 1]``; with ``quantize="int8"``,
+``DIR/onnx/model_quantized.onnx`` is the same graph with onnxruntime's dynamic int8 quantization (what
+transformers.js loads for ``dtype: "q8"``).
 
 The graph is traced from the project's own model (:mod:`~jina_local_rerank.export.padded_batch`) with
 ``torch.export`` and written by torch's ONNX exporter; the ALiBi bias is computed from the attention mask inside
-the graph, so no table of the 8,192-token window is stored. The folder is written beside its destination and
+the graph, per block of query rows (:mod:`~jina_local_rerank.export.blocked_attention`), so no table of the
+8,192-token window is stored and no ``[batch, heads, length, length]`` tensor is ever held. The folder is written beside its destination and
 renamed into place only when complete.
 """
 
@@ -29,8 +32,10 @@ from ..errors import CheckpointError
 from ..files import atomic_directory, check_output_folder
 from ..model import JinaBertForReranking
 from ..options import RerankerOptions
+from .blocked_attention import expand_blocked_attention, translation_table
 from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
 from .padded_batch import PaddedBatchReranker
+from .tokenizer_file import write_portable_tokenizer
 
 if TYPE_CHECKING:
     import os
@@ -38,7 +43,10 @@ if TYPE_CHECKING:
     import onnx
 
 QUANTIZATIONS = ("int8",)
+# The oldest onnxruntime transformers.js loads graphs with (onnxruntime-web/node 1.14, in @xenova/transformers 2.17)
+# reads IR version 8 and opset 18 at most; the graph uses nothing newer, so it is written with those.
 OPSET = 18
+IR_VERSION = 8
 INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'jina-local-rerank[export]'"
 # The options an export reads; every other option decides how the engine scores, which a graph does not hold.
 EXPORT_OPTIONS = ("model", "revision", "cache_dir", "token")
@@ -126,7 +134,7 @@ def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelPro
             opset_version=opset,
             optimize=False,
             verbose=False,
-            custom_translation_table={torch.ops.aten.linear.default: _linear_as_matmul},
+            custom_translation_table={torch.ops.aten.linear.default: _linear_as_matmul, **translation_table()},
         )
         shape = exported.model.graph.inputs[0].shape
         exported.rename_axes({shape[0]: "batch_size", shape[1]: "sequence_length"})
@@ -134,6 +142,8 @@ def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelPro
         largest = max(parameter.numel() for parameter in model.parameters())
         onnxscript.optimizer.optimize(exported.model, input_size_limit=largest, output_size_limit=largest)
     proto = exported.model_proto
+    expand_blocked_attention(proto)
+    proto.ir_version = IR_VERSION
     proto.doc_string = (
         "JinaBERT reranker (jina-local-rerank): input_ids, attention_mask [batch_size, sequence_length] "
         "-> raw logits [batch_size, 1]; sigmoid(logit) is the relevance score"
@@ -199,7 +209,10 @@ def export_onnx(
         if quantize == "int8":
             quantize_int8(staging / ONNX_FOLDER / MODEL_FILE, staging / ONNX_FOLDER / QUANTIZED_MODEL_FILE)
         for source in sources:
-            shutil.copyfile(source, staging / source.name)
+            if source.name == "tokenizer.json":
+                write_portable_tokenizer(source, staging / source.name)
+            else:
+                shutil.copyfile(source, staging / source.name)
     written = tuple(sorted(path for path in output.rglob("*") if path.is_file()))
     quantized = output / ONNX_FOLDER / QUANTIZED_MODEL_FILE if quantize else None
     return OnnxExport(output, output / ONNX_FOLDER / MODEL_FILE, quantized, written)

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..attention import PackedAttention
 from ..model import JinaBertForReranking
+from .blocked_attention import alibi_attention
 
 
 class PaddedBatchAttention(PackedAttention):
@@ -30,14 +31,14 @@ class PaddedBatchAttention(PackedAttention):
         self.slopes = slopes
         self.batch, self.sequence = attention_mask.shape
         real = attention_mask.to(torch.float32)
-        positions = real.cumsum(1) - 1  # -1 on left padding, the last real position repeated on right padding
-        first_real = (positions < 0).sum(1)
+        self.positions = real.cumsum(1) - 1  # -1 on left padding, the last real position repeated on right padding
+        first_real = (self.positions < 0).sum(1)
         self.cls_rows = torch.arange(self.batch, device=slopes.device) * self.sequence + first_real
-        key_mask = ((1 - real) * torch.finfo(torch.float32).min)[:, None, None, :]
-        distance = (positions[:, :, None] - positions[:, None, :]).abs()[:, None]
-        # [batch, heads, sequence, sequence], built once per run for all layers; the <s> rows sit at position 0.
-        self.bias = -slopes[None, :, None, None] * distance + key_mask
-        self.cls_bias = -slopes[None, :, None, None] * positions.abs()[:, None, None, :] + key_mask
+        self.key_mask = (1 - real) * torch.finfo(torch.float32).min
+        # Only the <s> rows' bias is built here ([batch, heads, 1, sequence]); every row's is built per block of
+        # query rows inside the graph (blocked_attention).
+        distance = self.positions.abs()[:, None, None, :]
+        self.cls_bias = -slopes[None, :, None, None] * distance + self.key_mask[:, None, None, :]
 
     def _rows(self, t: torch.Tensor) -> torch.Tensor:
         """Flattened ``[batch * sequence, heads, d]`` as ``[batch, heads, sequence, d]``."""
@@ -47,7 +48,8 @@ class PaddedBatchAttention(PackedAttention):
         keys, values = self._rows(k), self._rows(v)
         if cls_only:  # q: [batch, heads, d], each row's <s> only
             return F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=self.cls_bias)[:, :, 0]
-        context = F.scaled_dot_product_attention(self._rows(q), keys, values, attn_mask=self.bias)
+        queries = self._rows(q) * q.shape[-1] ** -0.5
+        context = alibi_attention(queries, keys, values, self.positions, self.key_mask, -self.slopes)
         return context.transpose(1, 2).reshape(q.shape)
 
 

@@ -16,8 +16,8 @@ from ..options import DEFAULT_MAX_QUERY_LENGTH
 from ..tokenization import PairTokenizer
 from .layout import MODEL_FILE, ONNX_FOLDER
 
-# Padded tokens per onnxruntime call: its attention holds [rows, heads, longest, longest] scores, so long
-# documents go one at a time.
+# Padded tokens per onnxruntime call: its attention's work grows with rows x longest^2, so long documents go one at
+# a time.
 DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
