@@ -17,11 +17,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 
 class FileProblem(ValueError):
     """An input file cannot be read, or an output file cannot be written; the message names the file."""
 
+
+# The most bytes a command reads from one input file or standard input (a device such as /dev/zero never ends).
+MAX_INPUT_BYTES = 256 * 2**20
 
 # Errors of writing itself (not of reading the input inside the same ``with`` block).
 _WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -39,13 +43,39 @@ def _permissions_of_new(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~umask)
 
 
-def read_text_file(path: str | os.PathLike[str], what: str) -> str:
-    """The UTF-8 text of ``path``; ``what`` names the file's role in errors (``--input``, ``RUN_FILE``...)."""
+def _permissions_of_new_tree(folder: Path) -> None:
+    """Give ``folder`` and everything in it the permissions the umask gives new files and folders (mkdtemp makes
+    the folder 0700, and some writers, safetensors among them, make their files 0600)."""
+    _permissions_of_new(folder, 0o777)
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            _permissions_of_new(Path(root) / name, 0o777)
+        for name in files:
+            if not os.path.islink(Path(root) / name):
+                _permissions_of_new(Path(root) / name, 0o666)
+
+
+def read_bounded(stream: BinaryIO, what: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """All of ``stream``'s bytes, or ``FileProblem`` naming ``what`` and the limit once there are more than
+    ``max_bytes`` (read in blocks, so a pipe, a FIFO or a device is read as far as the limit and no further)."""
+    blocks, size = [], 0
+    while block := stream.read(min(1 << 20, max_bytes + 1 - size)):
+        blocks.append(block)
+        size += len(block)
+        if size > max_bytes:
+            raise FileProblem(f"{what} is larger than {max_bytes // 2**20} MiB, the limit for one input; split it")
+    return b"".join(blocks)
+
+
+def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int = MAX_INPUT_BYTES) -> str:
+    """The UTF-8 text of ``path`` (at most ``max_bytes``); ``what`` names the file's role in errors (``--input``,
+    ``RUN_FILE``...)."""
     path = Path(path)
     if path.is_dir():
         raise FileProblem(f"{what} {path} is a directory, not a file")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            data = read_bounded(stream, f"{what} {path}", max_bytes)
     except FileNotFoundError:
         raise FileProblem(f"{what} {path} does not exist") from None
     except OSError as exc:
@@ -199,7 +229,7 @@ def atomic_directory(output: str | os.PathLike[str], what: str = "output folder"
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _permissions_of_new(temporary, 0o777)  # mkdtemp creates the folder 0700
+    _permissions_of_new_tree(temporary)
     old = path.parent / f"{temporary.name.removesuffix('.partial')}.old"
     try:
         if path.exists():

@@ -42,17 +42,33 @@ class BeirDataset:
     split: str
 
 
+# The longest line a JSON Lines file may hold, in characters (a file without line breaks, or a device such as
+# /dev/zero, is refused at this length rather than read without end).
+MAX_LINE_CHARS = 64 * 2**20
+
+
 def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of a JSON Lines file; ``DatasetError`` naming the line."""
+    """``(line number, object)`` for each non-blank line of a JSON Lines file; ``DatasetError`` naming the line
+    for a line that is not a JSON object (malformed, nested too deeply, an integer of thousands of digits) or is
+    longer than ``MAX_LINE_CHARS``."""
     try:
         with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
+            number = 0
+            while line := lines.readline(MAX_LINE_CHARS + 1):
+                number += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise DatasetError(f"{path} line {number}: longer than {MAX_LINE_CHARS // 2**20} Mi characters, "
+                                       "the limit for one line")
                 if not line.strip():
                     continue
                 try:
                     item = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DatasetError(f"{path} line {number}: not JSON ({exc.msg})") from None
+                except RecursionError:
+                    raise DatasetError(f"{path} line {number}: JSON nested too deeply") from None
+                except ValueError as exc:  # an integer of more digits than Python converts
+                    raise DatasetError(f"{path} line {number}: not JSON we accept ({exc})") from None
                 if not isinstance(item, dict):
                     raise DatasetError(f"{path} line {number}: expected a JSON object, got {type(item).__name__}")
                 yield number, item

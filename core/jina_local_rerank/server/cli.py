@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import signal
 import sys
+import threading
 from typing import Any, TextIO
 
 from ..argtypes import positive_int
@@ -159,6 +161,9 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if threading.current_thread() is threading.main_thread():
+        # Not the CLI's SIGTERM-as-Ctrl-C: uvicorn shuts down gracefully, then the signal ends the process.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         uvicorn.run(
             create_app(reranker, settings),
