@@ -55,20 +55,22 @@ def _permissions_of_new_tree(folder: Path) -> None:
                 _permissions_of_new(Path(root) / name, 0o666)
 
 
-def read_bounded(stream: BinaryIO, what: str, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+def read_bounded(stream: BinaryIO, what: str, max_bytes: int | None = None) -> bytes:
     """All of ``stream``'s bytes, or ``FileProblem`` naming ``what`` and the limit once there are more than
-    ``max_bytes`` (read in blocks, so a pipe, a FIFO or a device is read as far as the limit and no further)."""
+    ``max_bytes`` (default ``MAX_INPUT_BYTES``; read in blocks, so a pipe, a FIFO or a device is read as far as
+    the limit and no further)."""
+    max_bytes = MAX_INPUT_BYTES if max_bytes is None else max_bytes
     blocks, size = [], 0
     while block := stream.read(min(1 << 20, max_bytes + 1 - size)):
         blocks.append(block)
         size += len(block)
         if size > max_bytes:
-            raise FileProblem(f"{what} is larger than {max_bytes // 2**20} MiB, the limit for one input; split it")
+            raise FileProblem(f"{what} is larger than {max_bytes:,} bytes, the limit for one input; split it")
     return b"".join(blocks)
 
 
-def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int = MAX_INPUT_BYTES) -> str:
-    """The UTF-8 text of ``path`` (at most ``max_bytes``); ``what`` names the file's role in errors (``--input``,
+def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int | None = None) -> str:
+    """The UTF-8 text of ``path`` (at most ``max_bytes``, default ``MAX_INPUT_BYTES``); ``what`` names the file's role in errors (``--input``,
     ``RUN_FILE``...)."""
     path = Path(path)
     if path.is_dir():

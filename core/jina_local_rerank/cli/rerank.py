@@ -9,8 +9,9 @@ import argparse
 import json
 from typing import Any, TextIO
 
+from .. import files
 from ..argtypes import positive_int
-from ..files import MAX_INPUT_BYTES, read_bounded, read_text_file
+from ..files import read_bounded, read_text_file
 from ..options import add_option_arguments, options_from_args
 from .arguments import add_progress_argument
 
@@ -81,10 +82,10 @@ def _read_request(args: argparse.Namespace, stdin: TextIO) -> tuple[str, list[st
         # The bytes, decoded strictly: a text stream may mask bad bytes as surrogates (Python's UTF-8 mode).
         if hasattr(stdin, "buffer"):
             raw = read_bounded(stdin.buffer, "standard input")
-        else:
-            raw = stdin.read(MAX_INPUT_BYTES + 1).encode("utf-8", "surrogateescape")
-            if len(raw) > MAX_INPUT_BYTES:
-                raise InputError(f"standard input is larger than {MAX_INPUT_BYTES // 2**20} MiB, the limit for one input")
+        else:  # a text stream without bytes (tests): at most the limit in characters
+            raw = stdin.read(files.MAX_INPUT_BYTES + 1).encode("utf-8", "surrogateescape")
+            if len(raw) > files.MAX_INPUT_BYTES:
+                raise InputError(f"standard input is larger than {files.MAX_INPUT_BYTES:,} bytes, the limit for one input")
         try:
             sources.append((raw.decode("utf-8"), "stdin"))
         except UnicodeDecodeError as exc:
