@@ -33,8 +33,12 @@ def _document_text(item: Any, where: str) -> str:
 def _loads(text: str, where: str) -> Any:
     try:
         return json.loads(text)
+    except json.JSONDecodeError:
+        raise
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InputError(f"{where}: not JSON we accept ({exc})") from None
 
 
 def parse_input(text: str, source: str) -> tuple[str | None, list[str]]:

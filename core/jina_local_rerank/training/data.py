@@ -110,7 +110,7 @@ def load_training_data(source: str | os.PathLike[str], *, teacher_column: str | 
     if path.is_dir():
         split = "train" if (path / "qrels" / "train.tsv").is_file() else "test"
         return read_beir(path, split)
-    if not path.is_file():
+    if not path.exists():  # a file, or a pipe or device read line by line (each line bounded)
         raise DatasetError(f"training data {path} not found (a JSON Lines file or a BEIR-layout folder)")
     return read_jsonl(path, teacher_column=teacher_column)
 
