@@ -25,7 +25,6 @@ from jina_local_rerank.cli import main
 from jina_local_rerank.config import JinaBertConfig
 from jina_local_rerank.errors import CheckpointError, TrainingDivergedError
 from jina_local_rerank.evaluation import DatasetError
-from jina_local_rerank.evaluation import beir as beir_module
 from jina_local_rerank.files import FileProblem, write_text_atomically
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.training import TeacherScorer, Trainer, TrainingConfig, load_training_data
@@ -75,7 +74,7 @@ def test_labels_and_teacher_scores_a_loss_cannot_hold_are_refused_naming_file_an
 
 
 def test_a_line_over_the_length_limit_is_refused_without_reading_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(beir_module, "MAX_LINE_CHARS", 1000)
+    monkeypatch.setattr(files_module, "MAX_LINE_CHARS", 1000)
     path = write_lines(tmp_path / "train.jsonl", ['{"query": "fine", "positive": "row"}', "x" * 5000])
     with pytest.raises(DatasetError, match=r"train.jsonl line 2: longer than .* the limit for one line"):
         load_training_data(path)
@@ -300,3 +299,13 @@ def test_rerank_input_from_a_fifo_still_works(checkpoint_dir, tmp_path, capsys):
     writer.join()
     assert status == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 2
+
+
+def test_line_oriented_inputs_from_a_device_without_end_stop_at_the_line_limit(monkeypatch):
+    from jina_local_rerank.evaluation.runs import read_trec_run
+
+    monkeypatch.setattr(files_module, "MAX_LINE_CHARS", 4096)
+    with pytest.raises(DatasetError, match=r"^run file /dev/zero line 1: longer than .* the limit for one line"):
+        read_trec_run("/dev/zero")
+    with pytest.raises(DatasetError, match=r"^/dev/zero line 1: longer than .* the limit for one line"):
+        load_training_data("/dev/zero")

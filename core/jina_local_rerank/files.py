@@ -27,6 +27,10 @@ class FileProblem(ValueError):
 # The most bytes a command reads from one input file or standard input (a device such as /dev/zero never ends).
 MAX_INPUT_BYTES = 256 * 2**20
 
+# The longest line a line-oriented input (JSON Lines, a run file) may hold, in characters: a file without line
+# breaks, or a device such as /dev/zero, is refused at this length rather than read without end.
+MAX_LINE_CHARS = 64 * 2**20
+
 # Errors of writing itself (not of reading the input inside the same ``with`` block).
 _WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
@@ -67,6 +71,23 @@ def read_bounded(stream: BinaryIO, what: str, max_bytes: int | None = None) -> b
         if size > max_bytes:
             raise FileProblem(f"{what} is larger than {max_bytes:,} bytes, the limit for one input; split it")
     return b"".join(blocks)
+
+
+def text_lines(path: Path, what: str = "") -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for each line of the UTF-8 file ``path`` (also a pipe or a device), read one at a
+    time; ``FileProblem`` naming the file and line for one longer than ``MAX_LINE_CHARS`` or not UTF-8."""
+    name = f"{what} {path}".strip()
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as lines:
+            while line := lines.readline(MAX_LINE_CHARS + 1):
+                number += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise FileProblem(f"{name} line {number}: longer than {MAX_LINE_CHARS:,} characters, "
+                                      "the limit for one line")
+                yield number, line
+    except UnicodeDecodeError as exc:
+        raise FileProblem(f"{name} line {number + 1}: not UTF-8 ({exc.reason})") from None
 
 
 def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int | None = None) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..files import FileProblem, text_lines
+
 
 class DatasetError(ValueError):
     """A dataset or run file is missing or malformed; the message names the file and the line."""
@@ -42,38 +44,27 @@ class BeirDataset:
     split: str
 
 
-# The longest line a JSON Lines file may hold, in characters (a file without line breaks, or a device such as
-# /dev/zero, is refused at this length rather than read without end).
-MAX_LINE_CHARS = 64 * 2**20
-
-
 def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line of a JSON Lines file; ``DatasetError`` naming the line
-    for a line that is not a JSON object (malformed, nested too deeply, an integer of thousands of digits) or is
-    longer than ``MAX_LINE_CHARS``."""
+    for a line that is not a JSON object (malformed, nested too deeply, an integer of thousands of digits), not
+    UTF-8, or longer than ``MAX_LINE_CHARS``."""
     try:
-        with path.open(encoding="utf-8") as lines:
-            number = 0
-            while line := lines.readline(MAX_LINE_CHARS + 1):
-                number += 1
-                if len(line) > MAX_LINE_CHARS:
-                    raise DatasetError(f"{path} line {number}: longer than {MAX_LINE_CHARS // 2**20} Mi characters, "
-                                       "the limit for one line")
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path} line {number}: not JSON ({exc.msg})") from None
-                except RecursionError:
-                    raise DatasetError(f"{path} line {number}: JSON nested too deeply") from None
-                except ValueError as exc:  # an integer of more digits than Python converts
-                    raise DatasetError(f"{path} line {number}: not JSON we accept ({exc})") from None
-                if not isinstance(item, dict):
-                    raise DatasetError(f"{path} line {number}: expected a JSON object, got {type(item).__name__}")
-                yield number, item
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 ({exc.reason})") from None
+        for number, line in text_lines(path):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path} line {number}: not JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DatasetError(f"{path} line {number}: JSON nested too deeply") from None
+            except ValueError as exc:  # an integer of more digits than Python converts
+                raise DatasetError(f"{path} line {number}: not JSON we accept ({exc})") from None
+            if not isinstance(item, dict):
+                raise DatasetError(f"{path} line {number}: expected a JSON object, got {type(item).__name__}")
+            yield number, item
+    except FileProblem as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _string_field(item: dict[str, Any], name: str, where: str, *, required: bool) -> str:
