@@ -191,9 +191,9 @@ def test_a_state_dir_that_is_a_users_folder_or_the_model_is_refused_and_left_alo
     with pytest.raises(FileProblem, match="is inside the input"):
         Trainer(options, train=train, output=tmp_path / "out", state_dir=checkpoint_dir / "state",
                 config=TrainingConfig(**QUIET))
-    with pytest.raises(FileProblem, match="is inside the input"):
-        Trainer(options, train=train, output=tmp_path / "out", state_dir=tmp_path / "out" / "state",
-                config=TrainingConfig(**QUIET))
+    for state_dir in (tmp_path / "out" / "state", tmp_path / "out", tmp_path):
+        with pytest.raises(FileProblem, match="and output .* overlap"):
+            Trainer(options, train=train, output=tmp_path / "out", state_dir=state_dir, config=TrainingConfig(**QUIET))
     assert sorted(path.name for path in checkpoint_dir.iterdir()) == before
 
     # A folder the trainer made (it holds the marker) is its own to replace.

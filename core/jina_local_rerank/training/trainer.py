@@ -209,8 +209,11 @@ class Trainer:
         state = self.state_dir / STATE_FILE
         inputs = [Path(model).expanduser() for model in (self.options.model, self.teacher and self.teacher.model)
                   if model is not None and Path(model).expanduser().is_dir()]
-        check_output_folder(self.state_dir, overwrite=True, keep=[*inputs, self.output],
-                            marker=None if self.resume else STATE_MARKER,
+        state_dir, output = self.state_dir.resolve(), self.output.resolve()
+        if state_dir == output or output in state_dir.parents or state_dir in output.parents:
+            raise FileProblem(f"state folder {self.state_dir} and output {self.output} overlap; give the state a "
+                              "folder of its own (--state-dir)")
+        check_output_folder(self.state_dir, overwrite=True, keep=inputs, marker=None if self.resume else STATE_MARKER,
                             what="state folder")
         if self.resume:
             if not state.is_file():
