@@ -309,3 +309,14 @@ def test_line_oriented_inputs_from_a_device_without_end_stop_at_the_line_limit(m
         read_trec_run("/dev/zero")
     with pytest.raises(DatasetError, match=r"^/dev/zero line 1: longer than .* the limit for one line"):
         load_training_data("/dev/zero")
+
+
+@pytest.mark.parametrize("grade, message", [("9" * 400, "is outside -1,000,000..1,000,000"),
+                                            ("9" * 5000, "is not an integer")])
+def test_a_qrels_grade_no_metric_or_loss_can_hold_is_refused_naming_the_line(tmp_path, grade, message):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "a llama"}\n')
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "llama"}\n')
+    (tmp_path / "qrels" / "train.tsv").write_text(f"query-id\tcorpus-id\tscore\nq1\td1\t{grade}\n")
+    with pytest.raises(DatasetError, match=f"train.tsv line 2: score .* {message}"):
+        load_training_data(tmp_path)
