@@ -696,3 +696,10 @@ def test_shutdown_lets_requests_in_flight_finish(
     assert_matches_engine(response.json()["results"], expected.scores, "relevance_score")
     log = running.log.read_text()
     assert "Shutting down" in log and "Finished server process" in log and "Traceback" not in log
+
+
+def test_no_character_cap_by_default_and_an_operator_cap_is_checked_at_start():
+    assert ServerSettings(served_model_names=("m",)).max_document_chars is None
+    ServerSettings(served_model_names=("m",)).check_request("q", ["x" * 10_000_000])  # the body limit bounds it
+    with pytest.raises(ValueError, match="max_document_chars must be an integer >= 1"):
+        ServerSettings(served_model_names=("m",), max_document_chars=0)
