@@ -146,7 +146,10 @@ def test_to_dict_from_dict_round_trips_every_parameter(checkpoint_dir):
         meta_fields_to_embed=["title"],
         embedding_separator=" | ",
         query_prefix="query: ",
+        query_suffix=" ?",
         document_prefix="passage: ",
+        document_suffix=" .",
+        batch_size=8,
         max_length=1024,
         max_batch_tokens=4096,
         long_document="chunk",
@@ -406,3 +409,33 @@ def test_device_maps_are_refused():
         JinaLocalRanker(device=device_map)
 
 
+
+
+def test_sentence_transformers_ranker_arguments_that_mean_something_here_are_accepted(checkpoint_dir):
+    # SentenceTransformersSimilarityRanker's query_suffix, document_suffix and batch_size: the texts scored are
+    # prefix + text + suffix, and batch_size caps the documents of a forward pass.
+    ranker = JinaLocalRanker(str(checkpoint_dir), device=CPU, top_k=None, query_prefix="q: ", query_suffix=" ?",
+                             document_prefix="d: ", document_suffix=" !", batch_size=2)
+    documents = [Document(content=text) for text in TEXTS]
+    got = ranker.run(query=QUERY, documents=documents)["documents"]
+    engine = Reranker(checkpoint_dir, device="cpu")
+    expected = expected_ranking(engine, f"q: {QUERY} ?", [f"d: {text} !" for text in TEXTS])
+    assert [(TEXTS.index(doc.content), doc.score) for doc in got] == [(i, pytest.approx(s, abs=1e-6)) for i, s in expected]
+    assert ranker.reranker.max_batch_size == 2
+    assert ranker.to_dict()["init_parameters"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "argument, value, instead",
+    [
+        ("backend", "onnx", "export onnx"),
+        ("model_kwargs", {"torch_dtype": "float16"}, "dtype"),
+        ("tokenizer_kwargs", {"model_max_length": 512}, "max_length"),
+        ("trust_remote_code", True, "no remote code"),
+    ],
+)
+def test_sentence_transformers_ranker_arguments_without_meaning_here_are_refused_naming_what_to_use(
+    argument, value, instead
+):
+    with pytest.raises(TypeError, match=f"{argument} does not apply to JinaLocalRanker: .*{instead}"):
+        JinaLocalRanker(**{argument: value})

@@ -303,3 +303,12 @@ def test_instances_share_the_process_wide_engine(checkpoint_dir, reranker):
     assert first.reranker.engine is reranker.engine
 
 
+
+
+def test_cross_encoder_takes_model_name_as_huggingface_cross_encoder_does(checkpoint_dir, reranker):
+    cross_encoder = JinaLocalCrossEncoder(model_name=str(checkpoint_dir), device="cpu")
+    assert cross_encoder.model == cross_encoder.model_name == str(checkpoint_dir)
+    pairs = [("llama", "a llama is a camelid"), ("llama", "paris is in france")]
+    assert cross_encoder.score(pairs) == pytest.approx(reranker.score_pairs(pairs).scores, abs=1e-6)
+    with pytest.raises(ValidationError, match="give model or model_name"):
+        JinaLocalCrossEncoder(model=str(checkpoint_dir), model_name=str(checkpoint_dir))

@@ -408,6 +408,11 @@ NON_DEFAULTS = dict(
     max_length=2048,
     max_query_length=128,
     max_batch_tokens=8192,
+    max_batch_size=16,
+    query_prefix="Represent this query: ",
+    query_suffix=" ?",
+    document_prefix="passage: ",
+    document_suffix=" .",
     long_document="chunk",
     chunk_stride=512,
     chunk_aggregation="mean_top2",
@@ -482,3 +487,19 @@ def test_path_model_and_torch_device_are_stored_as_strings(checkpoint_dir):
 
     postprocessor = JinaLocalRerank(model=checkpoint_dir, device=torch.device("cpu"), dtype=torch.float32)
     assert (postprocessor.model, postprocessor.device, postprocessor.dtype) == (str(checkpoint_dir), "cpu", "float32")
+
+
+def test_query_and_text_instructions_are_put_before_the_texts_like_the_tei_postprocessor(checkpoint_dir):
+    postprocessor = make(checkpoint_dir, top_n=None, metadata_mode=MetadataMode.NONE,
+                         query_instruction="Represent this query: ", text_instruction="passage: ")
+    assert (postprocessor.query_prefix, postprocessor.document_prefix) == ("Represent this query: ", "passage: ")
+    nodes = sample_nodes()
+    got = postprocessor.postprocess_nodes(nodes, query_str="sky")
+    engine = Reranker(checkpoint_dir, device="cpu")
+    texts = [scored.node.get_content(metadata_mode=MetadataMode.NONE) for scored in nodes]
+    expected = engine.score("Represent this query: sky", [f"passage: {text}" for text in texts]).scores
+    assert {scored.node.node_id: scored.score for scored in got} == {
+        node.node.node_id: pytest.approx(score, abs=1e-6) for node, score in zip(nodes, expected)
+    }
+    with pytest.raises(ValidationError, match="give query_prefix or query_instruction"):
+        make(checkpoint_dir, query_prefix="a", query_instruction="b")

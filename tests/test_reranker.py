@@ -255,3 +255,17 @@ def test_concurrent_first_loads_share_one_engine(small_window_checkpoint_dir: Pa
     for thread in threads:
         thread.join()
     assert len(engines) == 3 and all(engine is engines[0] for engine in engines)
+
+
+def test_query_and_document_prefixes_and_suffixes_are_scored_as_part_of_the_texts(reranker, checkpoint_dir):
+    affixed = Reranker(checkpoint_dir, device="cpu", query_prefix="query: ", query_suffix=" ?",
+                       document_prefix="passage: ", document_suffix=" .")
+    documents = ["a llama is a camelid", "paris is in france"]
+    expected = reranker.score("query: llama ?", [f"passage: {doc} ." for doc in documents])
+    assert affixed.score("llama", documents).logits == expected.logits
+    assert affixed.score_pairs([("llama", documents[1])]).logits == pytest.approx([expected.logits[1]], abs=1e-5)
+
+
+def test_max_batch_size_caps_the_sequences_of_each_forward_pass():
+    assert [len(batch) for batch in pack_batches([10] * 10, 10_000, max_batch_size=3)] == [3, 3, 3, 1]
+    assert [len(batch) for batch in pack_batches([10] * 10, 10_000)] == [10]

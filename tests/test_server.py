@@ -235,6 +235,38 @@ def test_requests_without_the_right_token_get_401(
     assert "API key" in (body["error"] if path in ("/rerank", "/info") else body["detail"])
 
 
+# Bodies that, with the key, each get their own 4xx (validation, size, JSON, count): without it, only 401.
+UNAUTHORIZED_BODIES = {
+    "not-json": b'{"query": ',
+    "wrong-types": b'{"query": 1, "documents": "a", "top_n": "x"}',
+    "empty-query": b'{"query": " ", "documents": ["a"]}',
+    "too-many-documents": ('{"query": "q", "documents": [%s]}' % ",".join(['"a"'] * (MAX_DOCUMENTS + 1))).encode(),
+    "over-the-body-limit": b'{"query": "q", "documents": ["' + b"a" * MAX_REQUEST_BYTES + b'"]}',
+    "nested": b"[" * 100_000,
+    "unknown-model": b'{"model": "gpt-4", "query": "q", "documents": ["a"]}',
+}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"}], ids=["missing", "wrong"])
+@pytest.mark.parametrize("body", list(UNAUTHORIZED_BODIES.values()), ids=list(UNAUTHORIZED_BODIES))
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank", "/rerank"])
+def test_without_a_valid_key_every_keyed_route_answers_401_before_looking_at_the_body(
+    server: Server, headers: dict[str, str], body: bytes, path: str
+) -> None:
+    response = httpx.post(f"{server.url}{path}", content=body, headers={**headers, "Content-Type": "application/json"},
+                          timeout=30)
+    assert response.status_code == 401, response.text
+    answer = response.json()
+    message = answer["error"] if path == "/rerank" else answer["detail"]
+    assert message in ("missing API key: send 'Authorization: Bearer <key>'", "invalid API key")
+    assert set(answer) == ({"error", "error_type"} if path == "/rerank" else {"detail"})
+
+
+def test_without_a_valid_key_a_wrong_method_on_a_keyed_route_gets_401(server: Server) -> None:
+    assert httpx.get(f"{server.url}/v1/rerank", timeout=30).status_code == 401
+    assert httpx.delete(f"{server.url}/info", timeout=30).status_code == 401
+
+
 def test_health_and_docs_need_no_token(server: Server) -> None:
     body = health(server)
     assert body["status"] == "ok" and body["model"] == "jina-reranker-test"
@@ -664,3 +696,10 @@ def test_shutdown_lets_requests_in_flight_finish(
     assert_matches_engine(response.json()["results"], expected.scores, "relevance_score")
     log = running.log.read_text()
     assert "Shutting down" in log and "Finished server process" in log and "Traceback" not in log
+
+
+def test_no_character_cap_by_default_and_an_operator_cap_is_checked_at_start():
+    assert ServerSettings(served_model_names=("m",)).max_document_chars is None
+    ServerSettings(served_model_names=("m",)).check_request("q", ["x" * 10_000_000])  # the body limit bounds it
+    with pytest.raises(ValueError, match="max_document_chars must be an integer >= 1"):
+        ServerSettings(served_model_names=("m",), max_document_chars=0)

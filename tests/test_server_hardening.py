@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import io
 import json
+import math
 import random
 import socket
 import threading
@@ -149,6 +150,52 @@ def test_validation_errors_are_capped_and_never_echo_the_input(server: Server) -
     assert response.status_code == 422
     assert "secret" not in response.text
     assert {tuple(error["loc"]) for error in response.json()["detail"]} == {("body", "top_n"), ("body", "return_documents")}
+
+
+# A megabyte of text: no character cap by default, so it is scored truncated to the window on every route.
+MEGABYTE_DOCUMENT = " ".join(f"llama{i % 97} wool, andes; camelid." for i in range(34_000))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read the server's memory")
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_a_megabyte_document_is_scored_truncated_on_every_route(
+    server: Server, checkpoint_dir: Path, direction: str
+) -> None:
+    assert len(MEGABYTE_DOCUMENT) > 1_000_000
+    engine = Reranker(checkpoint_dir, device="cpu", max_length=MAX_LENGTH)
+    kept = MEGABYTE_DOCUMENT[-20_000:] if direction == "left" else MEGABYTE_DOCUMENT[:20_000]
+    encoded = engine.encode("llama", ["short", kept], truncation_side=direction)
+    expected = engine.result_from_logits(encoded, engine.engine.logits(encoded.input_ids, 4096), raw=True).logits
+    requests = [
+        ("/rerank", {"query": "llama", "texts": ["short", MEGABYTE_DOCUMENT], "truncate": True, "raw_scores": True,
+                     "truncation_direction": direction}),
+    ]
+    if direction == "right":
+        requests += [
+            ("/v1/rerank", {"query": "llama", "documents": ["short", MEGABYTE_DOCUMENT], "return_documents": False}),
+            ("/v2/rerank", {"query": "llama", "documents": ["short", {"text": MEGABYTE_DOCUMENT}]}),
+        ]
+    before = rss_bytes(server.process.pid)
+    for route, body in requests * 3:
+        response = httpx.post(f"{server.url}{route}", json=body, timeout=120)
+        assert response.status_code == 200, response.text[:300]
+        answer = response.json()
+        results = answer if route == "/rerank" else answer["results"]
+        by_index = {entry["index"]: entry["score" if route == "/rerank" else "relevance_score"] for entry in results}
+        if route == "/rerank":
+            assert by_index[1] == pytest.approx(expected[1], abs=1e-5)
+        else:
+            assert by_index[1] == pytest.approx(1 / (1 + math.exp(-expected[1])), abs=1e-5)
+            tokens = answer["usage"]["total_tokens"] if route == "/v1/rerank" else answer["meta"]["tokens"]["input_tokens"]
+            assert tokens <= 2 * MAX_LENGTH  # the window's worth, not the megabyte's
+    assert rss_bytes(server.process.pid) - before < 200 * 1024 * 1024
+
+
+def test_a_megabyte_document_with_truncate_false_gets_413_naming_the_window(server: Server) -> None:
+    body = {"query": "llama", "texts": ["short", MEGABYTE_DOCUMENT], "truncate": False}
+    response = httpx.post(f"{server.url}/rerank", json=body, timeout=120)
+    assert response.status_code == 413
+    assert f"longer than the model's window of {MAX_LENGTH} tokens" in response.json()["error"]
 
 
 def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:

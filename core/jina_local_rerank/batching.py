@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 
-def pack_batches(lengths: Sequence[int], max_batch_tokens: int, packed: bool = False) -> list[list[int]]:
-    """Group sequence indices into batches, longest first, within ``max_batch_tokens`` tokens per batch.
+def pack_batches(
+    lengths: Sequence[int], max_batch_tokens: int, packed: bool = False, max_batch_size: int | None = None
+) -> list[list[int]]:
+    """Group sequence indices into batches, longest first, within ``max_batch_tokens`` tokens per batch (and at
+    most ``max_batch_size`` sequences, if given).
 
     A batch's tokens are rows x longest (its padded size), or with ``packed`` the sum of its lengths. A sequence
     longer than the budget gets a batch of its own. Sorting by length keeps padding small; the caller restores
@@ -17,7 +20,7 @@ def pack_batches(lengths: Sequence[int], max_batch_tokens: int, packed: bool = F
     total = 0
     for index in order:
         length = lengths[index]
-        if batches:
+        if batches and (max_batch_size is None or len(batches[-1]) < max_batch_size):
             size = total + length if packed else (len(batches[-1]) + 1) * lengths[batches[-1][0]]
             if size <= max_batch_tokens:
                 batches[-1].append(index)

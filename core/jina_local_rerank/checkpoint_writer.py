@@ -79,8 +79,8 @@ def source_config(directory: Path) -> dict[str, Any]:
 def save_weights(path: Path, tensors: Mapping[str, torch.Tensor], config: JinaBertConfig) -> None:
     """Write ``tensors`` to ``path`` as bf16 safetensors, in ``expected_shapes`` order, after checking each one.
 
-    Exactly the tensors a checkpoint of ``config`` holds, with their shapes; anything else is a
-    ``CheckpointError`` (a writer bug, never a silently different format).
+    Exactly the tensors a checkpoint of ``config`` holds, with their shapes and finite values; anything else is a
+    ``CheckpointError`` (never a silently different format, nor weights that cannot score).
     """
     from safetensors.torch import save_file
 
@@ -93,6 +93,9 @@ def save_weights(path: Path, tensors: Mapping[str, torch.Tensor], config: JinaBe
         tensor = tensors[name]
         if tuple(tensor.shape) != shape:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, expected {list(shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values; a checkpoint is never "
+                                  "written with them")
         ready[name] = tensor.detach().to(device="cpu", dtype=WEIGHTS_DTYPE).contiguous()
     save_file(ready, os.fspath(path), metadata=SAFETENSORS_METADATA)
 

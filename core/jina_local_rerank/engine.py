@@ -68,7 +68,7 @@ class ScoringEngine:
         return self.model.config.max_position_embeddings
 
     def _schedule(
-        self, lengths: list[int], max_batch_tokens: int
+        self, lengths: list[int], max_batch_tokens: int, max_batch_size: int | None = None
     ) -> tuple[list[list[int]], Callable[..., Iterable[list[float]]]]:
         """Batches of sequence indices and the ``map`` that scores them: in this thread, or on CPU workers.
 
@@ -81,10 +81,10 @@ class ScoringEngine:
         if workers > 1:
             smallest, largest = CPU_WORKER_BATCH_TOKENS
             budget = min(max_batch_tokens, max(smallest, min(largest, sum(lengths) // (CPU_WORKER_BATCHES * workers))))
-            cut = pack_batches(lengths, budget, packed=packed)
+            cut = pack_batches(lengths, budget, packed=packed, max_batch_size=max_batch_size)
             if len(cut) >= workers:
                 return cut, cpu_worker_pool(workers).map
-        return pack_batches(lengths, max_batch_tokens, packed=packed), map
+        return pack_batches(lengths, max_batch_tokens, packed=packed, max_batch_size=max_batch_size), map
 
     def _forward(self, sequences: list[Sequence[int]]) -> list[float]:
         """Raw logits of one batch: the sequences packed end to end through one forward pass."""
@@ -105,10 +105,15 @@ class ScoringEngine:
             self._forward([[self.tokenizer.cls_id] * length for length in lengths])
 
     def logits(
-        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int, show_progress: Progress = False
+        self,
+        sequences: Sequence[Sequence[int]],
+        max_batch_tokens: int,
+        show_progress: Progress = False,
+        max_batch_size: int | None = None,
     ) -> list[float]:
         """Raw logits for token sequences, in input order; batches hold at most ``max_batch_tokens`` tokens: padded
-        (rows x longest), or packed (their sum) with an attention mode whose cost grows with them alone (flex).
+        (rows x longest), or packed (their sum) with an attention mode whose cost grows with them alone (flex);
+        and at most ``max_batch_size`` sequences when given.
 
         Identical sequences are scored once, so duplicates get bit-identical logits (exact ties). With
         ``show_progress``, work that takes more than a few seconds shows a progress bar on stderr.
@@ -118,7 +123,7 @@ class ScoringEngine:
         distinct = list(slots)
         results: list[float] = [0.0] * len(distinct)
         progress = progress_bar("scoring", "sequence", show_progress, total=len(distinct))
-        batches, mapper = self._schedule([len(seq) for seq in distinct], max_batch_tokens)
+        batches, mapper = self._schedule([len(seq) for seq in distinct], max_batch_tokens, max_batch_size)
 
         def batch_logits(batch: list[int]) -> list[float]:
             return self._forward([distinct[i] for i in batch])

@@ -20,3 +20,8 @@ class CheckpointError(JinaLocalRerankError, ValueError):
 
 class UnsupportedModelError(CheckpointError):
     """The checkpoint is not a JinaBERT cross-encoder (wrong architecture, position embedding or feed-forward)."""
+
+
+class TrainingDivergedError(JinaLocalRerankError, ArithmeticError):
+    """A training step's loss or gradients are not finite; the message names the step, the rows and the cause.
+    Raised before the step changes the weights, so nothing non-finite is ever written."""

@@ -17,11 +17,19 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 
 class FileProblem(ValueError):
     """An input file cannot be read, or an output file cannot be written; the message names the file."""
 
+
+# The most bytes a command reads from one input file or standard input (a device such as /dev/zero never ends).
+MAX_INPUT_BYTES = 256 * 2**20
+
+# The longest line a line-oriented input (JSON Lines, a run file) may hold, in characters: a file without line
+# breaks, or a device such as /dev/zero, is refused at this length rather than read without end.
+MAX_LINE_CHARS = 64 * 2**20
 
 # Errors of writing itself (not of reading the input inside the same ``with`` block).
 _WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -39,13 +47,58 @@ def _permissions_of_new(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~umask)
 
 
-def read_text_file(path: str | os.PathLike[str], what: str) -> str:
-    """The UTF-8 text of ``path``; ``what`` names the file's role in errors (``--input``, ``RUN_FILE``...)."""
+def _permissions_of_new_tree(folder: Path) -> None:
+    """Give ``folder`` and everything in it the permissions the umask gives new files and folders (mkdtemp makes
+    the folder 0700, and some writers, safetensors among them, make their files 0600)."""
+    _permissions_of_new(folder, 0o777)
+    for root, folders, files in os.walk(folder):
+        for name in folders:
+            _permissions_of_new(Path(root) / name, 0o777)
+        for name in files:
+            if not os.path.islink(Path(root) / name):
+                _permissions_of_new(Path(root) / name, 0o666)
+
+
+def read_bounded(stream: BinaryIO, what: str, max_bytes: int | None = None) -> bytes:
+    """All of ``stream``'s bytes, or ``FileProblem`` naming ``what`` and the limit once there are more than
+    ``max_bytes`` (default ``MAX_INPUT_BYTES``; read in blocks, so a pipe, a FIFO or a device is read as far as
+    the limit and no further)."""
+    max_bytes = MAX_INPUT_BYTES if max_bytes is None else max_bytes
+    blocks, size = [], 0
+    while block := stream.read(min(1 << 20, max_bytes + 1 - size)):
+        blocks.append(block)
+        size += len(block)
+        if size > max_bytes:
+            raise FileProblem(f"{what} is larger than {max_bytes:,} bytes, the limit for one input; split it")
+    return b"".join(blocks)
+
+
+def text_lines(path: Path, what: str = "") -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` for each line of the UTF-8 file ``path`` (also a pipe or a device), read one at a
+    time; ``FileProblem`` naming the file and line for one longer than ``MAX_LINE_CHARS`` or not UTF-8."""
+    name = f"{what} {path}".strip()
+    number = 0
+    try:
+        with path.open(encoding="utf-8") as lines:
+            while line := lines.readline(MAX_LINE_CHARS + 1):
+                number += 1
+                if len(line) > MAX_LINE_CHARS:
+                    raise FileProblem(f"{name} line {number}: longer than {MAX_LINE_CHARS:,} characters, "
+                                      "the limit for one line")
+                yield number, line
+    except UnicodeDecodeError as exc:
+        raise FileProblem(f"{name} line {number + 1}: not UTF-8 ({exc.reason})") from None
+
+
+def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int | None = None) -> str:
+    """The UTF-8 text of ``path`` (at most ``max_bytes``, default ``MAX_INPUT_BYTES``); ``what`` names the file's role in errors (``--input``,
+    ``RUN_FILE``...)."""
     path = Path(path)
     if path.is_dir():
         raise FileProblem(f"{what} {path} is a directory, not a file")
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            data = read_bounded(stream, f"{what} {path}", max_bytes)
     except FileNotFoundError:
         raise FileProblem(f"{what} {path} does not exist") from None
     except OSError as exc:
@@ -199,7 +252,7 @@ def atomic_directory(output: str | os.PathLike[str], what: str = "output folder"
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _permissions_of_new(temporary, 0o777)  # mkdtemp creates the folder 0700
+    _permissions_of_new_tree(temporary)
     old = path.parent / f"{temporary.name.removesuffix('.partial')}.old"
     try:
         if path.exists():

@@ -26,6 +26,8 @@ DEVICE_HELP = "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mp
 # Canonical dtype names and their short aliases; devices.py maps the canonical names to torch dtypes.
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+# The options that add text around every query and document before scoring.
+TEXT_AFFIXES = ("query_prefix", "query_suffix", "document_prefix", "document_suffix")
 
 
 def _option(default: Any, help: str, **cli: Any) -> Any:
@@ -74,6 +76,14 @@ class RerankerOptions:
         "attention the packed tokens",
         type=positive_int,
     )
+    max_batch_size: int | None = _option(
+        None, "sequences per forward pass at most (default: only max_batch_tokens bounds a batch)", type=positive_int
+    )
+    query_prefix: str = _option("", "text put before every query before scoring (an instruction some models want)")
+    query_suffix: str = _option("", "text put after every query before scoring")
+    document_prefix: str = _option("", "text put before every document before scoring (then truncated as one text)")
+    document_suffix: str = _option("", "text put after every document before scoring (cut away with the end of a "
+                                       "document that does not fit)")
     long_document: str = _option(
         "truncate",
         "a document longer than the window: 'truncate' it, or 'chunk' it into overlapping windows",
@@ -114,8 +124,14 @@ class RerankerOptions:
         if dtype == "qint8":
             dtype = "int8"
         set_(self, "dtype", check_choice(dtype, DTYPES, "dtype"))
-        for name in ("max_length", "max_query_length", "chunk_stride"):
+        for name in ("max_length", "max_query_length", "chunk_stride", "max_batch_size"):
             check_optional_positive_int(getattr(self, name), name)
+        for name in TEXT_AFFIXES:
+            value = getattr(self, name)
+            if value is None:
+                set_(self, name, "")
+            elif not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, got {type(value).__name__}")
         if self.max_batch_tokens is None:
             set_(self, "max_batch_tokens", DEFAULT_MAX_BATCH_TOKENS)
         check_positive_int(self.max_batch_tokens, "max_batch_tokens")

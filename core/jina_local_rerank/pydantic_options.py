@@ -59,3 +59,18 @@ RerankerOptionFields.__doc__ = (
     "Engine options (see :class:`~jina_local_rerank.options.RerankerOptions`) as pydantic fields; "
     "``engine_options()`` returns them as one ``RerankerOptions``."
 )
+
+
+def apply_aliases(data: Any, aliases: dict[str, str]) -> Any:
+    """``data`` (a component's keyword arguments) with each alias renamed to the option it names, as another
+    framework's component spells it (``model_name`` for ``model``...); giving both is a ``ValueError``. For a
+    ``model_validator(mode="before")``; ``data`` itself is not modified."""
+    if not isinstance(data, dict) or not any(alias in data for alias in aliases):
+        return data
+    data = dict(data)
+    for alias, name in aliases.items():
+        if alias in data:
+            if name in data:
+                raise ValueError(f"give {name} or {alias} (the same setting), not both")
+            data[name] = data.pop(alias)
+    return data

@@ -77,7 +77,9 @@ class Reranker:
     forward pass (memory). Documents longer than what is left of the window are truncated (the count is logged
     and reported on [`ScoreResult`][jina_local_rerank.ScoreResult]), or with ``long_document="chunk"`` scored
     as overlapping windows ``chunk_stride`` tokens apart (default: half a window) whose logits are combined by
-    ``chunk_aggregation`` (``"max"`` or ``"mean_top2"``, the mean of the best two).
+    ``chunk_aggregation`` (``"max"`` or ``"mean_top2"``, the mean of the best two). ``query_prefix``,
+    ``query_suffix``, ``document_prefix`` and ``document_suffix`` are put around every query and document before
+    they are tokenized (instructions some models want), and ``max_batch_size`` caps the sequences of a pass.
     """
 
     def __init__(self, model: str | os.PathLike[str] | RerankerOptions | None = None, **options: Any) -> None:
@@ -116,6 +118,7 @@ class Reranker:
                 "tokens; raise max_batch_tokens or lower max_length"
             )
         self.max_batch_tokens = opts.max_batch_tokens
+        self.max_batch_size = opts.max_batch_size
 
     @property
     def device(self) -> torch.device:
@@ -226,10 +229,17 @@ class Reranker:
             logger.warning(
                 "%d of %d documents truncated to fit max_length=%d tokens", truncated, len(pairs), self.max_length
             )
-        sequence_logits = self.engine.logits(encoded.input_ids, self.max_batch_tokens, show_progress)
+        sequence_logits = self.engine.logits(
+            encoded.input_ids, self.max_batch_tokens, show_progress, max_batch_size=self.max_batch_size
+        )
         return self.result_from_logits(encoded, sequence_logits, raw=raw)
 
     def _encode(self, queries: list[str], pairs: list[tuple[int, str]], **cuts: Any) -> EncodedPairs:
+        opts = self.options
+        if opts.query_prefix or opts.query_suffix:
+            queries = [opts.query_prefix + query + opts.query_suffix for query in queries]
+        if opts.document_prefix or opts.document_suffix:
+            pairs = [(index, opts.document_prefix + doc + opts.document_suffix) for index, doc in pairs]
         return self.engine.tokenizer.encode_pairs(
             queries,
             pairs,

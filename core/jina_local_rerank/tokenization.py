@@ -2,10 +2,17 @@
 
 Queries and documents are tokenized separately (each query once, however many documents it is paired with) and
 joined with the special tokens, which gives the same ids as the original tokenizer's pair encoding.
+
+Only as much of a long text is tokenized as the window can hold: the text is cut where the byte-level BPE
+pre-tokenizer (GPT-2's pattern, no normalizer) always ends a pre-token (see :data:`SAFE_CUT`), so the tokens of
+the part are exactly the whole text's first (or last) tokens. The work on a document is then bounded by the window,
+not by the text's length (a text with no such place, one "word" of megabytes, is tokenized whole).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +50,56 @@ class EncodedPairs:
 # max_length tokens held in memory until scored: 256 full windows of the v1 models' 8,192 tokens are 2M tokens,
 # a document of about 1M tokens (some 4 MB of English) at the default stride.
 MAX_CHUNK_WINDOWS = 256
+
+
+# Places a text can be cut so that tokenizing either part gives exactly the whole text's tokens of that part, with
+# the byte-level BPE tokenizer of the v1 models (``ByteLevel`` pre-tokenizer with GPT-2's pattern, no normalizer).
+# The pattern's pre-tokens are `` ?\p{L}+``, `` ?\p{N}+``, `` ?[^\s\p{L}\p{N}]+``, whitespace runs and contractions
+# (``'s``...); none reaches from a non-space character over ASCII whitespace, nor from a letter or digit over
+# punctuation. So a pre-token always ends (a) before ASCII whitespace that follows a character that is not
+# whitespace under any Unicode version (a word character or printable ASCII), and (b) before ASCII or CJK
+# punctuation that follows an ASCII letter or digit or a CJK ideograph (letters in every Unicode version). Matching
+# never looks behind, and the part before such a place ends in a character that no whitespace lookahead reads, so
+# both parts pre-tokenize as the whole text does there; BPE runs within each pre-token. The cut is at ``end()``.
+SAFE_CUT = re.compile(
+    r"[\w!-~](?=[ \t\n\r\x0b\x0c])"
+    r"|[0-9A-Za-z\u4e00-\u9fff](?=[!-/:-@\[-`{-~\u3001\u3002\uff01\uff0c\uff1a\uff1b\uff1f])"
+)
+# Characters per token guessed for the first cut (English averages about 4.5); each later try doubles it.
+CHARS_PER_TOKEN_GUESS = 6
+
+
+def cuts_safely(tokenizer_json: str) -> bool:
+    """Whether the tokenizer described by ``tokenizer_json`` is one :data:`SAFE_CUT` holds for: a BPE model without
+    dropout, no normalizer, and a lone ``ByteLevel`` pre-tokenizer using its pattern and no prefix space."""
+    try:
+        spec = json.loads(tokenizer_json)
+        pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        return (
+            spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True) is True
+            and pre.get("add_prefix_space", False) is False
+            and model.get("type") == "BPE"
+            and model.get("dropout") is None
+        )
+    except (ValueError, AttributeError):
+        return False
+
+
+def last_cut(text: str, start: int, end: int) -> int | None:
+    """The last :data:`SAFE_CUT` position in ``text`` between ``start`` and ``end`` (inclusive), or None."""
+    found = None
+    for match in SAFE_CUT.finditer(text, max(0, start - 1), min(len(text), end + 1)):
+        if match.end() <= end:
+            found = match.end()
+    return found
+
+
+def first_cut(text: str, start: int) -> int | None:
+    """The first :data:`SAFE_CUT` position in ``text`` at or after ``start``, or None."""
+    match = SAFE_CUT.search(text, max(0, start - 1))
+    return None if match is None else match.end()
 
 
 def window_starts(length: int, room: int, stride: int) -> list[int]:
@@ -85,6 +142,8 @@ class PairTokenizer:
         self.cls_id = cls_id
         self.sep_id = sep_id
         self.pad_id = pad_id
+        # Whether long texts may be tokenized in part (see SAFE_CUT); otherwise they are tokenized whole.
+        self.cuts_safely = cuts_safely(tokenizer.to_str())
 
     @classmethod
     def from_directory(cls, directory: Path, vocab_size: int) -> "PairTokenizer":
@@ -128,6 +187,39 @@ class PairTokenizer:
             )
         return [encoding.ids for encoding in encodings]
 
+    def tokenize_ends(self, texts: Sequence[str], limits: Sequence[int], side: str = "right") -> list[list[int]]:
+        """Up to ``limits[i]`` token ids of each text: its first ones (``side="right"``, what cutting the right end
+        keeps) or its last ones (``"left"``), exactly as in the whole text's tokens.
+
+        A text of more characters than its limit could need is tokenized in part, cut at a :data:`SAFE_CUT` place,
+        growing the part until it holds enough tokens: the work is bounded by the limit, not the text's length.
+        """
+        ids: list[list[int] | None] = [None] * len(texts)
+        short = [i for i, text in enumerate(texts) if not self.cuts_safely or len(text) <= limits[i] * CHARS_PER_TOKEN_GUESS]
+        for index, tokens in zip(short, self.tokenize([texts[i] for i in short])):
+            ids[index] = tokens
+        for index, tokens in enumerate(ids):
+            if tokens is None:
+                ids[index] = self._end_ids(texts[index], limits[index], side)
+        return [tokens[-limit:] if side == "left" else tokens[:limit] for tokens, limit in zip(ids, limits)]  # type: ignore[misc]
+
+    def _end_ids(self, text: str, limit: int, side: str) -> list[int]:
+        """At least ``limit`` ids at the ``side`` end of ``text`` (all of its ids when it has fewer)."""
+        chars = limit * CHARS_PER_TOKEN_GUESS
+        while chars < len(text):
+            if side == "left":
+                cut = first_cut(text, len(text) - chars)
+                part = None if cut is None or cut < len(text) - 2 * chars else text[cut:]
+            else:
+                cut = last_cut(text, chars // 2, chars)
+                part = None if cut is None else text[:cut]
+            if part:
+                (tokens,) = self.tokenize([part])
+                if len(tokens) >= limit:
+                    return tokens
+            chars *= 2
+        return self.tokenize([text])[0]
+
     def encode_pairs(
         self,
         queries: Sequence[str],
@@ -151,21 +243,34 @@ class PairTokenizer:
         """
         if truncation_side not in ("right", "left"):
             raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
-        query_ids = self.tokenize(queries)
-        doc_ids = self.tokenize([doc for _, doc in pairs])
+        # One token over each limit tells a text that was cut from one that just fits.
+        query_ids = self.tokenize_ends(queries, [max_query_length + 1] * len(queries))
+        rooms = [max_length - SPECIAL_TOKENS_PER_PAIR - min(len(query_ids[q]), max_query_length) for q, _ in pairs]
+        cap = max_document_length
+        if long_document == "chunk":  # the document's tokens up to the most that MAX_CHUNK_WINDOWS windows hold
+            strides = [max(1, min(chunk_stride or room // 2, room)) for room in rooms]
+            most = [room + (MAX_CHUNK_WINDOWS - 1) * stride for room, stride in zip(rooms, strides)]
+            limits = [min(cap, m) if cap is not None else m for m in most]
+        else:
+            limits = [min(cap, room) if cap is not None else room for room in rooms]
+        side = truncation_side if long_document != "chunk" or cap is not None else "right"
+        doc_ids = self.tokenize_ends([doc for _, doc in pairs], [limit + 1 for limit in limits], side)
         input_ids: list[list[int]] = []
         pair_of_sequence: list[int] = []
         doc_truncated, query_truncated, windows = [], [], []
-        for pair_index, ((query_index, _), doc) in enumerate(zip(pairs, doc_ids)):
+        for pair_index, ((query_index, text), doc) in enumerate(zip(pairs, doc_ids)):
             query = query_ids[query_index]
             query_truncated.append(len(query) > max_query_length)
             query = query[:max_query_length]
-            room = max_length - SPECIAL_TOKENS_PER_PAIR - len(query)
-            capped = max_document_length is not None and len(doc) > max_document_length
+            room = rooms[pair_index]
+            capped = cap is not None and len(doc) > cap
             if capped:
-                doc = doc[-max_document_length:] if truncation_side == "left" else doc[:max_document_length]
+                doc = doc[-cap:] if truncation_side == "left" else doc[:cap]
             if long_document == "chunk":
-                stride = max(1, min(chunk_stride or room // 2, room))
+                stride = strides[pair_index]
+                if len(doc) > most[pair_index]:  # too many windows: the whole length, for the message
+                    length = len(self.tokenize([text])[0])
+                    check_window_count(pair_index, length if cap is None else min(length, cap), room, stride)
                 check_window_count(pair_index, len(doc), room, stride)
                 starts = window_starts(len(doc), room, stride)
                 doc_truncated.append(capped)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from importlib import import_module
 from typing import Sequence, TextIO
 
@@ -51,11 +53,31 @@ def _error(message: object, status: int) -> int:
     return status
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's ``KeyboardInterrupt`` would be, so a command cleans up the same way (no
+    partial output folder, no state of a run that saved nothing)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     """Entry point; returns the exit status: 0, 1 for model and checkpoint errors, 2 for bad input or arguments,
-    130 when interrupted. Every error is one line on stderr, never a traceback."""
+    130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM, cleaned up as Ctrl-C is). Every error is one line
+    on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
     out = stdout or sys.stdout
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _run(args, stdin, out)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args: argparse.Namespace, stdin: TextIO | None, out: TextIO) -> int:
     try:
         args.handler(args, stdin or sys.stdin, out)
         out.flush()
@@ -73,6 +95,9 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
         return _error(f"{exc.strerror or exc}{where}", 1)
     except RecursionError:
         return _error("input nested too deeply", 2)
+    except Terminated:
+        print("jina-local-rerank: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("jina-local-rerank: interrupted", file=sys.stderr)
         return 130

@@ -9,8 +9,9 @@ import argparse
 import json
 from typing import Any, TextIO
 
+from .. import files
 from ..argtypes import positive_int
-from ..files import read_text_file
+from ..files import read_bounded, read_text_file
 from ..options import add_option_arguments, options_from_args
 from .arguments import add_progress_argument
 
@@ -32,8 +33,12 @@ def _document_text(item: Any, where: str) -> str:
 def _loads(text: str, where: str) -> Any:
     try:
         return json.loads(text)
+    except json.JSONDecodeError:
+        raise
     except RecursionError:
         raise InputError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InputError(f"{where}: not JSON we accept ({exc})") from None
 
 
 def parse_input(text: str, source: str) -> tuple[str | None, list[str]]:
@@ -79,7 +84,12 @@ def _read_request(args: argparse.Namespace, stdin: TextIO) -> tuple[str, list[st
         sources.append((read_text_file(args.input, "--input"), args.input))
     elif not documents and not stdin.isatty():
         # The bytes, decoded strictly: a text stream may mask bad bytes as surrogates (Python's UTF-8 mode).
-        raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read().encode("utf-8", "surrogateescape")
+        if hasattr(stdin, "buffer"):
+            raw = read_bounded(stdin.buffer, "standard input")
+        else:  # a text stream without bytes (tests): at most the limit in characters
+            raw = stdin.read(files.MAX_INPUT_BYTES + 1).encode("utf-8", "surrogateescape")
+            if len(raw) > files.MAX_INPUT_BYTES:
+                raise InputError(f"standard input is larger than {files.MAX_INPUT_BYTES:,} bytes, the limit for one input")
         try:
             sources.append((raw.decode("utf-8"), "stdin"))
         except UnicodeDecodeError as exc:

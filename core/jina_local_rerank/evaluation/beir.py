@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..files import FileProblem, text_lines
+
+
+# The largest relevance grade a qrels file may hold (real ones are 0 to 3 or so); metrics and training stay finite.
+MAX_GRADE = 1_000_000
+
 
 class DatasetError(ValueError):
     """A dataset or run file is missing or malformed; the message names the file and the line."""
@@ -43,21 +49,26 @@ class BeirDataset:
 
 
 def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line of a JSON Lines file; ``DatasetError`` naming the line."""
+    """``(line number, object)`` for each non-blank line of a JSON Lines file; ``DatasetError`` naming the line
+    for a line that is not a JSON object (malformed, nested too deeply, an integer of thousands of digits), not
+    UTF-8, or longer than ``MAX_LINE_CHARS``."""
     try:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path} line {number}: not JSON ({exc.msg})") from None
-                if not isinstance(item, dict):
-                    raise DatasetError(f"{path} line {number}: expected a JSON object, got {type(item).__name__}")
-                yield number, item
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 ({exc.reason})") from None
+        for number, line in text_lines(path):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path} line {number}: not JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DatasetError(f"{path} line {number}: JSON nested too deeply") from None
+            except ValueError as exc:  # an integer of more digits than Python converts
+                raise DatasetError(f"{path} line {number}: not JSON we accept ({exc})") from None
+            if not isinstance(item, dict):
+                raise DatasetError(f"{path} line {number}: expected a JSON object, got {type(item).__name__}")
+            yield number, item
+    except FileProblem as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def _string_field(item: dict[str, Any], name: str, where: str, *, required: bool) -> str:
@@ -116,30 +127,36 @@ def load_qrels(path: Path) -> dict[str, dict[str, int]]:
     """Read ``qrels/<split>.tsv``: query id -> document id -> integer grade, in file order."""
     qrels: dict[str, dict[str, int]] = {}
     try:
-        lines = _require_file(path).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path}: not UTF-8 ({exc.reason})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        fields = line.rstrip("\r\n").split("\t")
-        if len(fields) != 3:
-            raise DatasetError(
-                f"{path} line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-                f"got {len(fields)}"
-            )
-        query_id, doc_id, grade = (field.strip() for field in fields)
-        try:
-            value = int(grade)
-        except ValueError:
-            if number == 1 and not _is_number(grade):  # the header line, "query-id  corpus-id  score"
-                continue
-            raise DatasetError(f"{path} line {number}: score {grade!r} is not an integer") from None
-        judged = qrels.setdefault(query_id, {})
-        if doc_id in judged:
-            raise DatasetError(f"{path} line {number}: query {query_id!r} judges document {doc_id!r} twice")
-        judged[doc_id] = value
+        for number, line in text_lines(_require_file(path)):
+            _add_judgment(qrels, path, number, line)
+    except FileProblem as exc:
+        raise DatasetError(str(exc)) from None
     return qrels
+
+
+def _add_judgment(qrels: dict[str, dict[str, int]], path: Path, number: int, line: str) -> None:
+    """Add line ``number`` of a qrels file to ``qrels`` (a blank line or the header adds nothing)."""
+    if not line.strip():
+        return
+    fields = line.rstrip("\r\n").split("\t")
+    if len(fields) != 3:
+        raise DatasetError(
+            f"{path} line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
+            f"got {len(fields)}"
+        )
+    query_id, doc_id, grade = (field.strip() for field in fields)
+    try:
+        value = int(grade)
+    except ValueError:
+        if number == 1 and not _is_number(grade):  # the header line, "query-id  corpus-id  score"
+            return
+        raise DatasetError(f"{path} line {number}: score {grade[:40]!r} is not an integer") from None
+    if abs(value) > MAX_GRADE:
+        raise DatasetError(f"{path} line {number}: score {grade[:40]} is outside -{MAX_GRADE:,}..{MAX_GRADE:,}")
+    judged = qrels.setdefault(query_id, {})
+    if doc_id in judged:
+        raise DatasetError(f"{path} line {number}: query {query_id!r} judges document {doc_id!r} twice")
+    judged[doc_id] = value
 
 
 def load_beir(directory: str | os.PathLike[str], split: str = "test") -> BeirDataset:

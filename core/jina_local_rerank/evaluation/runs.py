@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..extras import install_hint
-from ..files import FileProblem, read_text_file
+from ..files import FileProblem, text_lines
 from .beir import BeirDataset, DatasetError
 
 BM25_INSTALL_HINT = f"BM25 needs the bm25s package ({install_hint('eval')}), or pass a run file"
@@ -33,12 +33,19 @@ def read_trec_run(path: str | os.PathLike[str]) -> dict[str, list[str]]:
     trec_eval). A document listed twice for one query is an error.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"run file {path} is a directory, not a file")
+    if not path.exists():
+        raise DatasetError(f"run file {path} does not exist")
     try:
-        lines = read_text_file(path, "run file").splitlines()
+        return _rankings(path, text_lines(path, "run file"))
     except FileProblem as exc:
         raise DatasetError(str(exc)) from None
+
+
+def _rankings(path: Path, lines: Iterator[tuple[int, str]]) -> dict[str, list[str]]:
     scored: dict[str, dict[str, float]] = {}
-    for number, line in enumerate(lines, start=1):
+    for number, line in lines:
         fields = line.split()
         if not fields:
             continue

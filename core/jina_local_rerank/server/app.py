@@ -163,6 +163,26 @@ class FrontDoor:
             )
 
 
+class ApiKeyGate:
+    """ASGI middleware answering 401 to a request for one of ``paths`` without the settings' API key, before its
+    body is read, parsed or checked: a caller without the key learns nothing else about the server."""
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings, paths: Sequence[str]) -> None:
+        self.app = app
+        self.settings = settings
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.settings.keyed and route_path(scope) in self.paths:
+            header = dict(scope["headers"]).get(b"authorization")
+            try:
+                self.settings.check_authorization(None if header is None else header.decode("latin-1"))
+            except RequestRejected as exc:
+                await error_response(route_path(scope), exc.status_code, exc.detail, exc.headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class RequestBodyLimit:
     """ASGI middleware answering 413 to a request whose body is over ``max_bytes``, before the app reads it.
 
@@ -486,6 +506,12 @@ def create_app(reranker: Reranker, settings: ServerSettings, scorer: Scorer | No
         return PlainTextResponse(metrics.render(counters), media_type="text/plain; version=0.0.4")
 
     app.add_middleware(RequestBodyLimit, max_bytes=settings.max_request_bytes)
+    keyed = [
+        route.path
+        for route in app.routes
+        if isinstance(route, APIRoute) and any(dependency.dependency is authorize for dependency in route.dependencies)
+    ]
+    app.add_middleware(ApiKeyGate, settings=settings, paths=keyed)
     routes = [route.path for route in app.routes if isinstance(route, APIRoute)]
     app.add_middleware(FrontDoor, settings=settings, metrics=metrics, routes=routes)
     return app

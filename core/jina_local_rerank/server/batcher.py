@@ -43,7 +43,7 @@ class Scorer(Protocol):
 
 def forward(reranker: Reranker, sequences: Sequence[Sequence[int]]) -> list[float]:
     """Raw logits of token sequences, in forward passes of at most the reranker's ``max_batch_tokens``."""
-    return reranker.engine.logits(sequences, reranker.max_batch_tokens)
+    return reranker.engine.logits(sequences, reranker.max_batch_tokens, max_batch_size=reranker.max_batch_size)
 
 
 class DirectScorer:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import signal
 import sys
+import threading
 from typing import Any, TextIO
 
 from ..argtypes import positive_int
@@ -80,7 +82,7 @@ def register(commands: Any) -> None:
     limits.add_argument("--max-documents", type=positive_int, default=DEFAULT_MAX_DOCUMENTS, help=f"documents per Jina or Cohere request (default: {DEFAULT_MAX_DOCUMENTS}; 413 over it)")
     limits.add_argument("--max-client-batch-size", type=positive_int, default=DEFAULT_MAX_CLIENT_BATCH_SIZE, help=f"texts per TEI /rerank request (default: {DEFAULT_MAX_CLIENT_BATCH_SIZE}, as TEI; 413 over it)")
     limits.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES, help=f"request body bytes (default: {DEFAULT_MAX_REQUEST_BYTES}; 413 over it)")
-    limits.add_argument("--max-document-chars", type=positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help=f"characters per document and query (default: {DEFAULT_MAX_DOCUMENT_CHARS}; 413 over it)")
+    limits.add_argument("--max-document-chars", type=positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help="characters per document and query, 413 over it (default: no cap besides --max-request-bytes; long documents are scored truncated, tokenizing only the window's worth of text)")
     limits.add_argument("--max-request-tokens", type=positive_int, default=DEFAULT_MAX_REQUEST_TOKENS, help=f"tokens of all of a request's sequences, counted before scoring (default: {DEFAULT_MAX_REQUEST_TOKENS}; 413 over it)")
     limits.add_argument("--max-queued-requests", type=positive_int, default=DEFAULT_MAX_QUEUED_REQUESTS, help=f"scoring requests in flight at once (default: {DEFAULT_MAX_QUEUED_REQUESTS}; 429 with Retry-After over it)")
     limits.add_argument("--auto-truncate", action=argparse.BooleanOptionalAction, default=True, help="what TEI's 'truncate' means when absent or null (default: on, as TEI)")
@@ -159,6 +161,9 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
         file=sys.stderr,
         flush=True,
     )
+    if threading.current_thread() is threading.main_thread():
+        # Not the CLI's SIGTERM-as-Ctrl-C: uvicorn shuts down gracefully, then the signal ends the process.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         uvicorn.run(
             create_app(reranker, settings),

@@ -21,7 +21,9 @@ API_KEY_ENV_VAR = "JINA_LOCAL_RERANK_API_KEY"
 DEFAULT_MAX_DOCUMENTS = 1000
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32  # TEI's default for its /rerank 'texts'
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_DOCUMENT_CHARS = 100_000
+# No cap on a document's characters by default: a document of any length up to the body limit is scored
+# truncated (or chunked), and only the window's worth of its text is tokenized. Operators may set one.
+DEFAULT_MAX_DOCUMENT_CHARS: int | None = None
 DEFAULT_MAX_REQUEST_TOKENS = 65_536
 DEFAULT_MAX_QUEUED_REQUESTS = 512  # TEI's default max_concurrent_requests
 DEFAULT_BATCH_WAIT_MS = 2.0
@@ -141,7 +143,8 @@ class ServerSettings:
     the ``Host`` names answered when there is no API key (default: this machine's names; ``"*"``: any).
 
     Limits: ``max_documents`` per request (``max_client_batch_size`` for TEI's ``texts``), ``max_request_bytes``
-    of request body, ``max_document_chars`` characters per document and for the query, ``max_request_tokens``
+    of request body, ``max_document_chars`` characters per document and for the query (None, the default: no cap
+beyond the body's; long documents are truncated or chunked as the model's window needs), ``max_request_tokens``
     tokens of all of a request's sequences (counted by the tokenizer before any scoring),
     ``max_queued_requests`` requests admitted at once (more get 429). ``auto_truncate``: what TEI's ``truncate``
     means when a request leaves it out. ``request_read_timeout_s``: seconds a client has to send a whole request
@@ -159,7 +162,7 @@ class ServerSettings:
     max_documents: int = DEFAULT_MAX_DOCUMENTS
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_document_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
+    max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS
     max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS
     max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     auto_truncate: bool = True
@@ -177,11 +180,13 @@ class ServerSettings:
             raise ValueError("allowed_hosts must be a sequence of host names, not one string")
         object.__setattr__(self, "allowed_hosts", tuple(host.lower() for host in self.allowed_hosts))
         names = (
-            "max_documents", "max_client_batch_size", "max_request_bytes", "max_document_chars",
-            "max_request_tokens", "max_queued_requests", "batch_concurrency", "batch_slice_tokens",
+            "max_documents", "max_client_batch_size", "max_request_bytes", "max_request_tokens",
+            "max_queued_requests", "batch_concurrency", "batch_slice_tokens",
         )
         for name in names:
             _check_count(getattr(self, name), name)
+        if self.max_document_chars is not None:
+            _check_count(self.max_document_chars, "max_document_chars")
         _check_number(self.batch_wait_ms, "batch_wait_ms", 0.0, MAX_BATCH_WAIT_MS)
         _check_number(self.request_read_timeout_s, "request_read_timeout_s", 0.0, MAX_REQUEST_READ_TIMEOUT_S)
         if not self.request_read_timeout_s > 0:
@@ -202,6 +207,16 @@ class ServerSettings:
                 "the Host header names a host this server does not answer for without an API key; start it with "
                 "--allowed-host NAME (or an API key) to serve requests addressed to another name",
             )
+
+    @property
+    def keyed(self) -> bool:
+        """Whether requests must carry the API key."""
+        return self.api_key is not None
+
+    def check_authorization(self, header: str | None) -> None:
+        """:meth:`check_api_key` on an ``Authorization`` header's value (None if absent): ``Bearer <key>``."""
+        scheme, _, token = (header or "").partition(" ")
+        self.check_api_key(token.strip() if scheme.lower() == "bearer" and token.strip() else None)
 
     def check_api_key(self, token: str | None) -> None:
         """Raise 401 unless auth is off or ``token`` (the bearer token, None if absent) is the key."""
@@ -254,18 +269,21 @@ class ServerSettings:
     def check_request(
         self, query: str, documents: Sequence[str], field_name: str = "documents", max_documents: int | None = None
     ) -> None:
-        """Raise 422 for an empty query, 413 for too many documents or a query/document over the character limit.
+        """Raise 422 for an empty query, 413 for too many documents or a query/document over the character limit
+        (when the settings set one).
 
         ``field_name`` is the request field that holds the documents, for the messages; ``max_documents``
         replaces the setting of that name (TEI's ``max_client_batch_size``).
         """
         if not query.strip():
             raise RequestRejected(422, "query must not be empty")
+        self.check_document_count(len(documents), field_name, max_documents or self.max_documents)
+        if self.max_document_chars is None:
+            return
         if len(query) > self.max_document_chars:
             raise RequestRejected(
                 413, f"query has {len(query)} characters, over the limit of {self.max_document_chars}"
             )
-        self.check_document_count(len(documents), field_name, max_documents or self.max_documents)
         for index, doc in enumerate(documents):
             if len(doc) > self.max_document_chars:
                 raise RequestRejected(

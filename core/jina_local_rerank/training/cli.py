@@ -21,6 +21,7 @@ from .config import (
     DEFAULT_TRAINING_MAX_LENGTH,
     DISTILLATION_LEARNING_RATE,
     LOSS_NAMES,
+    SEEDS,
 )
 
 def _margin(text: str) -> float | None:
@@ -35,6 +36,16 @@ def _share(limit: float):
         return value
 
     return share
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value not in SEEDS:
+        raise argparse.ArgumentTypeError(f"must be from -2**63 to 2**64-1, got {text}")
+    return value
 
 
 def _layer_list(text: str) -> list[int]:
@@ -68,7 +79,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: f
     run.add_argument("--learning-rate", type=float, default=learning_rate,
                      help=f"AdamW peak learning rate (default: {learning_rate:g})")
     run.add_argument("--loss", choices=LOSS_NAMES, default=loss, help=f"training objective (default: {loss})")
-    run.add_argument("--seed", type=int, default=42, help="data order and lists (default: 42)")
+    run.add_argument("--seed", type=_seed, default=42, help="data order and lists (default: 42)")
     run.add_argument("--step-tokens", type=positive_int, default=DEFAULT_STEP_TOKENS,
                      help=f"tokens per optimizer step, packed without padding; forward passes hold at most "
                           f"--max-batch-tokens each (default: {DEFAULT_STEP_TOKENS})")

@@ -27,6 +27,8 @@ DEFAULT_STEP_TOKENS = 16384
 # Training pairs are truncated to this window unless max_length says otherwise: the usual cross-encoder window,
 # affordable per step; long-document fine-tuning raises it (with activation_checkpointing).
 DEFAULT_TRAINING_MAX_LENGTH = 512
+# The seeds torch's generators take.
+SEEDS = range(-(2**63), 2**64)
 
 
 def _check_number(value: Any, name: str, *, low: float = 0.0, high: float = math.inf, open_low: bool = False) -> float:
@@ -96,6 +98,8 @@ class TrainingConfig:
         check_positive_int(self.step_tokens, "step_tokens")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an integer, got {type(self.seed).__name__}")
+        if self.seed not in SEEDS:
+            raise ValueError(f"seed must be from -2**63 to 2**64-1, got {self.seed}")
         for name in ("eval_every", "eval_max_queries", "save_every"):
             check_optional_positive_int(getattr(self, name), name)
         check_positive_int(self.eval_top_k, "eval_top_k")

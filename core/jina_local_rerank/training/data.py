@@ -33,6 +33,9 @@ from ..evaluation.beir import DatasetError, json_lines, load_beir
 
 TRIPLET_TEACHER_COLUMN = "scores"
 PAIR_TEACHER_COLUMN = "score"
+# Labels and teacher logits must lie within +-this: every loss then stays finite in float32 (a label of 1e39 is
+# infinite there, and makes the weights NaN). Real grades are 0..3 or so, rerankers' logits within +-20.
+TARGET_LIMIT = 1e6
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def load_training_data(source: str | os.PathLike[str], *, teacher_column: str | 
     if path.is_dir():
         split = "train" if (path / "qrels" / "train.tsv").is_file() else "test"
         return read_beir(path, split)
-    if not path.is_file():
+    if not path.exists():  # a file, or a pipe or device read line by line (each line bounded)
         raise DatasetError(f"training data {path} not found (a JSON Lines file or a BEIR-layout folder)")
     return read_jsonl(path, teacher_column=teacher_column)
 
@@ -150,12 +153,18 @@ def _text(item: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
-def _number(value: Any, name: str, where: str) -> float:
+def check_target(value: Any, name: str, where: str) -> float:
+    """``value`` as a float if it is a usable label or teacher logit: a finite number within ``TARGET_LIMIT``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DatasetError(f"{where}: field {name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise DatasetError(f"{where}: field {name} must be a finite number, got {value}")
+    if not -TARGET_LIMIT <= value <= TARGET_LIMIT:  # compared exactly: an int of 400 digits has no float
+        shown = f"{value:.3g}" if isinstance(value, float) else f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
+        raise DatasetError(f"{where}: field {name} is {shown}, outside -{TARGET_LIMIT:g}..{TARGET_LIMIT:g} "
+                           "(labels are relevance grades, teacher scores raw logits)")
     return float(value)
+
 
 
 def _texts(item: dict[str, Any], name: str, where: str) -> list[str]:
@@ -178,7 +187,7 @@ def _numbers(item: dict[str, Any], name: str, count: int, what: str, where: str)
         raise DatasetError(f"{where}: field {name!r} must be a list of numbers, got {type(values).__name__}")
     if len(values) != count:
         raise DatasetError(f"{where}: field {name!r} has {len(values)} values for {count} {what}")
-    return [_number(value, f"{name!r}[{index}]", where) for index, value in enumerate(values)]
+    return [check_target(value, f"{name!r}[{index}]", where) for index, value in enumerate(values)]
 
 
 class _PairGroup:
@@ -229,8 +238,8 @@ def read_jsonl(path: str | os.PathLike[str], *, teacher_column: str | None = Non
                 group = pair_groups[query] = _PairGroup(query, where)
                 entries.append(group)
             group.documents.append(_text(item, "document", where))
-            group.labels.append(_number(item["label"], "'label'", where) if "label" in item else None)
-            group.teacher.append(_number(item[pair_teacher], repr(pair_teacher), where) if pair_teacher in item else None)
+            group.labels.append(check_target(item["label"], "'label'", where) if "label" in item else None)
+            group.teacher.append(check_target(item[pair_teacher], repr(pair_teacher), where) if pair_teacher in item else None)
             group.lines.append(where)
         else:
             raise DatasetError(

@@ -10,7 +10,10 @@ new: an interrupted scoring run keeps nearly all it finished.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +23,12 @@ from ..checkpoint import PYTORCH_BIN_FILE, SAFETENSORS_FILE, resolve_model_dir
 from ..files import atomic_output
 from ..options import RerankerOptions
 from ..progress import Progress, progress_bar
-from .data import QueryGroup
+from .data import TARGET_LIMIT, QueryGroup
 
 CHUNK_PAIRS = 4096
 KEY_BYTES = 16
+
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -48,6 +53,16 @@ def checkpoint_hash(directory: Path) -> str:
 def pair_key(query: str, document: str) -> bytes:
     """The cache key of one pair."""
     return hashlib.blake2b(f"{query}\0{document}".encode("utf-8", "surrogatepass"), digest_size=KEY_BYTES).digest()
+
+
+def _check_logits(logits: list[float], chunk: list[tuple[bytes, tuple[str, str]]], options: RerankerOptions) -> None:
+    """``ValueError`` naming the first pair the teacher gave a non-finite (or absurd) logit, before it is cached."""
+    for logit, (_, (query, _document)) in zip(logits, chunk):
+        if not (math.isfinite(logit) and abs(logit) <= TARGET_LIMIT):
+            raise ValueError(
+                f"teacher {options.model} gave the logit {logit} for a pair of query {query[:60]!r} (dtype "
+                f"{options.dtype}; float32 avoids overflow); nothing of this chunk was cached"
+            )
 
 
 @dataclass(frozen=True)
@@ -83,11 +98,27 @@ class TeacherScorer:
         self.cache_file = cache / f"{self.content_hash[:24]}-{fingerprint}.npz"
 
     def _read_cache(self) -> dict[bytes, float]:
+        """The cached logits; a damaged file is set aside (every pair is rescored) and damaged entries dropped
+        (those pairs are rescored), with a warning naming the file: a bad cache never reaches training."""
         if not self.cache_file.is_file():
             return {}
-        with np.load(self.cache_file) as saved:
-            keys, logits = saved["keys"], saved["logits"]
-        return {bytes(key): float(logit) for key, logit in zip(keys, logits)}
+        try:
+            with np.load(self.cache_file, allow_pickle=False) as saved:
+                keys, logits = saved["keys"], saved["logits"]
+            if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != KEY_BYTES:
+                raise ValueError(f"its keys are {keys.dtype} {list(keys.shape)}, not uint8 [n, {KEY_BYTES}]")
+            if logits.dtype.kind != "f" or logits.shape != (len(keys),):
+                raise ValueError(f"its logits are {logits.dtype} {list(logits.shape)}, not float [{len(keys)}]")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            logger.warning("%s: teacher score cache cannot be read (%s); every pair is scored again and the file "
+                           "replaced", self.cache_file, str(exc)[:200] or type(exc).__name__)
+            return {}
+        cache = {bytes(key): float(logit) for key, logit in zip(keys, logits)
+                 if math.isfinite(logit) and abs(logit) <= TARGET_LIMIT}
+        if len(cache) < len(keys):
+            logger.warning("%s: %d damaged teacher scores (not finite, or beyond +-%g) dropped; those pairs are "
+                           "scored again", self.cache_file, len(keys) - len(cache), TARGET_LIMIT)
+        return cache
 
     def _write_cache(self, cache: dict[bytes, float]) -> None:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +147,7 @@ class TeacherScorer:
                     for start in range(0, len(missing), CHUNK_PAIRS):
                         chunk = missing[start : start + CHUNK_PAIRS]
                         logits = reranker.score_pairs([list(pair) for _, pair in chunk], raw=True).logits
+                        _check_logits(logits, chunk, self.options)
                         cache.update((key, logit) for (key, _), logit in zip(chunk, logits))
                         unsaved += len(chunk)
                         # Saved when a tenth of the cache is new (and at the end): the rewrites add up to a few

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -32,9 +33,10 @@ from ..checkpoint import load_checkpoint, resolve_model_dir
 from ..checkpoint_writer import source_config, write_checkpoint
 from ..devices import resolve_device
 from ..engine import EngineKey, ScoringEngine
+from ..errors import TrainingDivergedError
 from ..evaluation.beir import DatasetError
 from ..files import FileProblem, atomic_output, check_output_folder, write_text_atomically
-from ..options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
+from ..options import DEFAULT_MAX_QUERY_LENGTH, TEXT_AFFIXES, RerankerOptions
 from ..progress import progress_bar
 from ..tokenization import SPECIAL_TOKENS_PER_PAIR, PairTokenizer
 from .batches import collate, encode_groups, micro_batches, plan_epoch
@@ -52,6 +54,9 @@ STATE_FILE = "state.pt"
 LOG_FILE = "log.jsonl"
 RUN_FILE = "run.json"
 STUDENT_FOLDER = "student-init"
+# Written into every state folder a run makes: only such a folder (or an empty or missing one) is written or
+# replaced, never a user's folder or a checkpoint.
+STATE_MARKER = ".jina-local-rerank-training"
 STATE_FORMAT = 1
 
 
@@ -121,8 +126,8 @@ def _fingerprint(groups: Sequence[QueryGroup]) -> str:
 
 @contextlib.contextmanager
 def _stop_after_step() -> Iterator[dict[str, bool]]:
-    """Ctrl-C during the loop asks for a stop at the end of the current step (so the state saved is a whole
-    step); a second Ctrl-C stops at once. Outside the main thread, Python delivers no signals: nothing changes."""
+    """Ctrl-C (or SIGTERM) during the loop asks for a stop at the end of the current step (so the state saved is a
+    whole step); a second one stops at once. Outside the main thread, Python delivers no signals: nothing changes."""
     request = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -134,11 +139,12 @@ def _stop_after_step() -> Iterator[dict[str, bool]]:
         request["stop"] = True
         print("\ninterrupted: saving after this step (Ctrl-C again to stop now, unsaved)", file=sys.stderr)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, old in previous.items():
+            signal.signal(number, signal.SIG_DFL if old is None else old)
 
 
 class Trainer:
@@ -179,6 +185,10 @@ class Trainer:
         self.options = _options(model, RerankerOptions())
         if self.options.long_document != "truncate":
             raise ValueError("training truncates documents to max_length; long_document='chunk' is for scoring")
+        affixes = [name for name in TEXT_AFFIXES if getattr(self.options, name)]
+        if affixes:
+            raise ValueError(f"{', '.join(affixes)}: training reads the data's texts as they are; put the text in "
+                             "the data itself (these options are for scoring)")
         self.teacher = None if teacher is None else _options(teacher, self.options)
         if student_layers is not None and (self.teacher is None or self.options.model is not None):
             raise ValueError("student_layers builds the student from the teacher: give a teacher and no model")
@@ -197,6 +207,14 @@ class Trainer:
 
     def _check_folders(self) -> None:
         state = self.state_dir / STATE_FILE
+        inputs = [Path(model).expanduser() for model in (self.options.model, self.teacher and self.teacher.model)
+                  if model is not None and Path(model).expanduser().is_dir()]
+        state_dir, output = self.state_dir.resolve(), self.output.resolve()
+        if state_dir == output or output in state_dir.parents or state_dir in output.parents:
+            raise FileProblem(f"state folder {self.state_dir} and output {self.output} overlap; give the state a "
+                              "folder of its own (--state-dir)")
+        check_output_folder(self.state_dir, overwrite=True, keep=inputs, marker=None if self.resume else STATE_MARKER,
+                            what="state folder")
         if self.resume:
             if not state.is_file():
                 raise FileProblem(f"no saved run to resume: {state} does not exist")
@@ -245,6 +263,7 @@ class Trainer:
                 (self.state_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.state_dir / STUDENT_FOLDER, ignore_errors=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / STATE_MARKER).touch()
 
         # The starting checkpoint: the model, or a student made of its teacher's layers.
         directory = self._starting_checkpoint()
@@ -322,11 +341,12 @@ class Trainer:
                     with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
                         logits = model(batch.input_ids, training_attention(batch.lengths, model))
                     losses = loss(batch.as_lists(logits.float()), batch.targets, batch.mask)
+                    _require_finite(losses, "loss", index + 1, micro, train.groups)
                     (losses.sum() / len(lists)).backward()  # the step's mean over lists, pass by pass
                     step_loss += losses.detach().sum().item()
                     step_tokens += batch.num_tokens
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+                _require_finite(norm, "gradient norm", index + 1, lists, train.groups)
                 learning_rate = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 scheduler.step()
@@ -553,6 +573,22 @@ class Trainer:
         return run
 
 
+def _require_finite(values: torch.Tensor, what: str, step: int, lists: Sequence[Any],
+                    groups: Sequence[QueryGroup]) -> None:
+    """Stop the run before a step whose ``what`` (the loss, the gradient norm) is not finite changes the weights."""
+    flat = values.detach().float().flatten()
+    finite = torch.isfinite(flat)
+    if bool(finite.all()):
+        return
+    rows = ", ".join(groups[item.group].where for item in lists[:5]) + (", ..." if len(lists) > 5 else "")
+    cause = ("labels or teacher scores the loss cannot hold, or logits that overflowed" if what == "loss" else
+             "a learning rate too high for these weights, or an overflow in the backward pass (try --dtype float32)")
+    raise TrainingDivergedError(
+        f"step {step}: the {what} is not finite ({flat[~finite][0].item()}) "
+        f"for the lists of {rows}: {cause}; stopped before changing the weights, nothing non-finite was written"
+    )
+
+
 def _hold_out(data: TrainingData, fraction: float, seed: int) -> tuple[TrainingData, list[QueryGroup]]:
     """Set aside ``fraction`` of the queries (all groups of a held-out query) for evaluation."""
     queries = sorted({group.query for group in data.groups})
@@ -587,5 +623,7 @@ def _usable(data: TrainingData, loss: ListLoss) -> TrainingData:
             continue
         kept.append(group)
     if not kept:
-        raise DatasetError(f"{data.source}: no query left to train on ({', '.join(f'{n} {r}' for r, n in skipped.items())})")
+        reasons = {**data.skipped, **skipped}
+        why = ", ".join(f"{n} {r}" for r, n in reasons.items()) or "the data holds no query"
+        raise DatasetError(f"{data.source}: no query left to train on ({why})")
     return data.with_groups(kept, skipped)

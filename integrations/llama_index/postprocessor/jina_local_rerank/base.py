@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from llama_index.core.bridge.pydantic import Field, field_validator
+from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
@@ -16,7 +16,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, Query
 
 from jina_local_rerank import Reranker, ScoreResult, reranker_for
 from jina_local_rerank.checkpoint import default_model
-from jina_local_rerank.pydantic_options import RerankerOptionFields
+from jina_local_rerank.pydantic_options import RerankerOptionFields, apply_aliases
 from jina_local_rerank.ranking import ranked_indices
 from jina_local_rerank.validation import check_threshold
 
@@ -32,6 +32,10 @@ class JinaLocalRerank(RerankerOptionFields, BaseNodePostprocessor):
     :class:`NodeWithScore` objects (holding copies of the nodes) best first, at most ``top_n`` of them and only
     those scoring at least ``score_threshold``. The model loads on first use and is shared by every
     postprocessor (and ``Reranker``) on the same model, revision, device and dtype in the process.
+
+    Instructions go around the texts with the engine options ``query_prefix``/``query_suffix`` and
+    ``document_prefix``/``document_suffix``; ``query_instruction`` and ``text_instruction``, as the TEI rerank
+    postprocessor's users write them, are accepted for the two prefixes.
     """
 
     top_n: Optional[int] = Field(
@@ -47,6 +51,11 @@ class JinaLocalRerank(RerankerOptionFields, BaseNodePostprocessor):
         default=False, description='Store the incoming score as metadata["retrieval_score"] on the returned copy.'
     )
     raw_scores: bool = Field(default=False, description="Return logits instead of sigmoid scores in 0..1.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instructions(cls, data: Any) -> Any:
+        return apply_aliases(data, {"query_instruction": "query_prefix", "text_instruction": "document_prefix"})
 
     @field_validator("score_threshold")
     @classmethod

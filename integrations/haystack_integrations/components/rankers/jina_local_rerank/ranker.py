@@ -13,6 +13,15 @@ from jina_local_rerank import Reranker, RerankerOptions, reranker_for
 from jina_local_rerank.ranking import ranked_indices
 from jina_local_rerank.validation import check_optional_positive_int, check_query, check_threshold
 
+# SentenceTransformersSimilarityRanker arguments that have no meaning for this engine, and what to use instead.
+REFUSED_ARGUMENTS = {
+    "backend": "this ranker runs the model in PyTorch itself; for ONNX, export it (jina-local-rerank export onnx)",
+    "model_kwargs": "pass engine options by name instead (dtype, max_length, revision, cache_dir...)",
+    "tokenizer_kwargs": "the checkpoint's own tokenizer is used; set max_length or max_query_length instead",
+    "config_kwargs": "the checkpoint's config.json is read as it is",
+    "trust_remote_code": "no remote code is ever run: the JinaBERT model is implemented here",
+}
+
 # Annotations use Optional rather than ``X | None``: older haystack-ai 2.x releases only understand typing.Union in
 # socket type checks.
 
@@ -67,7 +76,10 @@ class JinaLocalRanker:
         meta_fields_to_embed: Optional[list[str]] = None,
         embedding_separator: str = "\n",
         query_prefix: str = "",
+        query_suffix: str = "",
         document_prefix: str = "",
+        document_suffix: str = "",
+        batch_size: Optional[int] = None,
         **options: Any,
     ) -> None:
         """Store the settings; nothing is loaded until :meth:`warm_up`.
@@ -81,8 +93,12 @@ class JinaLocalRanker:
         :param scale_score: True: scores are sigmoid probabilities in 0..1; False: raw logits.
         :param meta_fields_to_embed: meta fields whose values are prepended to the content before scoring.
         :param embedding_separator: joins those meta values and the content.
-        :param query_prefix: prepended to the query before scoring.
-        :param document_prefix: prepended to every document text before scoring.
+        :param query_prefix: put before the query before scoring (an instruction some models want).
+        :param query_suffix: put after the query before scoring.
+        :param document_prefix: put before every document text (after the embedded meta) before scoring.
+        :param document_suffix: put after every document text before scoring.
+        :param batch_size: at most this many documents per forward pass (the engine's ``max_batch_size``); the
+            engine also bounds each pass by ``max_batch_tokens``, whatever the documents' lengths.
         :param options: the other engine options of :class:`~jina_local_rerank.options.RerankerOptions`
             (``revision``, ``dtype``, ``max_length``, ``max_query_length``, ``max_batch_tokens``, ``long_document``,
             ``chunk_stride``, ``chunk_aggregation``, ``cache_dir``; lengths in tokens).
@@ -97,19 +113,31 @@ class JinaLocalRanker:
         for name in ("device", "token"):
             if name in options:
                 raise TypeError(f"{name} is given as a haystack {'ComponentDevice' if name == 'device' else 'Secret'}")
+        for name, instead in REFUSED_ARGUMENTS.items():
+            if name in options:
+                raise TypeError(f"{name} does not apply to JinaLocalRanker: {instead}")
+        if "max_batch_size" in options:
+            raise TypeError("give the batch size as batch_size")
         self.model = None if model is None else os.fspath(model)
         self.device = device
         self.token = token
         # Checked now, so that a bad option or a device map fails at construction, not at the first run.
         torch_device = device.to_torch_str() if device is not None else "auto"
-        self.options = RerankerOptions.from_dict({**options, "model": self.model, "device": torch_device})
+        self.options = RerankerOptions.from_dict({
+            **options,
+            "model": self.model,
+            "device": torch_device,
+            "query_prefix": query_prefix,
+            "query_suffix": query_suffix,
+            "document_prefix": document_prefix,
+            "document_suffix": document_suffix,
+            "max_batch_size": batch_size,
+        })
         self.top_k = check_optional_positive_int(top_k, "top_k")
         self.score_threshold = check_threshold(score_threshold)
         self.scale_score = scale_score
         self.meta_fields_to_embed = meta_fields_to_embed or []
         self.embedding_separator = embedding_separator
-        self.query_prefix = query_prefix
-        self.document_prefix = document_prefix
 
     @property
     def reranker(self) -> Reranker:
@@ -156,9 +184,7 @@ class JinaLocalRanker:
         scale_score = self.scale_score if scale_score is None else scale_score
         if not documents:
             return {"documents": []}
-        result = self.reranker.score(
-            self.query_prefix + query, [self._document_text(doc) for doc in documents], raw=not scale_score
-        )
+        result = self.reranker.score(query, [self._document_text(doc) for doc in documents], raw=not scale_score)
         order = ranked_indices(
             result.logits, result.scores, top_n=top_k, score_threshold=score_threshold, top_name="top_k"
         )
@@ -190,13 +216,18 @@ class JinaLocalRanker:
         return replace(copy.deepcopy(doc), score=float(score))
 
     def _document_text(self, doc: Document) -> str:
-        """The text scored for ``doc``: prefix, then the non-empty embedded meta values and the content."""
+        """The text scored for ``doc``: the non-empty embedded meta values and the content (the engine adds the
+        document prefix and suffix)."""
         meta_values = [str(doc.meta[key]) for key in self.meta_fields_to_embed if doc.meta.get(key)]
-        return self.document_prefix + self.embedding_separator.join([*meta_values, doc.content or ""])
+        return self.embedding_separator.join([*meta_values, doc.content or ""])
 
     def to_dict(self) -> dict[str, Any]:
         """Serialize the settings; an environment-variable token is stored by name, a plain token refuses."""
-        options = {name: value for name, value in self.options.to_dict().items() if name not in ("model", "device")}
+        options = {
+            name: value
+            for name, value in self.options.to_dict().items()
+            if name not in ("model", "device", "max_batch_size")
+        }
         return default_to_dict(
             self,
             model=self.model,
@@ -207,8 +238,7 @@ class JinaLocalRanker:
             scale_score=self.scale_score,
             meta_fields_to_embed=self.meta_fields_to_embed,
             embedding_separator=self.embedding_separator,
-            query_prefix=self.query_prefix,
-            document_prefix=self.document_prefix,
+            batch_size=self.options.max_batch_size,
             **options,
         )
 
