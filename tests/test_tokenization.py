@@ -96,3 +96,14 @@ def test_a_tokenizer_the_cut_rule_does_not_cover_tokenizes_whole_texts(checkpoin
     (whole,) = tokenizer.tokenize([text])
     assert tokenizer.tokenize_ends([text], [10], "right") == [whole[:10]]
     assert tokenizer.tokenize_ends([text], [10], "left") == [whole[-10:]]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_cut_never_splits_a_special_token_written_in_the_text(tokenizer: PairTokenizer, side: str) -> None:
+    # "<mask>" alone offers cut places only inside the token ("k" before ">"); "</s> " and " <mask>" beside spaces.
+    for unit in ("<mask>", "a</s>", "x <mask> y", "</s> word", "<unk>\n<pad>."):
+        text = unit * 3000
+        (whole,) = tokenizer.tokenize([text])
+        for limit in (7, 100, 1000):
+            (ends,) = tokenizer.tokenize_ends([text], [limit], side)
+            assert ends == (whole[-limit:] if side == "left" else whole[:limit]), (unit, limit)

@@ -65,6 +65,7 @@ SAFE_CUT = re.compile(
     r"[\w!-~](?=[ \t\n\r\x0b\x0c])"
     r"|[0-9A-Za-z\u4e00-\u9fff](?=[!-/:-@\[-`{-~\u3001\u3002\uff01\uff0c\uff1a\uff1b\uff1f])"
 )
+WHITESPACE_RUN = re.compile(r"[ \t\n\r\x0b\x0c]*")
 # Characters per token guessed for the first cut (English averages about 4.5); each later try doubles it.
 CHARS_PER_TOKEN_GUESS = 6
 
@@ -87,19 +88,41 @@ def cuts_safely(tokenizer_json: str) -> bool:
         return False
 
 
-def last_cut(text: str, start: int, end: int) -> int | None:
-    """The last :data:`SAFE_CUT` position in ``text`` between ``start`` and ``end`` (inclusive), or None."""
-    found = None
-    for match in SAFE_CUT.finditer(text, max(0, start - 1), min(len(text), end + 1)):
-        if match.end() <= end:
-            found = match.end()
-    return found
+def touches_added_token(text: str, cut: int, added: Sequence[str]) -> bool:
+    """Whether a cut of ``text`` at ``cut`` falls inside, or at either edge of, one of the ``added`` tokens written
+    in the text (``</s>``, ``<mask>``...), possibly across whitespace after the cut. The tokenizer matches those
+    before pre-tokenizing, and ``lstrip``/``rstrip`` ones take the whitespace beside them, so :data:`SAFE_CUT`'s
+    reasoning does not hold there."""
+    after = WHITESPACE_RUN.match(text, cut).end()
+    for content in added:
+        width = len(content)
+        start = text.find(content, max(0, cut - width), cut + width)
+        while start != -1 and start <= cut:
+            if cut <= start + width:
+                return True
+            start = text.find(content, start + 1, cut + width)
+        if text.startswith(content, after):
+            return True
+    return False
 
 
-def first_cut(text: str, start: int) -> int | None:
-    """The first :data:`SAFE_CUT` position in ``text`` at or after ``start``, or None."""
-    match = SAFE_CUT.search(text, max(0, start - 1))
-    return None if match is None else match.end()
+def last_cut(text: str, start: int, end: int, added: Sequence[str] = ()) -> int | None:
+    """The last :data:`SAFE_CUT` position in ``text`` between ``start`` and ``end`` (inclusive) that touches none
+    of the ``added`` tokens, or None."""
+    cuts = [match.end() for match in SAFE_CUT.finditer(text, max(0, start - 1), min(len(text), end + 1))]
+    for cut in reversed(cuts):
+        if cut <= end and not touches_added_token(text, cut, added):
+            return cut
+    return None
+
+
+def first_cut(text: str, start: int, added: Sequence[str] = ()) -> int | None:
+    """The first :data:`SAFE_CUT` position in ``text`` at or after ``start`` that touches none of the ``added``
+    tokens, or None."""
+    for match in SAFE_CUT.finditer(text, max(0, start - 1)):
+        if not touches_added_token(text, match.end(), added):
+            return match.end()
+    return None
 
 
 def window_starts(length: int, room: int, stride: int) -> list[int]:
@@ -144,6 +167,8 @@ class PairTokenizer:
         self.pad_id = pad_id
         # Whether long texts may be tokenized in part (see SAFE_CUT); otherwise they are tokenized whole.
         self.cuts_safely = cuts_safely(tokenizer.to_str())
+        # Tokens the tokenizer finds in a text before pre-tokenizing it; no cut may touch one.
+        self.added_tokens = tuple(token.content for token in tokenizer.get_added_tokens_decoder().values())
 
     @classmethod
     def from_directory(cls, directory: Path, vocab_size: int) -> "PairTokenizer":
@@ -208,10 +233,10 @@ class PairTokenizer:
         chars = limit * CHARS_PER_TOKEN_GUESS
         while chars < len(text):
             if side == "left":
-                cut = first_cut(text, len(text) - chars)
+                cut = first_cut(text, len(text) - chars, self.added_tokens)
                 part = None if cut is None or cut < len(text) - 2 * chars else text[cut:]
             else:
-                cut = last_cut(text, chars // 2, chars)
+                cut = last_cut(text, chars // 2, chars, self.added_tokens)
                 part = None if cut is None else text[:cut]
             if part:
                 (tokens,) = self.tokenize([part])
