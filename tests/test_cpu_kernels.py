@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import jina_local_rerank.cpu_kernels as cpu_kernels
+import jina_local_rerank.engine as engine_module
 import jina_local_rerank.quantization as quantization
 from jina_local_rerank import Reranker
 from jina_local_rerank.cpu_kernels import Bf16ViaFp32Linear
@@ -33,10 +34,13 @@ def documents(count: int, seed: int, scale: int = 1) -> list[str]:
 
 @pytest.fixture
 def fresh_engines():
-    """Engines loaded inside the test (with its patches), dropped after it."""
+    """Engines loaded inside the test (with its patches), dropped after it; the engines cached before it (the
+    session's ``reranker`` fixture among them) are cached again afterwards, so later tests still share them."""
+    before = dict(engine_module._cache)
     clear_engine_cache()
     yield
     clear_engine_cache()
+    engine_module._cache.update(before)
 
 
 @pytest.fixture
