@@ -20,3 +20,7 @@ class CheckpointError(JinaLocalRerankError, ValueError):
 
 class UnsupportedModelError(CheckpointError):
     """The checkpoint is not a JinaBERT cross-encoder (wrong architecture, position embedding or feed-forward)."""
+
+
+class MissingExtraError(JinaLocalRerankError, ModuleNotFoundError):
+    """An optional feature's packages are not installed; the message names the extra and the pip command."""
