@@ -196,7 +196,8 @@ def memory(checkpoint: Path, device: str, checkpointing: bool, length: int) -> d
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-DOCUMENTS = {"short": None, "medium": 2048, "8k": 8192}  # max_length of each row (None: the default, 512)
+# Each row's documents: (name, max_length (None: the default, 512), activation checkpointing).
+DOCUMENTS = [("short", None, False), ("medium", 2048, False), ("8k", 8192, False), ("8k", 8192, True)]
 ROW_LIMIT_BYTES = 14 * 2**30  # address space of a row's process: a row over it reports "over 14 GB"
 
 ROW_PROCESS = """
@@ -204,7 +205,7 @@ import json, statistics, sys, time
 from pathlib import Path
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.training import Trainer, TrainingConfig
-checkpoint, data, output, max_length, steps = sys.argv[1:6]
+checkpoint, data, output, max_length, steps, checkpointing = sys.argv[1:7]
 rates = []
 class Enough(Exception):
     pass
@@ -214,8 +215,8 @@ def on_step(report):
         raise Enough
 options = RerankerOptions(model=checkpoint, device="cpu", max_length=None if max_length == "0" else int(max_length))
 try:
-    Trainer(options, train=data, output=output, config=TrainingConfig(save_every=None, show_progress="never"),
-            overwrite=True).fit(on_step=on_step)
+    config = TrainingConfig(save_every=None, show_progress="never", activation_checkpointing=checkpointing == "1")
+    Trainer(options, train=data, output=output, config=config, overwrite=True).fit(on_step=on_step)
 except Enough:
     pass
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
@@ -241,8 +242,8 @@ def long_rows(count: int, tokens: int, tokenizer: PairTokenizer) -> list[dict]:
     return rows
 
 
-def defaults_row(source: Path | None, checkpoint: Path, data: Path, max_length: int | None, steps: int,
-                 workdir: Path) -> dict | None:
+def defaults_row(source: Path | None, checkpoint: Path, data: Path, max_length: int | None, checkpointing: bool,
+                 steps: int, workdir: Path) -> dict | None:
     """One ``Trainer`` run at the defaults in a fresh process (``source``: the package folder to import, default
     this checkout's); ``None`` where it went over :data:`ROW_LIMIT_BYTES`."""
     env = dict(os.environ)
@@ -250,7 +251,7 @@ def defaults_row(source: Path | None, checkpoint: Path, data: Path, max_length: 
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     completed = subprocess.run(
         [sys.executable, "-c", ROW_PROCESS, str(checkpoint), str(data), str(workdir / "row-output"),
-         str(max_length or 0), str(steps)],
+         str(max_length or 0), str(steps), "1" if checkpointing else "0"],
         capture_output=True, text=True, env=env,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (ROW_LIMIT_BYTES, ROW_LIMIT_BYTES)),
     )
@@ -263,11 +264,12 @@ def defaults_row(source: Path | None, checkpoint: Path, data: Path, max_length: 
 
 def defaults_table(args: argparse.Namespace, workdir: Path) -> None:
     """The ``--defaults`` rows: peak memory and tokens/s at the defaults, before and after where ``--before``."""
-    shapes = {"tiny": TINY_SHAPE, "turbo": TURBO_SHAPE}
+    shapes = {name: shape for name, shape in (("tiny", TINY_SHAPE), ("turbo", TURBO_SHAPE)) if name in args.shapes}
     checkpoints = {name: write_random_checkpoint(workdir / name, shape, seed=0) for name, shape in shapes.items()}
-    tokenizer = get_engine(checkpoints["tiny"], device="cpu").tokenizer
+    tokenizer = get_engine(next(iter(checkpoints.values())), device="cpu").tokenizer
+    documents = [row for row in DOCUMENTS if row[0] in args.documents]
     datasets = {}
-    for docs, max_length in DOCUMENTS.items():
+    for docs, max_length, _ in documents:
         rows = triplets(args.queries) if max_length is None else long_rows(args.long_queries, max_length - 48, tokenizer)
         datasets[docs] = workdir / f"{docs}.jsonl"
         datasets[docs].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
@@ -276,19 +278,23 @@ def defaults_table(args: argparse.Namespace, workdir: Path) -> None:
           f"tokens/s of the steps after the first (over {ROW_LIMIT_BYTES / 2**30:.0f} GB: the row's limit)")
     print()
     header = " | ".join(f"{label} peak MB | {label} tokens/s" for label, _ in sources)
-    print(f"| documents | max_length | shape | {header} |" + (" tokens/s ratio |" if args.before else ""))
+    print(f"| documents | settings | shape | {header} |" + (" tokens/s ratio |" if args.before else ""))
     print("|---|---|---|" + "---|---|" * len(sources) + ("---|" if args.before else ""))
-    for docs, max_length in DOCUMENTS.items():
+    for docs, max_length, checkpointing in documents:
         steps = args.short_steps if max_length is None else args.long_steps
+        settings = ("defaults" if max_length is None else f"--max-length {max_length}") + (
+            " --activation-checkpointing" if checkpointing else "")
         for shape in shapes:
-            results = [defaults_row(source, checkpoints[shape], datasets[docs], max_length, steps, workdir)
-                       for _, source in sources]
-            cells = " | ".join("over the limit | " if r is None else f"{r['peak_mb']:,.0f} | {r['tokens_per_s']:,.0f}"
-                               for r in results)
+            # Checkpointing rows run only with this checkout: they show a setting, not a change.
+            results = [defaults_row(source, checkpoints[shape], datasets[docs], max_length, checkpointing, steps,
+                                    workdir) if not (checkpointing and label == "before") else {}
+                       for label, source in sources]
+            cells = " | ".join("over the limit | " if r is None else " | " if not r else
+                               f"{r['peak_mb']:,.0f} | {r['tokens_per_s']:,.0f}" for r in results)
             ratio = ""
             if args.before:
-                ratio = " |" if None in results else f" {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x |"
-            print(f"| {docs} | {max_length or 512} | {shape} | {cells} |{ratio}", flush=True)
+                ratio = " |" if not all(results) else f" {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x |"
+            print(f"| {docs} | {settings} | {shape} | {cells} |{ratio}", flush=True)
 
 
 def main() -> None:
@@ -304,6 +310,8 @@ def main() -> None:
     parser.add_argument("--before", type=Path, default=None,
                         help="with --defaults: also run the rows with the package folder DIR (an earlier commit's core/)")
     parser.add_argument("--short-steps", type=int, default=4, help="with --defaults: steps of the short rows")
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "turbo"], help="with --defaults: the shapes")
+    parser.add_argument("--documents", nargs="+", default=["short", "medium", "8k"], help="with --defaults: the rows")
     parser.add_argument("--long-queries", type=int, default=4, help="with --defaults: queries of the medium and 8k rows")
     parser.add_argument("--long-steps", type=int, default=2, help="with --defaults: steps of the medium and 8k rows")
     args = parser.parse_args()

@@ -1,10 +1,12 @@
 """The inference model, made trainable: the one ``JinaBertForReranking`` definition, no training copy of it.
 
 The engine's attention modes backpropagate exactly (``tests/test_training.py`` checks every parameter's gradient
-against a float64 reference). Training attends in the padded mode on every device: on CPUs its one kernel call
-per layer runs forward and backward 1.3-3x faster than the exact-length mode's call per sequence (whose backward
-passes do not batch), and the dense layers still run on the packed tokens alone. Two things are added around the
-model, not inside it:
+against a float64 reference). On CPUs training attends in the exact-length mode: the padded mode holds, for the
+backward pass, its padded q, k, v and a mask of every sequence x head x query x key of the pass (4.6 GB for a
+pass of 16k tokens of short pairs on tiny, measured), and its padding is work too: on pairs of uneven length the
+exact mode ran a step 4x faster in less than half the memory (``benchmarks/training.py``). Elsewhere training
+attends in the padded mode. Passes hold at most ``batch_tokens`` tokens (:func:`forward_backward`). Two things
+are added around the model, not inside it:
 
 - :class:`FullPrecisionAttention` keeps attention out of bf16 autocast: the model computes scores in fp32 because
   the ALiBi bias is too large for bf16, and autocast would cast them back down.
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import PackedAttention, PaddedAttention
+from ..attention import ExactLengthAttention, PackedAttention, PaddedAttention
 from ..checkpoint import load_checkpoint
 from ..model import JinaBertForReranking
 from .batches import Batch
@@ -52,8 +54,9 @@ class FullPrecisionAttention(PackedAttention):
 
 
 def training_attention(lengths: list[int], model: JinaBertForReranking) -> PackedAttention:
-    """The attention of one training forward pass: the padded mode, in fp32."""
-    return FullPrecisionAttention(PaddedAttention(lengths, model.alibi_slopes))
+    """The attention of one training forward pass, in fp32: the exact-length mode on CPUs, else the padded one."""
+    mode = ExactLengthAttention if model.alibi_slopes.device.type == "cpu" else PaddedAttention
+    return FullPrecisionAttention(mode(lengths, model.alibi_slopes))
 
 
 def forward_backward(
