@@ -47,6 +47,7 @@ from engine_throughput import flop_matched_intermediate, sentence_transformers_b
 from jina_local_rerank.config import JinaBertConfig  # noqa: E402
 from jina_local_rerank.engine import get_engine  # noqa: E402
 from jina_local_rerank.evaluation.runs import BM25Index  # noqa: E402
+from jina_local_rerank.extras import install_hint  # noqa: E402
 from jina_local_rerank.options import RerankerOptions  # noqa: E402
 from jina_local_rerank.random_checkpoint import TINY_SHAPE, TURBO_SHAPE, write_random_checkpoint  # noqa: E402
 from jina_local_rerank.tokenization import PairTokenizer  # noqa: E402
@@ -120,7 +121,7 @@ def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, ba
         from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
         from transformers import TrainerCallback
     except ImportError as exc:
-        print(f"sentence-transformers baseline skipped ({exc}); pip install 'jina-local-rerank[bench]'")
+        print(f"sentence-transformers baseline skipped ({exc}); {install_hint('bench')}")
         return None
     config = JinaBertConfig.from_json_file(checkpoint / "config.json")
     intermediate = flop_matched_intermediate(config, config.num_hidden_layers)  # 2 x 384 x I = 3 x 384 x 1536
