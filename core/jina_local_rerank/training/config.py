@@ -26,7 +26,7 @@ DEFAULT_NEGATIVES = 7
 DEFAULT_STEP_TOKENS = 16384
 # Tokens per forward pass of training. Their activations are held for the backward pass (about 40 KB per token and
 # layer in fp32: 0.6 GB for tiny at this budget), so the budget, not the step, sets the memory a run needs; the
-# passes of a step add up their gradients. Larger passes run no faster on CPUs (benchmarks/training.py).
+# passes of a step add up their gradients (benchmarks/training.py --defaults measures both).
 DEFAULT_BATCH_TOKENS = 4096
 # Training pairs are truncated to this window unless max_length says otherwise: the usual cross-encoder window,
 # affordable per step; long-document fine-tuning raises it (with activation_checkpointing).
