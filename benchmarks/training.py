@@ -16,12 +16,21 @@ padding). Tokens/s counts real tokens, not padding, over the steps after the war
 Memory: one step on a list of two pairs of 4,096 and of 8,192 tokens, in a fresh process each, with and without
 activation checkpointing (peak resident memory, VmHWM, on CPU, under a limit of 80% of the machine's memory;
 ``torch.cuda.max_memory_allocated`` on GPU).
+
+At the defaults (``--defaults``): a whole ``Trainer`` run, in a fresh process per row, on short documents (the
+docstring triplets, pairs up to 512 tokens), medium ones (about 2,000 tokens, ``max_length=2048``) and 8k ones
+(about 8,000 tokens, ``max_length=8192``), tiny and turbo shapes, every other setting at its default (seven
+negatives per positive, BM25-mined; 16,384 tokens per step): the peak resident memory of the process (data,
+mining, model, optimizer and the steps) and the median tokens/s of the steps after the first. ``--before DIR``
+runs the same rows with the package in ``DIR`` (e.g. ``git worktree add /tmp/before <commit>`` then
+``--before /tmp/before/core``), in the same run, for same-run ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -38,8 +47,9 @@ from engine_throughput import flop_matched_intermediate, sentence_transformers_b
 from jina_local_rerank.config import JinaBertConfig  # noqa: E402
 from jina_local_rerank.engine import get_engine  # noqa: E402
 from jina_local_rerank.evaluation.runs import BM25Index  # noqa: E402
+from jina_local_rerank.extras import install_hint  # noqa: E402
 from jina_local_rerank.options import RerankerOptions  # noqa: E402
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
+from jina_local_rerank.random_checkpoint import TINY_SHAPE, TURBO_SHAPE, write_random_checkpoint  # noqa: E402
 from jina_local_rerank.tokenization import PairTokenizer  # noqa: E402
 from jina_local_rerank.training import Trainer, TrainingConfig  # noqa: E402
 from jina_local_rerank.training.docstring_task import docstring_pairs  # noqa: E402
@@ -111,7 +121,7 @@ def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, ba
         from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
         from transformers import TrainerCallback
     except ImportError as exc:
-        print(f"sentence-transformers baseline skipped ({exc}); pip install 'jina-local-rerank[bench]'")
+        print(f"sentence-transformers baseline skipped ({exc}); {install_hint('bench')}")
         return None
     config = JinaBertConfig.from_json_file(checkpoint / "config.json")
     intermediate = flop_matched_intermediate(config, config.num_hidden_layers)  # 2 x 384 x I = 3 x 384 x 1536
@@ -187,6 +197,107 @@ def memory(checkpoint: Path, device: str, checkpointing: bool, length: int) -> d
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+# Each row's documents: (name, max_length (None: the default, 512), activation checkpointing).
+DOCUMENTS = [("short", None, False), ("medium", 2048, False), ("8k", 8192, False), ("8k", 8192, True)]
+ROW_LIMIT_BYTES = 14 * 2**30  # address space of a row's process: a row over it reports "over 14 GB"
+
+ROW_PROCESS = """
+import json, statistics, sys, time
+from pathlib import Path
+from jina_local_rerank.options import RerankerOptions
+from jina_local_rerank.training import Trainer, TrainingConfig
+checkpoint, data, output, max_length, steps, checkpointing = sys.argv[1:7]
+rates = []
+class Enough(Exception):
+    pass
+def on_step(report):
+    rates.append(report.tokens_per_second)
+    if report.step == int(steps):
+        raise Enough
+options = RerankerOptions(model=checkpoint, device="cpu", max_length=None if max_length == "0" else int(max_length))
+try:
+    config = TrainingConfig(save_every=None, show_progress="never", activation_checkpointing=checkpointing == "1")
+    Trainer(options, train=data, output=output, config=config, overwrite=True).fit(on_step=on_step)
+except Enough:
+    pass
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+print(json.dumps({"peak_mb": peak, "tokens_per_s": statistics.median(rates[1:] or rates)}))
+"""
+
+
+def long_rows(count: int, tokens: int, tokenizer: PairTokenizer) -> list[dict]:
+    """``count`` queries, each with a positive and seven negatives of about ``tokens`` tokens: docstrings laid end to
+    end (the docstring task's summaries as queries), so the documents are as long as asked and all distinct."""
+    pairs = docstring_pairs()
+    lengths = [len(ids) for ids in tokenizer.tokenize([rest for _, _, rest in pairs])]
+    texts, rows, cursor = [], [], 0
+    for _ in range(count * 8):
+        parts, total = [], 0
+        while total < tokens:
+            parts.append(pairs[cursor % len(pairs)][2])
+            total += lengths[cursor % len(pairs)] + 1
+            cursor += 1
+        texts.append(" ".join(parts))
+    for i in range(count):
+        rows.append({"query": pairs[i][1], "positive": texts[8 * i], "negatives": texts[8 * i + 1 : 8 * i + 8]})
+    return rows
+
+
+def defaults_row(source: Path | None, checkpoint: Path, data: Path, max_length: int | None, checkpointing: bool,
+                 steps: int, workdir: Path) -> dict | None:
+    """One ``Trainer`` run at the defaults in a fresh process (``source``: the package folder to import, default
+    this checkout's); ``None`` where it went over :data:`ROW_LIMIT_BYTES`."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
+    completed = subprocess.run(
+        [sys.executable, "-c", ROW_PROCESS, str(checkpoint), str(data), str(workdir / "row-output"),
+         str(max_length or 0), str(steps), "1" if checkpointing else "0"],
+        capture_output=True, text=True, env=env,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (ROW_LIMIT_BYTES, ROW_LIMIT_BYTES)),
+    )
+    if completed.returncode != 0:
+        if "alloc" in completed.stderr or "memory" in completed.stderr or completed.returncode < 0:
+            return None
+        raise RuntimeError(completed.stderr)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def defaults_table(args: argparse.Namespace, workdir: Path) -> None:
+    """The ``--defaults`` rows: peak memory and tokens/s at the defaults, before and after where ``--before``."""
+    shapes = {name: shape for name, shape in (("tiny", TINY_SHAPE), ("turbo", TURBO_SHAPE)) if name in args.shapes}
+    checkpoints = {name: write_random_checkpoint(workdir / name, shape, seed=0) for name, shape in shapes.items()}
+    tokenizer = get_engine(next(iter(checkpoints.values())), device="cpu").tokenizer
+    documents = [row for row in DOCUMENTS if row[0] in args.documents]
+    datasets = {}
+    for docs, max_length, _ in documents:
+        rows = triplets(args.queries) if max_length is None else long_rows(args.long_queries, max_length - 48, tokenizer)
+        datasets[docs] = workdir / f"{docs}.jsonl"
+        datasets[docs].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    sources = [("before", args.before), ("after", None)] if args.before else [("now", None)]
+    print(f"training at the defaults, CPU, {os.cpu_count()} cores: peak resident memory of the whole run and median "
+          f"tokens/s of the steps after the first (over {ROW_LIMIT_BYTES / 2**30:.0f} GB: the row's limit)")
+    print()
+    header = " | ".join(f"{label} peak MB | {label} tokens/s" for label, _ in sources)
+    print(f"| documents | settings | shape | {header} |" + (" tokens/s ratio |" if args.before else ""))
+    print("|---|---|---|" + "---|---|" * len(sources) + ("---|" if args.before else ""))
+    for docs, max_length, checkpointing in documents:
+        steps = args.short_steps if max_length is None else args.long_steps
+        settings = ("defaults" if max_length is None else f"--max-length {max_length}") + (
+            " --activation-checkpointing" if checkpointing else "")
+        for shape in shapes:
+            # Checkpointing rows run only with this checkout: they show a setting, not a change.
+            results = [defaults_row(source, checkpoints[shape], datasets[docs], max_length, checkpointing, steps,
+                                    workdir) if not (checkpointing and label == "before") else {}
+                       for label, source in sources]
+            cells = " | ".join("over the limit | " if r is None else " | " if not r else
+                               f"{r['peak_mb']:,.0f} | {r['tokens_per_s']:,.0f}" for r in results)
+            ratio = ""
+            if args.before:
+                ratio = " |" if not all(results) else f" {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x |"
+            print(f"| {docs} | {settings} | {shape} | {cells} |{ratio}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -195,10 +306,22 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--long-tokens", type=int, nargs="+", default=[4096, 8192],
                         help="document lengths of the memory rows")
+    parser.add_argument("--defaults", action="store_true",
+                        help="instead: peak memory and tokens/s of whole runs at the defaults (CPU)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="with --defaults: also run the rows with the package folder DIR (an earlier commit's core/)")
+    parser.add_argument("--short-steps", type=int, default=4, help="with --defaults: steps of the short rows")
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "turbo"], help="with --defaults: the shapes")
+    parser.add_argument("--documents", nargs="+", default=["short", "medium", "8k"], help="with --defaults: the rows")
+    parser.add_argument("--long-queries", type=int, default=4, help="with --defaults: queries of the medium and 8k rows")
+    parser.add_argument("--long-steps", type=int, default=2, help="with --defaults: steps of the medium and 8k rows")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
+        if args.defaults:
+            defaults_table(args, workdir)
+            return
         checkpoint = write_random_checkpoint(workdir / "tiny", TINY_SHAPE, seed=0)
         rows = triplets(args.queries)
         data = workdir / "train.jsonl"

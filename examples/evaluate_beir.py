@@ -2,7 +2,7 @@
 
 Writes a tiny BEIR dataset (corpus.jsonl, queries.jsonl, qrels/test.tsv) to a temporary folder, retrieves BM25
 candidates for each query, reranks them, and prints NDCG@10, MRR@10, recall and hit rate before and after
-reranking. Needs the ``eval`` extra (``pip install 'jina-local-rerank[eval]'``, for BM25).
+reranking. Needs the ``eval`` extra (``pip install ".[eval]"`` in a checkout, for BM25).
 
     python examples/evaluate_beir.py --model /path/to/jina-reranker-v1-tiny-en [--long-document chunk]
 

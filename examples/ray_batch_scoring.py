@@ -1,6 +1,6 @@
 """Score a JSONL file of (query, document) pairs with Ray Data: one actor, the model loaded once in it.
 
-    pip install 'jina-local-rerank[ray]'
+    pip install ".[ray]"    # in a checkout (see the docs' Install section for a wheel or git URL)
     python examples/ray_batch_scoring.py --model /path/to/jina-reranker-v1-tiny-en
 
 Without ``--model`` the model is ``$JINA_LOCAL_RERANK_MODEL``, else ``jinaai/jina-reranker-v1-tiny-en`` from the

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-lowest
 EXTRAS=(llama-index langchain haystack)
-TEST_PACKAGES=(pytest pytest-asyncio langchain-classic llama-index-postprocessor-jinaai-rerank)
+TEST_PACKAGES=(pytest pytest-asyncio llama-index-postprocessor-jinaai-rerank)
 
 python3 -m venv --clear "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip

@@ -58,7 +58,9 @@ def onnx_export(tmp_path_factory: pytest.TempPathFactory):
     """``onnx_export(checkpoint) -> folder``: the checkpoint exported to ONNX with int8, once per session."""
     missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
-        skip_unless_ci(f"{', '.join(missing)} not installed: pip install 'jina-local-rerank[export]'")
+        from jina_local_rerank.extras import install_hint
+
+        skip_unless_ci(f"{', '.join(missing)} not installed: {install_hint('export')}")
     from jina_local_rerank.export import export_onnx
 
     exports: dict[Path, Path] = {}

@@ -7,6 +7,7 @@ raw bytes on stdin, what ``--help`` imports) run the installed command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -217,8 +218,15 @@ def test_engine_flags_are_checked_alike_by_every_subcommand(subcommand, flag: st
     assert f"argument {flag}" in capsys.readouterr().err
 
 
-def test_every_subcommand_has_every_engine_option() -> None:
+def test_every_subcommand_lists_exactly_the_engine_options_it_accepts() -> None:
+    """Every command has every engine option, except those a command refuses: ``export onnx`` (a graph holds no
+    scoring setting) and ``train``/``distill`` (training truncates: no chunking) do not list them."""
+    from jina_local_rerank.export.layout import EXPORT_OPTIONS
     from jina_local_rerank.options import OPTION_NAMES
+    from jina_local_rerank.training.cli import CHUNKING_OPTIONS
+
+    refused = {"export onnx": set(OPTION_NAMES) - set(EXPORT_OPTIONS), "train": set(CHUNKING_OPTIONS),
+               "distill": set(CHUNKING_OPTIONS)}
 
     def leaves(parser: argparse.ArgumentParser, name: str):
         """The commands under ``parser`` that run (``export onnx``, not ``export``)."""
@@ -233,7 +241,28 @@ def test_every_subcommand_has_every_engine_option() -> None:
     assert {"rerank", "score-pairs", "export onnx", "train", "distill", "serve"} <= set(commands)
     for name, subparser in commands.items():
         dests = {action.dest for action in subparser._actions}
-        assert set(OPTION_NAMES) <= dests, f"{name} lacks {set(OPTION_NAMES) - dests}"
+        assert dests & set(OPTION_NAMES) == set(OPTION_NAMES) - refused.get(name, set()), name
+
+
+def help_text(*command: str) -> str:
+    """``jina-local-rerank COMMAND --help`` as printed (argparse's own rendering, joined into one line)."""
+    out = io.StringIO()
+    with pytest.raises(SystemExit), contextlib.redirect_stdout(out):
+        build_parser().parse_args([*command, "--help"])
+    return " ".join(out.getvalue().split())
+
+
+def test_help_texts_state_what_the_commands_do() -> None:
+    train, distill, export = help_text("train"), help_text("distill"), help_text("export", "onnx")
+    for text in (train, distill):  # one default for the training window, the same in the option and elsewhere
+        assert "pairs are truncated to it (default: 512; at most the model's window, 8192)" in text
+        assert "default 512" not in text and "(default: the model's, 8192)" not in text
+        assert "--batch-tokens BATCH_TOKENS tokens per forward pass of training" in text
+    assert "--model MODEL the student's starting checkpoint" in distill
+    assert "--model MODEL the checkpoint to fine-tune" in train
+    for refused in ("--device", "--dtype", "--max-length", "--long-document", "--max-batch-tokens"):
+        assert refused not in export
+    assert "--model" in export and "--revision" in export
 
 
 # --- progress, version, help --------------------------------------------------------------------------------

@@ -138,3 +138,32 @@ def test_documented_commands_are_accepted_by_the_cli():
                     problems.append(f"{where(page, line)}: {words[1]} does not exist")
     assert problems == []
     assert checked > 0
+
+
+def test_one_repository_url_everywhere_and_no_placeholder():
+    """The docs site links the repository its pages' paths (examples/, scripts/) live in: mkdocs.yml's repo_url is
+    pyproject.toml's Repository URL, and every page naming a repository URL names that one."""
+    import tomllib
+
+    url = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]["Repository"]
+    assert re.search(rf"^repo_url: {re.escape(url)}$", (REPO_ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M)
+    named = set()
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        assert "OWNER" not in text, f"{page.name} holds a placeholder"
+        named |= set(re.findall(r"https://github\.com/[\w.-]+/jina-local-rerank", text))
+    assert named == {url}
+
+
+def test_the_readme_langchain_snippet_imports_only_what_the_extra_installs():
+    """Every module the README's Python blocks import from outside our packages is installed by the extras those
+    snippets name (the LangChain snippet's langchain_classic comes with the langchain extra)."""
+    import tomllib
+
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    langchain = {re.split(r"[<>=\[]", requirement)[0].replace("-", "_") for requirement in extras["langchain"]}
+    for line, code in code_blocks(REPO_ROOT / "README.md", {"python"}):
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("langchain"):
+                top = node.module.split(".")[0]
+                assert top == "langchain_jina_local_rerank" or top in langchain, f"README.md:{line}: {top}"

@@ -4,6 +4,7 @@ and the proof: a reranker trained here ranks held-out queries far better than be
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -682,3 +683,94 @@ def test_distillation_raises_the_students_rank_correlation_with_its_teacher(trai
     assert json.loads((tmp_path / "student" / "config.json").read_text())["num_hidden_layers"] == 2
     assert sorted(read_safetensors(tmp_path / "student" / "model.safetensors")[0]) == sorted(
         expected_shapes(JinaBertConfig.from_json_file(tmp_path / "student" / "config.json")))
+
+
+# --- memory: passes within the budget; what a run shows and writes ------------------------------------------------
+
+
+def test_a_list_over_the_pass_budget_runs_in_chunks_with_the_same_gradients(checkpoint_dir: Path):
+    """A list longer than ``batch_tokens`` (the listwise loss needs all its logits) runs as chunks of its pairs:
+    every logit without a graph, then each chunk with its share of the loss's gradient. Same losses and gradients
+    as one pass, in passes of at most the budget (a forward hook records every pass's tokens)."""
+    from jina_local_rerank.training.batches import EncodedGroup, TrainingList, collate
+    from jina_local_rerank.training.modeling import forward_backward
+
+    generator = torch.Generator().manual_seed(3)
+    lengths = [30, 12, 50, 20, 41]
+    sequences = tuple(torch.randint(5, 1000, (n,), generator=generator).numpy() for n in lengths)
+    groups = [EncodedGroup(sequences, (1.0, 0.0, 0.0, 0.0, 0.0), None)]
+    batch = collate(groups, [TrainingList(0, (0, 1, 2, 3, 4))], "labels", torch.device("cpu"))
+    results = []
+    for budget in (1000, 64):
+        model = trainable_model(checkpoint_dir, torch.device("cpu"))
+        passes: list[int] = []
+        model.register_forward_hook(lambda module, args, output: passes.append(len(args[0])))
+        losses = forward_backward(model, batch, SoftmaxCrossEntropyLoss(), weight=0.5, batch_tokens=budget,
+                                  autocast=None)
+        results.append((losses, {name: p.grad.clone() for name, p in model.named_parameters()}, passes))
+    (one_loss, one_grads, one_pass), (chunked_loss, chunked_grads, chunked_passes) = results
+    assert one_pass == [153]
+    assert chunked_passes == [42, 50, 61, 42, 50, 61]  # the logits, then each chunk again with its gradient
+    torch.testing.assert_close(chunked_loss, one_loss, rtol=0, atol=1e-6)
+    for name in one_grads:
+        torch.testing.assert_close(chunked_grads[name], one_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_every_long_phase_shows_our_progress_and_never_bm25s(checkpoint_dir: Path, tmp_path: Path, capsys):
+    """With progress on, every phase of a distillation run has its bar on stderr (BM25 indexing, mining,
+    tokenizing, teacher scoring, every evaluation, the steps); bm25s's own bars never appear."""
+    pytest.importorskip("bm25s")
+    train = write_jsonl(tmp_path / "train.jsonl", triplets(6))
+    _, test = write_docstring_dataset(tmp_path / "docstrings", test_queries=12)
+    config = TrainingConfig(loss="margin-mse", negatives=3, eval_top_k=4, eval_max_queries=3, epochs=2,
+                            show_progress="always")
+    options = RerankerOptions(model=str(checkpoint_dir), device="cpu", max_length=48)
+    Trainer(options, teacher=options, train=train, eval=test, output=tmp_path / "out", config=config,
+            teacher_cache_dir=tmp_path / "cache").fit()
+    stderr = capsys.readouterr().err
+    bars = ["BM25 index", "mining negatives", "BM25 retrieval", "teacher scoring", "tokenizing",
+            "evaluating the starting model", "training", "evaluating step 1", "evaluating step 2",
+            "evaluating the saved checkpoint"]
+    assert [bar for bar in bars if f"{bar}: 100%" not in stderr] == []
+    assert "Split strings" not in stderr and "BM25S" not in stderr and "Tokenize" not in stderr
+
+    # The eval command: our bars with --progress, nothing at all for quick work by default.
+    from jina_local_rerank.cli import main
+
+    for flags, shown in ((["--progress"], True), ([], False)):
+        assert main(["eval", str(test), "--model", str(checkpoint_dir), "--device", "cpu", "--top-k", "3",
+                     "--max-queries", "2", *flags], stdout=io.StringIO()) == 0
+        stderr = capsys.readouterr().err
+        assert ("BM25 index: 100%" in stderr and "BM25 retrieval: 100%" in stderr and "reranking: 100%" in stderr) == shown
+        assert shown or stderr == ""
+
+
+def test_the_model_card_names_the_base_model_and_says_which_checkpoint_it_holds(tmp_path: Path):
+    """``base_model`` is a Hub id or the folder's name, never a path; a checkpoint that no evaluation improved is
+    called the starting model's weights, and one scoring below the starting model says so, with every evaluation
+    in a table."""
+    from jina_local_rerank.checkpoint import public_model_name
+    from jina_local_rerank.training.model_card import RunDescription, model_card
+
+    snapshot = tmp_path / "hub" / "models--jinaai--jina-reranker-v1-turbo-en" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "my-model").mkdir()
+    assert public_model_name("jinaai/jina-reranker-v1-tiny-en") == "jinaai/jina-reranker-v1-tiny-en"
+    assert public_model_name(snapshot) == "jinaai/jina-reranker-v1-turbo-en"
+    assert public_model_name(str(tmp_path / "my-model") + "/") == "my-model"
+
+    def card(best_step: int, after: float) -> str:
+        return model_card(RunDescription(
+            name="out", base_model="my-model", command="train", teacher=None, student_layers=None, data={},
+            settings={"loss": "softmax"}, steps=4, total_steps=4, tokens=100, seconds=1.0, evaluation="set, 3 queries",
+            metric="ndcg@10", before={"ndcg@10": 0.5}, after={"ndcg@10": after}, best_step=best_step,
+            history=[(0, {"ndcg@10": 0.5}), (2, {"ndcg@10": 0.4}), (4, {"ndcg@10": 0.6})]))
+
+    improved, unchanged = card(4, 0.59), card(0, 0.49)
+    assert "\nbase_model: my-model\n" in improved and str(tmp_path) not in improved
+    assert "holds the weights of step 4 of 4, the evaluation with the highest ndcg@10." in improved
+    assert "below the starting model's" not in improved and "best evaluation" not in improved
+    assert "| 4 (kept) | 0.6000 |" in improved and "| 0 | 0.5000 |" in improved
+    assert "holds the starting model's weights, not trained ones (4 steps were run)" in unchanged
+    assert "Its ndcg@10 is below the starting model's." in unchanged
+    assert "| ndcg@10 | 0.5000 | 0.4900 | -0.0100 |" in unchanged and "| 0 (kept) | 0.5000 |" in unchanged

@@ -41,6 +41,20 @@ def default_model() -> str:
     return os.environ.get(MODEL_ENV_VAR) or DEFAULT_MODEL
 
 
+def public_model_name(model: str | os.PathLike[str]) -> str:
+    """What to call ``model`` where others read it (a model card): a Hub id as given; a local directory's Hub id
+    when it is a snapshot in a Hugging Face cache (``models--org--name/snapshots/REV``), else the folder's name.
+    Never a filesystem path."""
+    name = os.fspath(model)
+    path = Path(name).expanduser()
+    if not path.is_dir() and _HUB_ID.match(name):
+        return name
+    path = path.resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/")
+    return path.name or name
+
+
 def resolve_model_dir(
     model: str | os.PathLike[str],
     *,

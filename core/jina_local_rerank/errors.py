@@ -25,3 +25,7 @@ class UnsupportedModelError(CheckpointError):
 class TrainingDivergedError(JinaLocalRerankError, ArithmeticError):
     """A training step's loss or gradients are not finite; the message names the step, the rows and the cause.
     Raised before the step changes the weights, so nothing non-finite is ever written."""
+
+
+class MissingExtraError(JinaLocalRerankError, ModuleNotFoundError):
+    """An optional feature's packages are not installed; the message names the extra and the pip command."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -171,16 +171,30 @@ def option_help(name: str) -> str:
     return next(option.metadata["help"] for option in fields(RerankerOptions) if option.name == name)
 
 
-def add_option_arguments(parser: argparse.ArgumentParser, title: str = "model and scoring") -> None:
-    """Register one ``--flag`` per option (``--max-batch-tokens`` for ``max_batch_tokens``...) in a group."""
+def add_option_arguments(
+    parser: argparse.ArgumentParser,
+    title: str = "model and scoring",
+    *,
+    only: Collection[str] | None = None,
+    help: Mapping[str, str] | None = None,
+) -> None:
+    """Register one ``--flag`` per option (``--max-batch-tokens`` for ``max_batch_tokens``...) in a group.
+
+    ``only`` limits the flags to those options (a command that refuses the others does not list them); ``help``
+    replaces an option's help where the command gives it another meaning or default.
+    """
     group = parser.add_argument_group(title)
     for option in fields(RerankerOptions):
+        if only is not None and option.name not in only:
+            continue
         flag = "--" + option.name.replace("_", "-")
         default = option.default
-        shown = f" (default: {default})" if default is not None and "default:" not in option.metadata["help"] else ""
-        group.add_argument(flag, default=default, help=option.metadata["help"] + shown, **option.metadata["cli"])
+        text = (help or {}).get(option.name, option.metadata["help"])
+        shown = f" (default: {default})" if default is not None and "default:" not in text else ""
+        group.add_argument(flag, default=default, help=text + shown, **option.metadata["cli"])
 
 
 def options_from_args(args: argparse.Namespace) -> RerankerOptions:
-    """The options a subcommand's flags (registered by :func:`add_option_arguments`) describe."""
-    return RerankerOptions(**{name: getattr(args, name) for name in OPTION_NAMES})
+    """The options a subcommand's flags (registered by :func:`add_option_arguments`) describe; an option the
+    command has no flag for keeps its default."""
+    return RerankerOptions(**{name: getattr(args, name) for name in OPTION_NAMES if hasattr(args, name)})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from .extras import install_hint
+from .extras import extra_imports
 from .files import atomic_output, check_input_file, check_output_path
 from .progress import progress_bar
 
@@ -48,12 +48,8 @@ class PairColumns:
 
 
 def _pyarrow():
-    try:
+    with extra_imports("Parquet and Arrow pairs files", "ray"):
         import pyarrow
-    except ImportError:
-        raise ImportError(
-            f"pairs files need pyarrow (pip install pyarrow, or {install_hint('ray')})"
-        ) from None
     return pyarrow
 
 

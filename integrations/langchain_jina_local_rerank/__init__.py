@@ -1,6 +1,9 @@
 """LangChain integration of jina-local-rerank: a document compressor and a cross-encoder."""
 
-from .compressor import JinaLocalRerank
-from .cross_encoder import JinaLocalCrossEncoder
+from jina_local_rerank.extras import extra_imports
+
+with extra_imports("the LangChain adapter", "langchain"):
+    from .compressor import JinaLocalRerank
+    from .cross_encoder import JinaLocalCrossEncoder
 
 __all__ = ["JinaLocalCrossEncoder", "JinaLocalRerank"]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from typing import TYPE_CHECKING, TextIO
 
 from ..argtypes import positive_int
 from ..cli.arguments import add_progress_argument
+from ..extras import extra_imports
 from ..files import check_output_path, write_text_atomically
 from ..options import add_option_arguments, options_from_args
 from .metrics import NDCG_AT
-from .runs import BM25_INSTALL_HINT
 
 if TYPE_CHECKING:
     from .runner import EvaluationReport
@@ -45,8 +44,9 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     add_option_arguments(parser)
 
     def handler(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
-        if args.run is None and importlib.util.find_spec("bm25s") is None:
-            parser.error(BM25_INSTALL_HINT)  # before loading the dataset or the model
+        if args.run is None:  # before loading the dataset or the model
+            with extra_imports("eval without --run (its BM25 first stage)", "eval"):
+                import bm25s  # noqa: F401
         if args.json:
             check_output_path(args.json, what="--json")  # before hours of reranking, not after
         _run_eval(args, stdout)

@@ -10,11 +10,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..extras import install_hint
+from ..extras import extra_imports
 from ..files import FileProblem, text_lines
+from ..progress import Progress, progress_bar
 from .beir import BeirDataset, DatasetError
-
-BM25_INSTALL_HINT = f"BM25 needs the bm25s package ({install_hint('eval')}), or pass a run file"
 
 
 @dataclass(frozen=True)
@@ -75,32 +74,38 @@ def run_file_first_stage(path: str | os.PathLike[str]) -> FirstStage:
     return FirstStage(f"run:{os.fspath(path)}", rankings, time.perf_counter() - start)
 
 
+TOKENIZE_CHUNK = 2048  # documents tokenized between progress updates
+
+
 class BM25Index:
     """BM25 over ``texts`` (bm25s defaults: Lucene variant, k1=1.5, b=0.75, English stopwords, no stemming).
 
     The one home of the project's BM25 settings: the ``eval`` first stage and the training data's hard-negative
-    mining both score with it.
+    mining both score with it. Indexing shows the project's progress bar (``show_progress``), never bm25s's own.
     """
 
-    def __init__(self, texts: Sequence[str], *, show_progress: bool = False) -> None:
-        try:
+    def __init__(self, texts: Sequence[str], *, show_progress: Progress = False) -> None:
+        with extra_imports("BM25 (the eval first stage and hard-negative mining)", "eval"):
             import bm25s
-        except ImportError:
-            raise ImportError(BM25_INSTALL_HINT) from None
         self._bm25s = bm25s
         self.size = len(texts)
-        self.show_progress = show_progress
         self._retriever = bm25s.BM25()
-        corpus_tokens = bm25s.tokenize(list(texts), stopwords="en", show_progress=show_progress) if texts else None
-        self._indexed = bool(corpus_tokens and corpus_tokens.vocab)  # a corpus of stopwords alone has no terms
+        corpus_tokens: list[list[str]] = []
+        with progress_bar("BM25 index", "document", show_progress, total=len(texts)) as progress:
+            for start in range(0, len(texts), TOKENIZE_CHUNK):
+                chunk = list(texts[start : start + TOKENIZE_CHUNK])
+                corpus_tokens += self._tokenize(chunk)
+                progress.update(len(chunk))
+        self._indexed = any(corpus_tokens)  # a corpus of stopwords alone has no terms
         if self._indexed:
-            self._retriever.index(corpus_tokens, show_progress=show_progress)
+            self._retriever.index(corpus_tokens, show_progress=False)
+
+    def _tokenize(self, texts: list[str]) -> list[list[str]]:
+        return self._bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
 
     def scores(self, queries: Sequence[str]) -> Iterator[np.ndarray]:
         """Each query's score for every text (``[len(texts)]``, 0 where no term is shared), in query order."""
-        query_tokens = self._bm25s.tokenize(
-            list(queries), stopwords="en", return_ids=False, show_progress=self.show_progress
-        )
+        query_tokens = self._tokenize(list(queries))
         for tokens in query_tokens:
             if not tokens or not self._indexed:  # only stopwords: nothing to match (bm25s cannot score an empty query)
                 yield np.zeros(self.size, dtype=np.float32)
@@ -109,7 +114,7 @@ class BM25Index:
 
 
 def bm25_first_stage(
-    dataset: BeirDataset, query_ids: Sequence[str], top_k: int, *, show_progress: bool = False
+    dataset: BeirDataset, query_ids: Sequence[str], top_k: int, *, show_progress: Progress = False
 ) -> FirstStage:
     """BM25 (see :class:`BM25Index`) over the corpus.
 
@@ -120,8 +125,10 @@ def bm25_first_stage(
     doc_ids = list(dataset.corpus)
     index = BM25Index([document.full_text for document in dataset.corpus.values()], show_progress=show_progress)
     rankings: dict[str, list[str]] = {}
-    for query_id, scores in zip(query_ids, index.scores([dataset.queries[q] for q in query_ids])):
-        matched = np.flatnonzero(scores > 0)
-        best = matched[np.lexsort((matched, -scores[matched]))][:top_k]
-        rankings[query_id] = [doc_ids[i] for i in best]
+    with progress_bar("BM25 retrieval", "query", show_progress, total=len(query_ids)) as progress:
+        for query_id, scores in zip(query_ids, index.scores([dataset.queries[q] for q in query_ids])):
+            matched = np.flatnonzero(scores > 0)
+            best = matched[np.lexsort((matched, -scores[matched]))][:top_k]
+            rankings[query_id] = [doc_ids[i] for i in best]
+            progress.update(1)
     return FirstStage("bm25", rankings, time.perf_counter() - start)

@@ -8,7 +8,7 @@ import time
 from typing import TextIO
 
 from ..options import add_option_arguments, options_from_args
-from .layout import MODEL_FILE, ONNX_FOLDER, QUANTIZED_MODEL_FILE
+from .layout import EXPORT_OPTIONS, MODEL_FILE, ONNX_FOLDER, QUANTIZED_MODEL_FILE
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -24,9 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="ONNX graph for onnxruntime and transformers.js",
         description=f"Write OUTPUT/{ONNX_FOLDER}/{MODEL_FILE} (input_ids, attention_mask [batch, sequence] -> "
         f"logits [batch, 1]; fp32) beside config.json and the tokenizer files: the folder layout transformers.js "
-        f"and onnxruntime callers load. The folder appears only once complete. Prints a JSON summary. Of the "
-        f"model options, --model, --revision, --cache-dir and --token apply; the scoring options do not apply to a "
-        f"graph and are refused.",
+        f"and onnxruntime callers load. The folder appears only once complete. Prints a JSON summary. The graph "
+        f"scores the tokens it is given up to the model's window, on whatever device onnxruntime runs: limits such "
+        f"as a maximum length apply when tokenizing, so the scoring options have no flags here.",
     )
     onnx.add_argument("--output", required=True, metavar="DIR", help="folder to write (created if missing)")
     onnx.add_argument(
@@ -38,7 +38,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true",
         help="replace OUTPUT if it is an earlier export or a checkpoint (holds config.json), once the export is done",
     )
-    add_option_arguments(onnx)
+    add_option_arguments(onnx, "model", only=EXPORT_OPTIONS)
     onnx.set_defaults(handler=run_export_onnx)
 
 

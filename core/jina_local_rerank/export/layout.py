@@ -14,3 +14,5 @@ QUANTIZED_MODEL_FILE = "model_quantized.onnx"
 # fastembed feed only the inputs a graph declares.
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"  # fp32 [batch_size, 1], raw (sigmoid gives the relevance score)
+# The options an export reads; every other option decides how the engine scores, which a graph does not hold.
+EXPORT_OPTIONS = ("model", "revision", "cache_dir", "token")

@@ -29,11 +29,12 @@ import torch
 
 from ..checkpoint import TOKENIZER_FILES, default_model, load_checkpoint, resolve_model_dir
 from ..errors import CheckpointError
+from ..extras import extra_imports
 from ..files import atomic_directory, check_output_folder
 from ..model import JinaBertForReranking
 from ..options import RerankerOptions
 from .blocked_attention import expand_blocked_attention, translation_table
-from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
+from .layout import EXPORT_OPTIONS, INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
 from .padded_batch import PaddedBatchReranker
 from .tokenizer_file import write_portable_tokenizer
 
@@ -47,9 +48,6 @@ QUANTIZATIONS = ("int8",)
 # reads IR version 8 and opset 18 at most; the graph uses nothing newer, so it is written with those.
 OPSET = 18
 IR_VERSION = 8
-INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'jina-local-rerank[export]'"
-# The options an export reads; every other option decides how the engine scores, which a graph does not hold.
-EXPORT_OPTIONS = ("model", "revision", "cache_dir", "token")
 
 
 @dataclass(frozen=True)
@@ -189,12 +187,10 @@ def export_onnx(
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
     options = _export_options(options_or_model)
-    try:
+    with extra_imports("ONNX export", "export"):
         import onnx
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
-    except ImportError:
-        raise ImportError(INSTALL_HINT) from None
     model_name = options.model or default_model()
     # Checked before a download, and again once the checkpoint's folder is known.
     check_output_folder(output_dir, overwrite=overwrite, marker="config.json", what="export folder")

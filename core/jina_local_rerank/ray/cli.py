@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..argtypes import non_negative_float, positive_int
-from ..extras import install_hint
+from ..extras import extra_imports
 from . import DEFAULT_MAX_ONGOING_REQUESTS
 
 APP_NAME = "jina-local-rerank"
@@ -49,10 +49,8 @@ def _add_cluster_argument(group: Any) -> None:
 
 
 def _init_ray(address: str | None) -> None:
-    try:
+    with extra_imports("--ray", "ray"):
         import ray
-    except ImportError:
-        raise ImportError(f"--ray needs Ray: {install_hint('ray')}") from None
     if not ray.is_initialized():
         # A new local instance stays on loopback; an address joins an existing cluster as configured there.
         ray.init(address=address, _node_ip_address="127.0.0.1" if address is None else None)

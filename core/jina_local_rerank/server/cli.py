@@ -11,7 +11,7 @@ import threading
 from typing import Any, TextIO
 
 from ..argtypes import positive_int
-from ..extras import install_hint
+from ..extras import extra_imports
 from ..options import RerankerOptions, add_option_arguments, options_from_args
 from .settings import (
     API_KEY_ENV_VAR,
@@ -135,13 +135,11 @@ def run_serve(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     After the graceful shutdown, SIGINT exits with status 0 and SIGTERM ends the process by that signal, as
     uvicorn re-raises it (what process supervisors expect).
     """
-    try:
+    with extra_imports("serve", "server"):
         import uvicorn
 
         from .app import create_app
         from .connections import deadline_protocol
-    except ImportError as exc:
-        raise ImportError(f"serve needs {exc.name}: {install_hint('server')}") from None
     from ..reranker import Reranker
 
     options = serve_options(args)

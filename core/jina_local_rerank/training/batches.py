@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..progress import Progress, progress_bar
 from ..tokenization import PairTokenizer
 from .data import QueryGroup
 from .losses import LABELS
@@ -41,7 +42,8 @@ class TrainingList:
 
 
 def encode_groups(
-    groups: tuple[QueryGroup, ...] | list[QueryGroup], tokenizer: PairTokenizer, *, max_length: int, max_query_length: int
+    groups: tuple[QueryGroup, ...] | list[QueryGroup], tokenizer: PairTokenizer, *, max_length: int, max_query_length: int,
+    show_progress: Progress = False,
 ) -> tuple[list[EncodedGroup], int]:
     """Tokenize every (query, document) pair, truncated to ``max_length`` tokens; returns the encoded groups and
     how many documents were truncated."""
@@ -49,11 +51,13 @@ def encode_groups(
     sequences: list[np.ndarray] = []
     truncated = 0
     queries = [group.query for group in groups]
-    for start in range(0, len(pairs), ENCODE_CHUNK_PAIRS):
-        chunk = pairs[start : start + ENCODE_CHUNK_PAIRS]
-        encoded = tokenizer.encode_pairs(queries, chunk, max_length=max_length, max_query_length=max_query_length)
-        sequences += [np.asarray(ids, dtype=np.int32) for ids in encoded.input_ids]
-        truncated += sum(encoded.document_truncated)
+    with progress_bar("tokenizing", "pair", show_progress, total=len(pairs)) as progress:
+        for start in range(0, len(pairs), ENCODE_CHUNK_PAIRS):
+            chunk = pairs[start : start + ENCODE_CHUNK_PAIRS]
+            encoded = tokenizer.encode_pairs(queries, chunk, max_length=max_length, max_query_length=max_query_length)
+            sequences += [np.asarray(ids, dtype=np.int32) for ids in encoded.input_ids]
+            truncated += sum(encoded.document_truncated)
+            progress.update(len(chunk))
     result, start = [], 0
     for group in groups:
         end = start + len(group.documents)

@@ -13,8 +13,9 @@ from typing import TextIO
 
 from ..argtypes import non_negative_float, positive_int
 from ..cli.arguments import add_progress_argument
-from ..options import add_option_arguments, options_from_args
+from ..options import DEFAULT_MAX_BATCH_TOKENS, OPTION_NAMES, add_option_arguments, options_from_args
 from .config import (
+    DEFAULT_BATCH_TOKENS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_NEGATIVES,
     DEFAULT_STEP_TOKENS,
@@ -23,6 +24,9 @@ from .config import (
     LOSS_NAMES,
     SEEDS,
 )
+
+CHUNKING_OPTIONS = ("long_document", "chunk_stride", "chunk_aggregation")
+
 
 def _margin(text: str) -> float | None:
     return None if text.lower() == "none" else non_negative_float(text)
@@ -55,7 +59,8 @@ def _layer_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 0,2,3,5, got {text!r}") from None
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, loss: str) -> None:
+def _add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, loss: str,
+                            model_help: str) -> None:
 
     data = parser.add_argument_group("data")
     data.add_argument("--train", required=True, metavar="PATH",
@@ -81,8 +86,12 @@ def _add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: f
     run.add_argument("--loss", choices=LOSS_NAMES, default=loss, help=f"training objective (default: {loss})")
     run.add_argument("--seed", type=_seed, default=42, help="data order and lists (default: 42)")
     run.add_argument("--step-tokens", type=positive_int, default=DEFAULT_STEP_TOKENS,
-                     help=f"tokens per optimizer step, packed without padding; forward passes hold at most "
-                          f"--max-batch-tokens each (default: {DEFAULT_STEP_TOKENS})")
+                     help=f"tokens per optimizer step, packed without padding, run as forward passes of at most "
+                          f"--batch-tokens each (default: {DEFAULT_STEP_TOKENS})")
+    run.add_argument("--batch-tokens", type=positive_int, default=DEFAULT_BATCH_TOKENS,
+                     help=f"tokens per forward pass of training, which sets its memory: activations are held for "
+                          f"the backward pass (default: {DEFAULT_BATCH_TOKENS}; a list over it runs in chunks of its "
+                          f"pairs, a longer pair alone)")
     run.add_argument("--warmup-ratio", type=_share(1.0), default=0.1, help="share of steps warming up (default: 0.1)")
     run.add_argument("--weight-decay", type=non_negative_float, default=0.01, help="AdamW weight decay (default: 0.01)")
     run.add_argument("--max-grad-norm", type=non_negative_float, default=1.0,
@@ -101,8 +110,14 @@ def _add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: f
     run.add_argument("--resume", action="store_true", help="continue the run saved in the state folder")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output and state")
     add_progress_argument(parser)
-    add_option_arguments(parser, title=f"model and scoring (training truncates pairs to --max-length, default "
-                                       f"{DEFAULT_TRAINING_MAX_LENGTH})")
+    # Training truncates pairs to the window: the long-document options (chunking) have no flags here.
+    add_option_arguments(parser, only=[name for name in OPTION_NAMES if name not in CHUNKING_OPTIONS], help={
+        "model": model_help,
+        "max_length": f"training window in tokens: pairs are truncated to it (default: {DEFAULT_TRAINING_MAX_LENGTH}; "
+                      "at most the model's window, 8192)",
+        "max_batch_tokens": f"tokens per scoring pass of the evaluation (and of the teacher in distill); training's "
+                            f"own passes are --batch-tokens (default: {DEFAULT_MAX_BATCH_TOKENS})",
+    })
 
 
 def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -114,7 +129,9 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
         "with a model card. With --eval (or --eval-fraction) the run is evaluated before training and at each "
         "epoch's end, and the best checkpoint is kept. Ctrl-C saves the run; --resume continues it.",
     )
-    _add_training_arguments(train, learning_rate=DEFAULT_LEARNING_RATE, loss="softmax")
+    _add_training_arguments(train, learning_rate=DEFAULT_LEARNING_RATE, loss="softmax",
+                            model_help="the checkpoint to fine-tune: Hub id or local directory (default: "
+                                       "$JINA_LOCAL_RERANK_MODEL, else jinaai/jina-reranker-v1-tiny-en)")
     train.set_defaults(handler=_run_train)
 
     distill = commands.add_parser(
@@ -133,7 +150,10 @@ def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
                         help="the teacher layers the student keeps, e.g. 0,2,3,5")
     teacher.add_argument("--teacher-cache", default=None,
                          help="folder of cached teacher scores (default: ~/.cache/jina-local-rerank/teacher-scores)")
-    _add_training_arguments(distill, learning_rate=DISTILLATION_LEARNING_RATE, loss="margin-mse")
+    _add_training_arguments(distill, learning_rate=DISTILLATION_LEARNING_RATE, loss="margin-mse",
+                            model_help="the student's starting checkpoint (Hub id or local directory), trained to "
+                                       "match the teacher; instead of --student-layers/--keep-layers, which build "
+                                       "the student from the teacher's layers")
     distill.set_defaults(handler=_run_distill)
 
 

@@ -24,6 +24,10 @@ DEFAULT_LEARNING_RATE = 2e-5
 DISTILLATION_LEARNING_RATE = 5e-5
 DEFAULT_NEGATIVES = 7
 DEFAULT_STEP_TOKENS = 16384
+# Tokens per forward pass of training. Their activations are held for the backward pass (about 40 KB per token and
+# layer in fp32: 0.6 GB for tiny at this budget), so the budget, not the step, sets the memory a run needs; the
+# passes of a step add up their gradients (benchmarks/training.py --defaults measures both).
+DEFAULT_BATCH_TOKENS = 4096
 # Training pairs are truncated to this window unless max_length says otherwise: the usual cross-encoder window,
 # affordable per step; long-document fine-tuning raises it (with activation_checkpointing).
 DEFAULT_TRAINING_MAX_LENGTH = 512
@@ -51,8 +55,9 @@ class TrainingConfig:
       :mod:`~jina_local_rerank.training.losses`); ``temperature`` is ``kl``'s.
     - ``negatives``: documents per query besides the positive; mined with BM25 where the data has fewer, skipping
       likely false negatives (``mining_margin``, None: judged-relevant documents only).
-    - ``step_tokens``: tokens per optimizer step, packed without padding; the forward passes within a step hold
-      at most the options' ``max_batch_tokens`` each (gradient accumulation).
+    - ``step_tokens``: tokens per optimizer step, packed without padding; ``batch_tokens``: tokens per forward
+      pass within a step (gradient accumulation), which sets the memory of training: activations are held for
+      the backward pass. The options' ``max_batch_tokens`` is the evaluation's scoring pass.
     - ``seed``: the data order, the lists and the initialisation of anything random.
     - ``eval_every``: steps between evaluations (None: at the end of each epoch); the best checkpoint by NDCG@10
       (or Spearman with the teacher, without judgments) is the output. ``eval_top_k`` BM25 candidates per query
@@ -74,6 +79,7 @@ class TrainingConfig:
     negatives: int = DEFAULT_NEGATIVES
     mining_margin: float | None = DEFAULT_MARGIN
     step_tokens: int = DEFAULT_STEP_TOKENS
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
     seed: int = 42
     eval_every: int | None = None
     eval_top_k: int = 100
@@ -96,6 +102,7 @@ class TrainingConfig:
         if self.mining_margin is not None:
             _check_number(self.mining_margin, "mining_margin")
         check_positive_int(self.step_tokens, "step_tokens")
+        check_positive_int(self.batch_tokens, "batch_tokens")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed must be an integer, got {type(self.seed).__name__}")
         if self.seed not in SEEDS:

@@ -17,9 +17,11 @@ from ..evaluation.beir import load_beir
 from ..evaluation.metrics import MRR_AT, NDCG_AT, mean_metrics, mrr_at, ndcg_at, spearman
 from ..evaluation.runner import select_queries
 from ..evaluation.runs import bm25_first_stage
+from ..progress import Progress, progress_bar
 from ..ranking import best_first
 from .data import QueryGroup
 
+PROGRESS_CHUNK_PAIRS = 2048  # pairs scored between progress updates (whole queries)
 NDCG = f"ndcg@{NDCG_AT}"
 MRR = f"mrr@{MRR_AT}"
 SPEARMAN = "spearman"
@@ -63,12 +65,13 @@ class RerankingEvaluator:
 
     @classmethod
     def from_beir(
-        cls, directory: str | os.PathLike[str], *, split: str = "test", top_k: int = 100, max_queries: int | None = None
+        cls, directory: str | os.PathLike[str], *, split: str = "test", top_k: int = 100, max_queries: int | None = None,
+        show_progress: Progress = False,
     ) -> "RerankingEvaluator":
         """The judged queries of a BEIR-layout dataset, each with its ``top_k`` BM25 candidates."""
         dataset = load_beir(directory, split)
         query_ids, _ = select_queries(dataset, max_queries)
-        rankings = bm25_first_stage(dataset, query_ids, top_k).rankings
+        rankings = bm25_first_stage(dataset, query_ids, top_k, show_progress=show_progress).rankings
         queries = []
         for query_id in query_ids:
             candidates = rankings[query_id]
@@ -103,10 +106,23 @@ class RerankingEvaluator:
         return self._encoded[1]
 
     def __call__(
-        self, engine: ScoringEngine, *, max_length: int, max_query_length: int, max_batch_tokens: int
+        self, engine: ScoringEngine, *, max_length: int, max_query_length: int, max_batch_tokens: int,
+        show_progress: Progress = False, description: str = "evaluation",
     ) -> dict[str, float]:
-        """Mean ``ndcg@10`` and ``mrr@10`` (judged sets) and ``spearman`` (teacher-scored sets) of ``engine``."""
-        logits = engine.logits(self._sequences(engine, max_length, max_query_length), max_batch_tokens)
+        """Mean ``ndcg@10`` and ``mrr@10`` (judged sets) and ``spearman`` (teacher-scored sets) of ``engine``;
+        a progress bar named ``description`` counts the queries scored."""
+        sequences = self._sequences(engine, max_length, max_query_length)
+        logits: list[float] = []
+        with progress_bar(description, "query", show_progress, total=len(self.queries)) as progress:
+            first = 0
+            while first < len(self.queries):  # chunks of queries between progress updates
+                last, pairs = first, 0
+                while last < len(self.queries) and (last == first or pairs < PROGRESS_CHUNK_PAIRS):
+                    pairs += len(self.queries[last].documents)
+                    last += 1
+                logits += engine.logits(sequences[len(logits) : len(logits) + pairs], max_batch_tokens)
+                progress.update(last - first)
+                first = last
         per_query, start = [], 0
         for query in self.queries:
             scores = logits[start : start + len(query.documents)]

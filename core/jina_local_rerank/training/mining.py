@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..evaluation.runs import BM25Index
+from ..progress import Progress, progress_bar
 from .config import DEFAULT_MARGIN
 from .data import QueryGroup, TrainingData
 
@@ -25,7 +26,7 @@ def mine_hard_negatives(
     *,
     margin: float | None = DEFAULT_MARGIN,
     seed: int = 0,
-    show_progress: bool = False,
+    show_progress: Progress = False,
 ) -> TrainingData:
     """``data`` with every group topped up to ``negatives`` negatives (an unlabelled list to ``1 + negatives``
     documents) from its corpus; ``margin`` None turns the score guard off.
@@ -55,14 +56,16 @@ def mine_hard_negatives(
     groups = list(data.groups)
     mined = 0
     queries = [groups[i].query for i in wanting]
-    for group_index, scores in zip(wanting, index.scores(queries)):
-        group = groups[group_index]
-        chosen = _candidates(group, scores, position, data.relevant.get(group.query, frozenset()), corpus, margin,
-                             _missing(group, negatives), rng, skipped)
-        if len(chosen) < _missing(group, negatives):
-            skipped["queries short of negatives (corpus exhausted)"] += 1
-        mined += len(chosen)
-        groups[group_index] = _extended(group, [corpus[i] for i in chosen])
+    with progress_bar("mining negatives", "query", show_progress, total=len(wanting)) as progress:
+        for group_index, scores in zip(wanting, index.scores(queries)):
+            group = groups[group_index]
+            chosen = _candidates(group, scores, position, data.relevant.get(group.query, frozenset()), corpus,
+                                 margin, _missing(group, negatives), rng, skipped)
+            if len(chosen) < _missing(group, negatives):
+                skipped["queries short of negatives (corpus exhausted)"] += 1
+            mined += len(chosen)
+            groups[group_index] = _extended(group, [corpus[i] for i in chosen])
+            progress.update(1)
     return data.with_groups(groups, skipped, mined)
 
 

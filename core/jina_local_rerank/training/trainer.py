@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_checkpoint, resolve_model_dir
+from ..checkpoint import load_checkpoint, public_model_name, resolve_model_dir
 from ..checkpoint_writer import source_config, write_checkpoint
 from ..devices import resolve_device
 from ..engine import EngineKey, ScoringEngine
@@ -46,7 +46,7 @@ from .evaluator import RerankingEvaluator
 from .losses import LABELS, TEACHER, BinaryCrossEntropyLoss, ListLoss, make_loss
 from .mining import mine_hard_negatives
 from .model_card import RunDescription, model_card
-from .modeling import enable_activation_checkpointing, trainable_model, training_attention
+from .modeling import enable_activation_checkpointing, forward_backward, trainable_model
 from .student import build_student, default_layers
 from .teacher import TeacherScorer
 
@@ -281,16 +281,17 @@ class Trainer:
             EngineKey(f"training:{self.output}", None, str(device), "float32"), directory, model, tokenizer, torch.float32
         )
 
-        def evaluate(scoring: ScoringEngine) -> dict[str, float]:
+        def evaluate(scoring: ScoringEngine, description: str) -> dict[str, float]:
             assert evaluator is not None
             return evaluator(scoring, max_length=max_length, max_query_length=max_query_length,
-                             max_batch_tokens=max(options.max_batch_tokens, max_length))
+                             max_batch_tokens=max(options.max_batch_tokens, max_length),
+                             show_progress=cfg.show_progress, description=description)
 
         # The data: read, mined, teacher-scored, checked for the loss; then every epoch's steps.
         loss = make_loss(cfg.loss, temperature=cfg.temperature)
         train, evaluator = self._data(loss, max_length, max_query_length)
         encoded, truncated = encode_groups(train.groups, tokenizer, max_length=max_length,
-                                           max_query_length=max_query_length)
+                                           max_query_length=max_query_length, show_progress=cfg.show_progress)
         data_summary = {**train.summary(), "documents truncated to max_length": truncated}
         plan = [
             (epoch, step)
@@ -322,7 +323,7 @@ class Trainer:
         else:
             self._write_run_file(directory, data_summary, total_steps)
             if evaluator is not None:
-                run["before"] = run["best"] = evaluate(engine)
+                run["before"] = run["best"] = evaluate(engine, "evaluating the starting model")
                 run["best_step"] = 0
                 run["history"].append({"step": 0, "eval": run["before"]})
                 self._write_output(model, raw_config, directory, self._card(run, data_summary, evaluator, total_steps))
@@ -336,14 +337,13 @@ class Trainer:
                 epoch, lists = plan[index]
                 started = time.perf_counter()
                 step_loss, step_tokens = 0.0, 0
-                for micro in micro_batches(encoded, lists, options.max_batch_tokens):
+                for micro in micro_batches(encoded, lists, cfg.batch_tokens):
                     batch = collate(encoded, micro, loss.needs, device)
-                    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                        logits = model(batch.input_ids, training_attention(batch.lengths, model))
-                    losses = loss(batch.as_lists(logits.float()), batch.targets, batch.mask)
+                    # The step's mean over lists, pass by pass.
+                    losses = forward_backward(model, batch, loss, weight=1 / len(lists), batch_tokens=cfg.batch_tokens,
+                                              autocast=autocast)
                     _require_finite(losses, "loss", index + 1, micro, train.groups)
-                    (losses.sum() / len(lists)).backward()  # the step's mean over lists, pass by pass
-                    step_loss += losses.detach().sum().item()
+                    step_loss += losses.sum().item()
                     step_tokens += batch.num_tokens
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
                 _require_finite(norm, "gradient norm", index + 1, lists, train.groups)
@@ -363,7 +363,7 @@ class Trainer:
 
                 due = cfg.eval_every is not None and report.step % cfg.eval_every == 0
                 if evaluator is not None and (due or report.step in epoch_ends):
-                    metrics = evaluate(engine)
+                    metrics = evaluate(engine, f"evaluating step {report.step}")
                     run["history"].append({"step": report.step, "eval": metrics})
                     if metrics[evaluator.metric] > run["best"][evaluator.metric]:
                         run["best"], run["best_step"] = metrics, report.step
@@ -385,7 +385,8 @@ class Trainer:
             self._write_output(model, raw_config, directory, self._card(run, data_summary, None, total_steps))
         else:
             saved = load_checkpoint(self.output, torch.float32, device)
-            run["after"] = evaluate(ScoringEngine(engine.key, self.output, saved, tokenizer, torch.float32))
+            run["after"] = evaluate(ScoringEngine(engine.key, self.output, saved, tokenizer, torch.float32),
+                                    "evaluating the saved checkpoint")
             write_text_atomically(self.output / "README.md", self._card(run, data_summary, evaluator, total_steps),
                                   "model card")
         self._write_log(run)
@@ -465,7 +466,7 @@ class Trainer:
         if self.teacher is not None:
             data = data.with_groups([QueryGroup(g.query, g.documents, g.labels, None, g.where) for g in data.groups])
         return mine_hard_negatives(data, cfg.negatives, margin=cfg.mining_margin, seed=cfg.seed,
-                                   show_progress=cfg.show_progress == "always")
+                                   show_progress=cfg.show_progress)
 
     def _evaluator(self, source: str | os.PathLike[str] | TrainingData) -> RerankingEvaluator:
         cfg = self.config
@@ -475,7 +476,8 @@ class Trainer:
                 if not (train / "qrels" / "train.tsv").is_file():
                     raise DatasetError(f"{source} is the training data (its test split, having no train split) "
                                        "and the evaluation set: hold out other queries")
-            return RerankingEvaluator.from_beir(source, top_k=cfg.eval_top_k, max_queries=cfg.eval_max_queries)
+            return RerankingEvaluator.from_beir(source, top_k=cfg.eval_top_k, max_queries=cfg.eval_max_queries,
+                                                show_progress=cfg.show_progress)
         data = self._read(source)
         groups = [g for g in data.groups if g.labels is None or any(label > 0 for label in g.labels)]
         return RerankingEvaluator.from_groups(groups[: cfg.eval_max_queries], data.source)
@@ -486,9 +488,9 @@ class Trainer:
         settings.pop("show_progress")
         return model_card(RunDescription(
             name=self.output.name,
-            base_model=self.options.model or (self.teacher.model if self.teacher else ""),
+            base_model=public_model_name(self.options.model or (self.teacher.model if self.teacher else "")),
             command="distill" if self.teacher is not None else "train",
-            teacher=None if self.teacher is None else self.teacher.model,
+            teacher=None if self.teacher is None else public_model_name(self.teacher.model),
             student_layers=self.layers_kept,
             data=data,
             settings=settings,
@@ -497,9 +499,11 @@ class Trainer:
             tokens=run["tokens"],
             seconds=run["seconds"],
             evaluation=None if evaluator is None else f"{evaluator.name}, {len(evaluator.queries)} queries",
+            metric=None if evaluator is None else evaluator.metric,
             before=run["before"],
             after=run.get("after") or run["best"],
             best_step=run["best_step"],
+            history=[(entry["step"], entry["eval"]) for entry in run["history"] if "eval" in entry],
         ))
 
     def _write_output(self, model: torch.nn.Module, raw_config: dict, directory: Path, card: str) -> None:

@@ -1,5 +1,8 @@
 """LlamaIndex node postprocessor for the local Jina reranker: ``JinaLocalRerank(top_n=3)``."""
 
-from .base import JinaLocalRerank
+from jina_local_rerank.extras import extra_imports
+
+with extra_imports("the LlamaIndex adapter", "llama-index"):
+    from .base import JinaLocalRerank
 
 __all__ = ["JinaLocalRerank"]

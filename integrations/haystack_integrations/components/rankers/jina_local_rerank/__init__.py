@@ -1,5 +1,8 @@
 """Haystack integration: ``JinaLocalRanker``, a local Jina reranker v1 component for pipelines."""
 
-from .ranker import JinaLocalRanker
+from jina_local_rerank.extras import extra_imports
+
+with extra_imports("the Haystack adapter", "haystack"):
+    from .ranker import JinaLocalRanker
 
 __all__ = ["JinaLocalRanker"]
