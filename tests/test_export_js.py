@@ -255,13 +255,24 @@ def test_card_code_in_node_gives_the_engines_scores(runtime, node_modules, expor
 def test_card_code_in_node_loads_the_int8_graph(runtime, node_modules, export, engine, tmp_path):
     """int8 (``{ quantized: true }`` in 2.x, ``dtype: 'q8'`` later) runs ``model_quantized.onnx``: its scores are
     closer to onnxruntime's for that file in Python than to the fp32 graph's (short rankings only)."""
+    queries = int8_queries(engine)
+    rankings = run_node(node_modules, runtime, export, RUNTIMES[runtime][3], queries, tmp_path)
+    assert_int8_graph_scores(export, runtime, queries, rankings)
+
+
+def int8_queries(engine) -> list[tuple[str, list[str]]]:
+    """The rankings the int8 checks score (short documents only)."""
+    return [(query, documents) for query, documents in js_rankings(engine) if query != "yoga"]
+
+
+def assert_int8_graph_scores(export: Path, runtime: str, queries: list, rankings: list) -> None:
+    """``rankings`` (what the card's ``rank()`` returned for ``queries``) come from ``model_quantized.onnx``: closer
+    to onnxruntime's scores for that file in Python than to the fp32 graph's."""
     from jina_local_rerank.export import OnnxReranker
 
-    queries = [(query, documents) for query, documents in js_rankings(engine) if query != "yoga"]
     int8, fp32 = OnnxReranker(export, "model_quantized.onnx"), OnnxReranker(export)
     int8_error, fp32_change = 0.0, 0.0
-    for (query, documents), ranked in zip(queries, run_node(node_modules, runtime, export, RUNTIMES[runtime][3],
-                                                            queries, tmp_path)):
+    for (query, documents), ranked in zip(queries, rankings, strict=True):
         sequences = as_transformers_js_encodes(int8.tokenizer, query, documents, runtime)
         quantized, unquantized = (sigmoid(scorer.sequence_logits(sequences)) for scorer in (int8, fp32))
         int8_error = max(int8_error, *(abs(r["score"] - quantized[r["corpus_id"]]) for r in ranked))
@@ -330,9 +341,10 @@ def test_browser_example_gives_the_engines_scores(runtime, node_modules, chromiu
 @pytest.mark.parametrize(("runtime", "loads"), [("xenova-2.17.2", "model.onnx"), ("hf-3.8.1", "model_quantized.onnx"),
                                                 ("hf-4.3.2", "model_quantized.onnx")])
 def test_cards_quantized_false_is_fp32_in_browsers_only_before_3x(runtime, loads, node_modules, chromium, export,
-                                                                  tmp_path):
+                                                                  engine, tmp_path):
     """The card's own ``{ quantized: false }`` (without ``dtype``, which docs/export.md says to add): 2.17 loads
-    ``model.onnx``; 3.x and 4.x ignore the option and, in a browser, load ``model_quantized.onnx``."""
+    ``model.onnx`` and gives the engine's scores; 3.x and 4.x ignore the option and, in a browser, load
+    ``model_quantized.onnx``, whose scores follow onnxruntime's int8 graph in Python."""
     example = tmp_path / "browser"
     shutil.copytree(BROWSER_EXAMPLE, example)
     page = (example / "index.html").read_text(encoding="utf-8")
@@ -340,5 +352,10 @@ def test_cards_quantized_false_is_fp32_in_browsers_only_before_3x(runtime, loads
     assert count == 1
     (example / "index.html").write_text(page, encoding="utf-8")
     package = node_modules / "node_modules" / RUNTIMES[runtime][0]
-    outcome = run_browser(example, package, export, [], node_modules, chromium, tmp_path)
+    queries = int8_queries(engine)
+    outcome = run_browser(example, package, export, queries, node_modules, chromium, tmp_path)
     assert outcome["models"] == [f"/models/reranker/onnx/{loads}"]
+    if loads == "model.onnx":
+        assert_engine_scores(engine, runtime, queries, outcome["results"])
+    else:
+        assert_int8_graph_scores(export, runtime, queries, outcome["results"])
