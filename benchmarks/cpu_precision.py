@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,14 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
                    for i, q in enumerate(workloads.queries(4, seed=5))][: 1 if args.quick else 4]
     peers: dict[str, object] = {}
     for precision in MODES:
-        peers[f"OpenVINO {precision} (our export)"] = OpenVinoScorer(export, precision, threads, calibration)
+        missing = [m for m in ("openvino", "nncf")[: 2 if precision == "int8" else 1] if not find_spec(m)]
+        if missing:  # its row is left out, said why (as for CrossEncoder's backends)
+            print(f"OpenVINO {precision} left out: {' and '.join(missing)} not installed (the bench extra)")
+            continue
+        try:
+            peers[f"OpenVINO {precision} (our export)"] = OpenVinoScorer(export, precision, threads, calibration)
+        except Exception as error:  # noqa: BLE001 (NNCF cannot walk the attention Loop: the row is left out, said why)
+            print(f"OpenVINO {precision} left out: {type(error).__name__}: {str(error).splitlines()[0]}")
     crosses = cross_encoders(checkpoint, workdir, config, args.quick)
     precision_of = {f"engine {m}": m for m in MODES} | {f"OpenVINO {m} (our export)": m for m in MODES}
     default_ov = "bf16" if cpu_features()["avx512_bf16"] or cpu_features()["amx_bf16"] else "fp32"
@@ -264,8 +272,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     for mode in ("bf16", "int8"):
         engine = w1_seconds[f"engine {mode}"]
         goals.append((f"W1 engine {mode} / engine fp32", base / engine, GOALS[mode]))
-        goals.append((f"W1 engine {mode} / OpenVINO {mode}", w1_seconds[f"OpenVINO {mode} (our export)"] / engine,
-                      GOALS["openvino"]))
+        if f"OpenVINO {mode} (our export)" in w1_seconds:
+            goals.append((f"W1 engine {mode} / OpenVINO {mode}", w1_seconds[f"OpenVINO {mode} (our export)"] / engine,
+                          GOALS["openvino"]))
         if "CrossEncoder backend=openvino" in w1_seconds:
             goals.append((f"W1 engine {mode} / CrossEncoder openvino", w1_seconds["CrossEncoder backend=openvino"]
                           / engine, GOALS["crossencoder"]))
@@ -277,8 +286,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     for label, value, goal in goals:
         print(f"| {label} | {value:.2f}x | >= {goal}x | {'yes' if value >= goal else 'no'} |")
     w3_ms = 1e3 * w3_seconds[fastest]
-    ov_int8_ms = 1e3 * w3_seconds["OpenVINO int8 (our export)"]
-    met = w3_ms <= GOALS["w3_ms"] and w3_ms < ov_int8_ms
+    ov_int8_ms = 1e3 * w3_seconds.get("OpenVINO int8 (our export)", float("nan"))
+    met = w3_ms <= GOALS["w3_ms"] and w3_ms < ov_int8_ms  # False without the OpenVINO row
     print(f"| W3 {fastest} (fastest mode), OpenVINO int8 {ov_int8_ms:.1f} ms | {w3_ms:.1f} ms | <= "
           f"{GOALS['w3_ms']:.0f} ms, < OpenVINO int8 | {'yes' if met else 'no'} |")
 

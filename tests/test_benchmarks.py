@@ -121,9 +121,11 @@ def test_gpu_benchmark_runs_every_row_on_cpu(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_precision_benchmark_runs_every_row(tmp_path):
-    """``benchmarks/cpu_precision.py --quick``: every mode and peer, the limits, batch-mates and agreement rows."""
-    for package in ("openvino", "nncf", "sentence_transformers", "bm25s"):
-        pytest.importorskip(package)
+    """``benchmarks/cpu_precision.py --quick``: every mode, every installed peer (OpenVINO and CrossEncoder come with
+    the bench extra, which CI does not install), the limits, batch-mates and agreement rows."""
+    from importlib.util import find_spec
+
+    pytest.importorskip("bm25s")
     output = tmp_path / "cpu_precision.json"
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "cpu_precision.py"), "--quick", "--json", str(output)],
@@ -132,7 +134,10 @@ def test_cpu_precision_benchmark_runs_every_row(tmp_path):
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(output.read_text())
     implementations = {f"engine {m}" for m in ("fp32", "bf16", "int8")}
-    implementations |= {f"OpenVINO {m} (our export)" for m in ("fp32", "bf16", "int8")}
+    if find_spec("openvino"):
+        implementations |= {f"OpenVINO {m} (our export)" for m in ("fp32", "bf16")}
+    # NNCF cannot quantize the export's attention Loop (export/blocked_attention.py): the row says so, or is there.
+    assert "OpenVINO int8 left out: " in completed.stdout or "OpenVINO int8 (our export)" in result["w1_seconds"]
     assert implementations <= set(result["w1_seconds"]) and set(result["w1_seconds"]) == set(result["w3_seconds"])
     assert all(seconds > 0 for seconds in result["w1_seconds"].values())
     assert set(result["limits"]) == {"fp32", "bf16", "int8"} and all(v > 0 for v in result["limits"].values())
