@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,13 @@ from jina_local_rerank import Reranker
 from jina_local_rerank.cpu_kernels import Bf16ViaFp32Linear
 from jina_local_rerank.engine import clear_engine_cache
 from jina_local_rerank.quantization import Int8Linear
+from sorting_texts import QUERY, documents
 
-QUERY = "how do I sort a list"
-WORDS = "sort list sorted key reverse stable order values function returns new object method class".split()
 # Each mode against the golden (fp32) logits of every parity case, through the engine. Measured worst cases, fast
 # path / fallback: bf16 0.150 (turbo / unicode) / 0.163 (turbo / lengths_batch), the bound of tests/test_parity.py;
 # int8 0.678 (turbo / long_3000) / 0.522 (turbo / unicode): random weights put documents within a logit or two of
 # each other and amplify rounding through the layers (docs/performance.md, agreement tables).
 MODE_ATOL = {"bfloat16": 0.2, "int8": 0.75}
-
-
-def documents(count: int, seed: int, scale: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 60 * scale))) for _ in range(count)]
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -11,29 +10,12 @@ import torch
 import jina_local_rerank.quantization as quantization
 from jina_local_rerank import Reranker
 from jina_local_rerank.quantization import Int8Linear
-
-QUERY = "how do I sort a list"
-WORDS = "sort list sorted key reverse stable order values function returns new object method class".split()
+from sorting_texts import QUERY, documents
 
 
 @pytest.fixture(scope="module")
 def int8(checkpoint_dir: Path) -> Reranker:
     return Reranker(checkpoint_dir, device="cpu", dtype="int8")
-
-
-def documents(count: int, seed: int, scale: int = 1) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choices(WORDS, k=rng.randint(3, 60 * scale))) for _ in range(count)]
-
-
-def test_a_logit_does_not_depend_on_its_batch_mates(int8: Reranker):
-    target = "use sorted to get a new sorted list or list sort to sort in place"
-    alone = int8.score(QUERY, [target], raw=True).logits[0]
-    among = [target, *documents(30, seed=1, scale=4)]
-    others = [*documents(7, seed=2), target, "", "x " * 400]
-    assert int8.score(QUERY, among, raw=True).logits[0] == pytest.approx(alone, abs=1e-3)
-    assert int8.score(QUERY, among[::-1], raw=True).logits[-1] == pytest.approx(alone, abs=1e-3)
-    assert int8.score(QUERY, others, raw=True).logits[7] == pytest.approx(alone, abs=1e-3)
 
 
 def test_batched_logits_equal_single_pair_logits(int8: Reranker):

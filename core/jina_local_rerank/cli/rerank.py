@@ -6,6 +6,7 @@ Documents come from arguments, ``--input FILE`` (JSON or JSONL) or standard inpu
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from typing import Any, TextIO
 
@@ -84,12 +85,10 @@ def _read_request(args: argparse.Namespace, stdin: TextIO) -> tuple[str, list[st
         sources.append((read_text_file(args.input, "--input"), args.input))
     elif not documents and not stdin.isatty():
         # The bytes, decoded strictly: a text stream may mask bad bytes as surrogates (Python's UTF-8 mode).
-        if hasattr(stdin, "buffer"):
-            raw = read_bounded(stdin.buffer, "standard input")
-        else:  # a text stream without bytes (tests): at most the limit in characters
-            raw = stdin.read(files.MAX_INPUT_BYTES + 1).encode("utf-8", "surrogateescape")
-            if len(raw) > files.MAX_INPUT_BYTES:
-                raise InputError(f"standard input is larger than {files.MAX_INPUT_BYTES:,} bytes, the limit for one input")
+        # A text stream without bytes (tests) is read to the limit in characters, then bounded as bytes.
+        stream = stdin.buffer if hasattr(stdin, "buffer") else io.BytesIO(
+            stdin.read(files.MAX_INPUT_BYTES + 1).encode("utf-8", "surrogateescape"))
+        raw = read_bounded(stream, "standard input")
         try:
             sources.append((raw.decode("utf-8"), "stdin"))
         except UnicodeDecodeError as exc:

@@ -166,7 +166,6 @@ def check_target(value: Any, name: str, where: str) -> float:
     return float(value)
 
 
-
 def _texts(item: dict[str, Any], name: str, where: str) -> list[str]:
     values = item[name]
     if not isinstance(values, list):
