@@ -21,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import workloads  # noqa: E402
 
 from jina_local_rerank import Reranker  # noqa: E402
-from jina_local_rerank.config import JinaBertConfig  # noqa: E402
+from jina_local_rerank.checkpoint.files import read_config  # noqa: E402
 from jina_local_rerank.evaluation.metrics import spearman  # noqa: E402
-from jina_local_rerank.attention import alibi_bias  # noqa: E402
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
+from jina_local_rerank.model.attention import alibi_bias  # noqa: E402
+from jina_local_rerank.model.config import JinaBertConfig  # noqa: E402
+from jina_local_rerank.testing.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 
 PARITY_DIR = Path(__file__).resolve().parents[2] / "shared" / "parity"
 
@@ -117,11 +118,17 @@ def int8_agreement(parity_dir: Path) -> list[dict]:
             a = fp32.score_pairs(pairs, raw=True).logits
             b = int8.score_pairs(pairs, raw=True).logits
             top3 = [set(sorted(range(len(x)), key=lambda i, x=x: -x[i])[:3]) for x in (a, b)]
-            rows.append({
-                "checkpoint": name, "case": case["name"], "documents": len(pairs), "spread": max(a) - min(a),
-                "max_change": max(abs(x - y) for x, y in zip(a, b)), "spearman": spearman(a, b),
-                "top3": len(top3[0] & top3[1]),
-            })
+            rows.append(
+                {
+                    "checkpoint": name,
+                    "case": case["name"],
+                    "documents": len(pairs),
+                    "spread": max(a) - min(a),
+                    "max_change": max(abs(x - y) for x, y in zip(a, b)),
+                    "spearman": spearman(a, b),
+                    "top3": len(top3[0] & top3[1]),
+                }
+            )
     return rows
 
 
@@ -142,9 +149,10 @@ def padded_baseline(reranker: Reranker, query: str, documents: list[str], batch_
             for r, seq in enumerate(rows):
                 ids[r, : len(seq)] = torch.tensor(seq)
                 mask[r, : len(seq)] = 1
-            bias = alibi_bias(model.alibi_slopes, range(longest), longest)[None] + (
-                (1 - mask) * torch.finfo(torch.float32).min
-            )[:, None, None, :]
+            bias = (
+                alibi_bias(model.alibi_slopes, range(longest), longest)[None]
+                + ((1 - mask) * torch.finfo(torch.float32).min)[:, None, None, :]
+            )
             x = model.bert.embeddings(ids)
             for layer in model.bert.encoder.layer:
                 attn = layer.attention.self
@@ -179,18 +187,29 @@ def sentence_transformers_baseline(
         from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
     except ImportError:
         return None
-    ours = JinaBertConfig.from_json_file(checkpoint / "config.json")
+    ours = read_config(checkpoint / "config.json")
     directory = workdir / f"bert-{layers}x{ours.hidden_size}x{intermediate_size}"
     config = BertConfig(
-        vocab_size=ours.vocab_size, hidden_size=ours.hidden_size, num_hidden_layers=layers,
-        num_attention_heads=ours.num_attention_heads, intermediate_size=intermediate_size,
-        max_position_embeddings=max_length, num_labels=1,
+        vocab_size=ours.vocab_size,
+        hidden_size=ours.hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=ours.num_attention_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_length,
+        num_labels=1,
     )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(directory)
     PreTrainedTokenizerFast(
-        tokenizer_file=str(checkpoint / "tokenizer.json"), bos_token="<s>", eos_token="</s>", sep_token="</s>",
-        cls_token="<s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=max_length,
+        tokenizer_file=str(checkpoint / "tokenizer.json"),
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=max_length,
     ).save_pretrained(directory)
     # SDPA where this transformers has it for BERT (sentence-transformers 4+ takes model_kwargs, older releases
     # automodel_args); else the default attention, which cross_encoder_transformer(model).config reports.
@@ -246,10 +265,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the W1 runs (medians are reported)")
-    parser.add_argument("--many-queries", type=int, default=None, help="queries in the MQ run (x 50 passages); "
-                        "default 10 on CPU, 1,000 on CUDA")
-    parser.add_argument("--parity-dir", type=Path, default=PARITY_DIR,
-                        help="golden checkpoints for the int8 ranking check (CPU; skipped where absent)")
+    parser.add_argument(
+        "--many-queries",
+        type=int,
+        default=None,
+        help="queries in the MQ run (x 50 passages); default 10 on CPU, 1,000 on CUDA",
+    )
+    parser.add_argument(
+        "--parity-dir",
+        type=Path,
+        default=PARITY_DIR,
+        help="golden checkpoints for the int8 ranking check (CPU; skipped where absent)",
+    )
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="jlr-bench-") as directory:
@@ -273,17 +300,24 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
         encoded = reranker.engine.tokenizer.encode_pairs(
             list(dict.fromkeys(q for q, _ in pairs)),
             [(list(dict.fromkeys(q for q, _ in pairs)).index(q), d) for q, d in pairs],
-            max_length=reranker.max_length, max_query_length=reranker.max_query_length,
+            max_length=reranker.max_length,
+            max_query_length=reranker.max_query_length,
         )
         lengths = [len(ids) for ids in encoded.input_ids]
         flops = sum(pair_flops(config, n) for n in lengths)
-        rows.append({
-            "workload": workload, "impl": impl, "seconds": seconds, "pairs/s": len(pairs) / seconds,
-            "tokens": sum(lengths),
-            "executed GFLOP": sum(executed_flops(config, n) for n in lengths) / 1e9,
-            "tokens/s": sum(lengths) / seconds, "GFLOP/s": flops / seconds / 1e9,
-            "% matmul": 100 * flops / seconds / 1e9 / peak,
-        })
+        rows.append(
+            {
+                "workload": workload,
+                "impl": impl,
+                "seconds": seconds,
+                "pairs/s": len(pairs) / seconds,
+                "tokens": sum(lengths),
+                "executed GFLOP": sum(executed_flops(config, n) for n in lengths) / 1e9,
+                "tokens/s": sum(lengths) / seconds,
+                "GFLOP/s": flops / seconds / 1e9,
+                "% matmul": 100 * flops / seconds / 1e9 / peak,
+            }
+        )
 
     w1 = workloads.w1()
     w1_pairs = [[w1[0], d] for d in w1[1]]
@@ -301,7 +335,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     peak = matmul_flops / w1_seconds.pop("matmul") / 1e9
     for impl, seconds in w1_seconds.items():
         add("W1", impl, seconds, w1)
-    tokens_per_word = sum(len(i) for i in reranker.engine.tokenizer.tokenize(w1[1])) / sum(len(d.split()) for d in w1[1])
+    tokens_per_word = sum(len(i) for i in reranker.engine.tokenizer.tokenize(w1[1])) / sum(
+        len(d.split()) for d in w1[1]
+    )
     w2 = workloads.w2(tokens_per_word)
     add("W2", f"engine {dtype}", median_seconds(lambda: reranker.score(*w2), 1, warm_up=False), w2)
     w3 = (workloads.SEED_QUERY, workloads.SEED_DOCUMENTS)
@@ -321,16 +357,22 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     loaded = measure_process(checkpoint, device, dtype)
     w2_process = measure_process(checkpoint, device, dtype, w2_file)
 
-    print(f"\nmachine: {torch.get_num_threads()} threads, {device}; measured matmul rate {peak:.1f} GFLOP/s "
-          f"(2,048-square, median over the W1 rounds) "
-          f"({'fp32' if dtype == 'float32' else 'bf16'})")
-    print(f"model: full tiny shape, {sum(p.numel() for p in reranker.engine.model.parameters()):,} parameters, "
-          f"random weights; W1 mean pair length {rows[0]['tokens/s'] * rows[0]['seconds'] / 100:.0f} tokens\n")
+    print(
+        f"\nmachine: {torch.get_num_threads()} threads, {device}; measured matmul rate {peak:.1f} GFLOP/s "
+        f"(2,048-square, median over the W1 rounds) "
+        f"({'fp32' if dtype == 'float32' else 'bf16'})"
+    )
+    print(
+        f"model: full tiny shape, {sum(p.numel() for p in reranker.engine.model.parameters()):,} parameters, "
+        f"random weights; W1 mean pair length {rows[0]['tokens/s'] * rows[0]['seconds'] / 100:.0f} tokens\n"
+    )
     print("| workload | implementation | median s | pairs/s | tokens/s | model GFLOP/s | % of matmul |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['workload']} | {r['impl']} | {r['seconds']:.3f} | {r['pairs/s']:.1f} | {r['tokens/s']:.0f} | "
-              f"{r['GFLOP/s']:.1f} | {r['% matmul']:.0f}% |")
+        print(
+            f"| {r['workload']} | {r['impl']} | {r['seconds']:.3f} | {r['pairs/s']:.1f} | {r['tokens/s']:.0f} | "
+            f"{r['GFLOP/s']:.1f} | {r['% matmul']:.0f}% |"
+        )
     engine_w1 = rows[0]["tokens/s"]
     print("\n| ratio (same run unless noted) | value |")
     print("|---|---:|")
@@ -342,15 +384,21 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
         w2_row = next(r for r in rows if r["workload"] == "W2")
         print(f"| W2 original s (issue's measurement) / engine s | {ORIGINAL['W2 s'] / w2_row['seconds']:.1f}x |")
     w3_row = next(r for r in rows if r["workload"] == "W3")
-    print(f"| W3: {w3_row['tokens']} tokens; their executed FLOPs at the measured matmul rate (ms) | "
-          f"{w3_row['executed GFLOP'] / peak * 1e3:.0f} |")
+    print(
+        f"| W3: {w3_row['tokens']} tokens; their executed FLOPs at the measured matmul rate (ms) | "
+        f"{w3_row['executed GFLOP'] / peak * 1e3:.0f} |"
+    )
     if agreement:
-        print("\n| int8 vs fp32: checkpoint / case | documents | fp32 logit spread | max abs logit change | "
-              "Spearman | top-3 agreement |")
+        print(
+            "\n| int8 vs fp32: checkpoint / case | documents | fp32 logit spread | max abs logit change | "
+            "Spearman | top-3 agreement |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for a in agreement:
-            print(f"| {a['checkpoint']} / {a['case']} | {a['documents']} | {a['spread']:.3f} | {a['max_change']:.3f} | "
-                  f"{a['spearman']:.3f} | {a['top3']}/3 |")
+            print(
+                f"| {a['checkpoint']} / {a['case']} | {a['documents']} | {a['spread']:.3f} | {a['max_change']:.3f} | "
+                f"{a['spearman']:.3f} | {a['top3']}/3 |"
+            )
     print("\n| process measurement (fresh process) | value |")
     print("|---|---:|")
     print(f"| import jina_local_rerank (s) | {loaded['import_s']:.2f} |")
@@ -358,8 +406,18 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> None:
     print(f"| resident after load (MB) | {loaded['rss_mb']:.0f} |")
     print(f"| W2 peak resident (MB) | {w2_process['peak_mb']:.0f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "matmul_gflops": peak, "process": loaded,
-                                               "w2_process": w2_process, "int8_agreement": agreement}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "matmul_gflops": peak,
+                    "process": loaded,
+                    "w2_process": w2_process,
+                    "int8_agreement": agreement,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

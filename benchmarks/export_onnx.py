@@ -37,11 +37,14 @@ from engine_throughput import PARITY_DIR, interleaved_medians  # noqa: E402
 from jina_local_rerank import Reranker  # noqa: E402
 from jina_local_rerank.evaluation import ranking_agreement  # noqa: E402
 from jina_local_rerank.export import OnnxReranker, export_onnx  # noqa: E402
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 from jina_local_rerank.ranking import best_first  # noqa: E402
-from jina_local_rerank.training.docstring_task import (  # noqa: E402
-    held_out_ndcg, held_out_queries, train_docstring_reranker, write_docstring_dataset,
+from jina_local_rerank.testing.docstring_task import (  # noqa: E402
+    held_out_ndcg,
+    held_out_queries,
+    train_docstring_reranker,
+    write_docstring_dataset,
 )
+from jina_local_rerank.testing.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 from jina_local_rerank.training.evaluator import EvalQuery  # noqa: E402
 
 IMPLEMENTATIONS = ("engine fp32", "engine int8", "onnxruntime fp32", "onnxruntime int8")
@@ -75,8 +78,17 @@ print(json.dumps({"seconds": statistics.median(times) if times else None, "peak_
 def measure_process(implementation: str, folder: Path, args: argparse.Namespace, workload: Path, runs: int) -> dict:
     """A fresh process that loads ``implementation`` and scores ``workload`` 1 + ``runs`` times: the median seconds
     of the ``runs`` after the first (None for 0), and the process's peak memory (VmHWM, MB)."""
-    command = [sys.executable, "-c", MEASURE_PROCESS, implementation, str(folder), str(args.ort_batch_tokens),
-               str(torch.get_num_threads()), str(workload), str(runs)]
+    command = [
+        sys.executable,
+        "-c",
+        MEASURE_PROCESS,
+        implementation,
+        str(folder),
+        str(args.ort_batch_tokens),
+        str(torch.get_num_threads()),
+        str(workload),
+        str(runs),
+    ]
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
 
 
@@ -98,8 +110,10 @@ def print_agreement(models: list[tuple[str, Path, list[EvalQuery] | None]], work
     """int8 against fp32 per (name, model, held-out queries or None): onnxruntime's (the export) and the engine's.
 
     With held-out queries, the agreement is over their candidates and the table adds each one's NDCG@10."""
-    print("\n| int8 vs fp32: model / runtime | rankings | documents | mean Spearman | min Spearman | top-1 same | "
-          "top-3 overlap | max abs logit change | largest fp32 logit spread | NDCG@10 fp32 -> int8 |")
+    print(
+        "\n| int8 vs fp32: model / runtime | rankings | documents | mean Spearman | min Spearman | top-1 same | "
+        "top-3 overlap | max abs logit change | largest fp32 logit spread | NDCG@10 fp32 -> int8 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, model, held_out in models:
         rankings = [(q.query, list(q.documents)) for q in held_out] if held_out else agreement_rankings(golden)
@@ -111,11 +125,19 @@ def print_agreement(models: list[tuple[str, Path, list[EvalQuery] | None]], work
                 logits[precision] = [score(query, documents) for query, documents in rankings]
             fp32, int8 = logits["fp32"], logits["int8"]
             a = ranking_agreement(fp32, int8)
-            ndcg = " -> ".join(f"{held_out_ndcg(held_out, [best_first(scores) for scores in logits]):.3f}"
-                               for logits in (fp32, int8)) if held_out else ""
-            print(f"| {name} / {runtime} | {a.queries} | {a.documents} | {a.mean_spearman:.3f} | "
-                  f"{a.min_spearman:.3f} | {a.top1:.0%} | {a.top3:.0%} | {a.max_logit_change:.3f} | "
-                  f"{a.logit_spread:.3f} | {ndcg} |")
+            ndcg = (
+                " -> ".join(
+                    f"{held_out_ndcg(held_out, [best_first(scores) for scores in logits]):.3f}"
+                    for logits in (fp32, int8)
+                )
+                if held_out
+                else ""
+            )
+            print(
+                f"| {name} / {runtime} | {a.queries} | {a.documents} | {a.mean_spearman:.3f} | "
+                f"{a.min_spearman:.3f} | {a.top1:.0%} | {a.top3:.0%} | {a.max_logit_change:.3f} | "
+                f"{a.logit_spread:.3f} | {ndcg} |"
+            )
 
 
 def scorer(runtime: str, precision: str, model: Path, export: Path):
@@ -132,8 +154,12 @@ def print_speed(args: argparse.Namespace, workdir: Path) -> None:
     threads = torch.get_num_threads()  # --threads, set in main()
     engines = {name: Reranker(checkpoint, device="cpu", dtype=name.split()[1]) for name in IMPLEMENTATIONS[:2]}
     sessions = {
-        name: OnnxReranker(export, "model.onnx" if name.endswith("fp32") else "model_quantized.onnx",
-                           threads=threads, max_batch_tokens=args.ort_batch_tokens)
+        name: OnnxReranker(
+            export,
+            "model.onnx" if name.endswith("fp32") else "model_quantized.onnx",
+            threads=threads,
+            max_batch_tokens=args.ort_batch_tokens,
+        )
         for name in IMPLEMENTATIONS[2:]
     }
     tokenizer = engines["engine fp32"].engine.tokenizer
@@ -148,11 +174,15 @@ def print_speed(args: argparse.Namespace, workdir: Path) -> None:
 
     # W1 and W3 in this process, in interleaved rounds; W2 (gigabytes of attention scores per onnxruntime call) in
     # one fresh process per implementation, one after the other.
-    seconds = {"W1": interleaved_medians(runs(*workload["W1"]), args.repeats),
-               "W3": interleaved_medians(runs(*workload["W3"]), 30)}
-    print(f"\nmodel: full tiny shape, random weights; {threads} threads; onnxruntime calls of <= "
-          f"{args.ort_batch_tokens} padded tokens; medians of {args.repeats} (W1) and 30 (W3) interleaved rounds, and "
-          f"of {args.w2_repeats} runs (W2) after a first one, in a fresh process per implementation")
+    seconds = {
+        "W1": interleaved_medians(runs(*workload["W1"]), args.repeats),
+        "W3": interleaved_medians(runs(*workload["W3"]), 30),
+    }
+    print(
+        f"\nmodel: full tiny shape, random weights; {threads} threads; onnxruntime calls of <= "
+        f"{args.ort_batch_tokens} padded tokens; medians of {args.repeats} (W1) and 30 (W3) interleaved rounds, and "
+        f"of {args.w2_repeats} runs (W2) after a first one, in a fresh process per implementation"
+    )
     print("\n| workload | implementation | median s | tokens/s | / engine fp32 time | peak MB (fresh process) |")
     print("|---|---|---:|---:|---:|---:|")
     for name, (query, documents) in workload.items():
@@ -162,7 +192,10 @@ def print_speed(args: argparse.Namespace, workdir: Path) -> None:
         path.write_text(json.dumps([query, documents]))
         processes = {
             implementation: measure_process(
-                implementation, checkpoint if implementation.startswith("engine") else export, args, path,
+                implementation,
+                checkpoint if implementation.startswith("engine") else export,
+                args,
+                path,
                 args.w2_repeats if name == "W2" else 0,
             )
             for implementation in IMPLEMENTATIONS
@@ -171,16 +204,22 @@ def print_speed(args: argparse.Namespace, workdir: Path) -> None:
             seconds[name] = {implementation: processes[implementation]["seconds"] for implementation in IMPLEMENTATIONS}
         for implementation in IMPLEMENTATIONS:
             value = seconds[name][implementation]
-            print(f"| {name} ({len(documents)} docs, {count:,} tokens) | {implementation} | {value:.3f} | "
-                  f"{count / value:.0f} | {value / seconds[name]['engine fp32']:.2f}x | "
-                  f"{processes[implementation]['peak_mb']:.0f} |")
+            print(
+                f"| {name} ({len(documents)} docs, {count:,} tokens) | {implementation} | {value:.3f} | "
+                f"{count / value:.0f} | {value / seconds[name]['engine fp32']:.2f}x | "
+                f"{processes[implementation]['peak_mb']:.0f} |"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, action="append", default=None,
-                        help="checkpoint(s) for the int8 agreement (default: the docstring reranker and the parity "
-                        "checkpoints)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        default=None,
+        help="checkpoint(s) for the int8 agreement (default: the docstring reranker and the parity checkpoints)",
+    )
     parser.add_argument("--agreement-only", action="store_true", help="skip the speed table")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the W1 runs (medians are reported)")
     parser.add_argument("--w2-repeats", type=int, default=2, help="rounds of the W2 runs")

@@ -30,7 +30,7 @@ import workloads  # noqa: E402
 
 from jina_local_rerank import Reranker  # noqa: E402
 from jina_local_rerank.export import export_onnx  # noqa: E402
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
+from jina_local_rerank.testing.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = {  # name -> (package in --node-modules, fp32 options, int8 options)
@@ -54,7 +54,7 @@ peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.s
 print(json.dumps({"load": load, "seconds": seconds, "scores": scores, "peak_mb": peak}))
 """
 
-NODE_PROCESS = """
+NODE_PROCESS = r"""
 import { readFileSync } from "node:fs";
 const peakMb = () => Number(readFileSync("/proc/self/status", "utf8").match(/VmHWM:\s+(\d+)/)[1]) / 1024;
 const started = performance.now();
@@ -119,14 +119,21 @@ def main() -> None:
         }
         selected = [name for name in args.workloads.split(",") if name]
         expected = {name: [sigmoid(x) for x in engine.score(*rankings[name], raw=True).logits] for name in selected}
-        print(f"model: full tiny shape, random weights; onnx/model.onnx {export.joinpath('onnx/model.onnx').stat().st_size >> 20} MB")
-        print("\n| runtime | where | dtype | workload | max abs score diff vs engine fp32 | load s | call s | peak MB |")
+        print(
+            f"model: full tiny shape, random weights; onnx/model.onnx {export.joinpath('onnx/model.onnx').stat().st_size >> 20} MB"
+        )
+        print(
+            "\n| runtime | where | dtype | workload | max abs score diff vs engine fp32 | load s | call s | peak MB |"
+        )
         print("|---|---|---|---|---:|---:|---:|---:|")
 
         def report(runtime: str, where: str, dtype: str, name: str, result: dict) -> None:
             diff = max(abs(a - b) for a, b in zip(result["scores"][0], expected[name]))
-            print(f"| {runtime} | {where} | {dtype} | {name} | {diff:.1e} | {result['load']:.2f} | "
-                  f"{result['seconds']:.2f} | {result['peak_mb']:,.0f} |", flush=True)
+            print(
+                f"| {runtime} | {where} | {dtype} | {name} | {diff:.1e} | {result['load']:.2f} | "
+                f"{result['seconds']:.2f} | {result['peak_mb']:,.0f} |",
+                flush=True,
+            )
 
         for name in selected:
             file = workdir / f"{name}.json"
@@ -134,10 +141,15 @@ def main() -> None:
             for dtype, model_file in (("fp32", "model.onnx"), ("int8", "model_quantized.onnx")):
                 if "python" not in args.where or (name == "20k call" and dtype == "int8"):
                     continue
-                out = subprocess.run([sys.executable, "-c", PYTHON_PROCESS, str(export), model_file, str(file)],
-                                     capture_output=True, text=True)
+                out = subprocess.run(
+                    [sys.executable, "-c", PYTHON_PROCESS, str(export), model_file, str(file)],
+                    capture_output=True,
+                    text=True,
+                )
                 if out.returncode:
-                    print(f"| onnxruntime (Python) | - | {dtype} | {name} | failed: {out.stderr.strip()[-200:]} | | | |")
+                    print(
+                        f"| onnxruntime (Python) | - | {dtype} | {name} | failed: {out.stderr.strip()[-200:]} | | | |"
+                    )
                     continue
                 report("onnxruntime 1.32 (Python)", "-", dtype, name, json.loads(out.stdout))
             for runtime, (package, fp32, int8) in RUNTIMES.items():
@@ -148,8 +160,10 @@ def main() -> None:
                     script.write_text(NODE_PROCESS.replace("CARD", card_code(package, export, options)))
                     out = subprocess.run(["node", str(script), str(file)], capture_output=True, text=True)
                     if out.returncode:
-                        print(f"| {runtime} | Node.js | {dtype} | {name} | failed: "
-                              f"{out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else out.returncode} | | | |")
+                        print(
+                            f"| {runtime} | Node.js | {dtype} | {name} | failed: "
+                            f"{out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else out.returncode} | | | |"
+                        )
                         continue
                     report(runtime, "Node.js", dtype, name, json.loads(out.stdout.strip().splitlines()[-1]))
                 if "browser" in args.where:
@@ -161,16 +175,31 @@ def browser(args, runtime, package, export, file, name, report) -> None:  # noqa
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from test_export_js import BROWSER_SCRIPT, CHROMIUM
 
-    server = subprocess.Popen([sys.executable, str(REPO_ROOT / "examples/browser/serve.py"), "--model", str(export),
-                               "--transformers", str(args.node_modules / "node_modules" / package), "--port", "0"],
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO_ROOT / "examples/browser/serve.py"),
+            "--model",
+            str(export),
+            "--transformers",
+            str(args.node_modules / "node_modules" / package),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = server.stdout.readline().strip()
         driver = args.node_modules / "bench-browser.mjs"
         driver.write_text(BROWSER_SCRIPT)
         with tempfile.TemporaryDirectory() as profile:
-            process = subprocess.Popen(["node", str(driver), url, str(file), profile, CHROMIUM],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            process = subprocess.Popen(
+                ["node", str(driver), url, str(file), profile, CHROMIUM],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             peak = 0.0
             while process.poll() is None:
                 peak = max(peak, peak_of_tree(process.pid))
@@ -183,8 +212,13 @@ def browser(args, runtime, package, export, file, name, report) -> None:  # noqa
         outcome = json.loads(stdout.strip().splitlines()[-1])
         ranked = outcome["results"][0]
         scores = [next(r["score"] for r in ranked if r["corpus_id"] == i) for i in range(len(ranked))]
-        report(runtime, "Chromium", "fp32", name,
-               {"scores": [scores], "load": outcome["loadSeconds"], "seconds": outcome["seconds"], "peak_mb": peak})
+        report(
+            runtime,
+            "Chromium",
+            "fp32",
+            name,
+            {"scores": [scores], "load": outcome["loadSeconds"], "seconds": outcome["seconds"], "peak_mb": peak},
+        )
     finally:
         server.terminate()
         server.wait()

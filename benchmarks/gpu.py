@@ -38,7 +38,6 @@ sys.path[:0] = [str(Path(__file__).parent), str(REPO_ROOT / "core")]  # runs fro
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 import workloads  # noqa: E402
 from engine_throughput import (  # noqa: E402
     PARITY_DIR,
@@ -49,15 +48,16 @@ from engine_throughput import (  # noqa: E402
     pair_flops,
     sentence_transformers_baseline,
 )
+
 from jina_local_rerank import Reranker  # noqa: E402
-from jina_local_rerank.attention import (  # noqa: E402
+from jina_local_rerank.model.attention import (  # noqa: E402
     ExactLengthAttention,
     FlexAttention,
     PackedAttention,
     PaddedAttention,
     flex_bucket,
 )
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, CheckpointShape, write_random_checkpoint  # noqa: E402
+from jina_local_rerank.testing.random_checkpoint import TINY_SHAPE, CheckpointShape, write_random_checkpoint  # noqa: E402
 
 BERT_LAYERS = 6
 # The issue's targets on the H200.
@@ -136,8 +136,13 @@ class Table:
 
     def add(self, workload: str, impl: str, seconds: float, tokens: int, flops: float, peak_mib: float | None) -> dict:
         row = {
-            "workload": workload, "impl": impl, "seconds": seconds, "tokens": tokens, "tokens/s": tokens / seconds,
-            "TFLOP/s": flops / seconds / 1e12, "% of matmul": 100 * flops / seconds / 1e12 / self.peak_tflops,
+            "workload": workload,
+            "impl": impl,
+            "seconds": seconds,
+            "tokens": tokens,
+            "tokens/s": tokens / seconds,
+            "TFLOP/s": flops / seconds / 1e12,
+            "% of matmul": 100 * flops / seconds / 1e12 / self.peak_tflops,
             "peak MiB": peak_mib,
         }
         self.rows.append(row)
@@ -153,8 +158,10 @@ def encode(reranker: Reranker, pairs: list[list[str]]) -> list[list[int]]:
     queries = list(dict.fromkeys(q for q, _ in pairs))
     index = {q: i for i, q in enumerate(queries)}
     return reranker.engine.tokenizer.encode_pairs(
-        queries, [(index[q], d) for q, d in pairs],
-        max_length=reranker.max_length, max_query_length=reranker.max_query_length,
+        queries,
+        [(index[q], d) for q, d in pairs],
+        max_length=reranker.max_length,
+        max_query_length=reranker.max_query_length,
     ).input_ids
 
 
@@ -198,8 +205,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     peak = matmul_flops / interleaved_medians({"matmul": matmul}, 5)["matmul"] / 1e12
     table = Table(device, peak)
     parity: dict[str, dict[str, float]] = {}
-    result = {"machine": machine(device, dtype, peak), "rows": table.rows, "notes": table.notes, "parity": parity,
-              "max_batch_tokens": args.max_batch_tokens}
+    result = {
+        "machine": machine(device, dtype, peak),
+        "rows": table.rows,
+        "notes": table.notes,
+        "parity": parity,
+        "max_batch_tokens": args.max_batch_tokens,
+    }
 
     def save() -> None:
         """Write what is measured so far (``--json``), so a run cut short still leaves its rows."""
@@ -216,23 +228,41 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     table.notes.append(("engine attention default on this device", default_mode))
 
     bert_intermediate = flop_matched_intermediate(config, sizes.bert_layers)
-    cross_encoder = table.attempt("CrossEncoder load", lambda: sentence_transformers_baseline(
-        checkpoint, workdir, device=device, dtype=torch_dtype, layers=sizes.bert_layers,
-        intermediate_size=bert_intermediate, max_length=config.max_position_embeddings,
-    ))
+    cross_encoder = table.attempt(
+        "CrossEncoder load",
+        lambda: sentence_transformers_baseline(
+            checkpoint,
+            workdir,
+            device=device,
+            dtype=torch_dtype,
+            layers=sizes.bert_layers,
+            intermediate_size=bert_intermediate,
+            max_length=config.max_position_embeddings,
+        ),
+    )
     bert_config = cross_encoder_transformer(cross_encoder).config if cross_encoder is not None else None
     bert_attention = getattr(bert_config, "_attn_implementation", "unknown attention")
     if bert_config is not None:
-        table.notes.append(("CrossEncoder model", f"BERT {bert_config.num_hidden_layers} x {bert_config.hidden_size}, "
-                            f"intermediate {bert_config.intermediate_size}, attention {bert_attention}, {dtype}"))
+        table.notes.append(
+            (
+                "CrossEncoder model",
+                f"BERT {bert_config.num_hidden_layers} x {bert_config.hidden_size}, "
+                f"intermediate {bert_config.intermediate_size}, attention {bert_attention}, {dtype}",
+            )
+        )
 
     log(f"warm-up: compiling buckets up to {args.max_batch_tokens} tokens")
     warm_up = FlexAttention.warm_up_batches(args.max_batch_tokens, reranker.max_length)
     buckets = sorted({flex_bucket(sum(lengths)) for lengths in warm_up})
     compile_s = table.attempt("compile", lambda: seconds_of(lambda: engine.warm_up(args.max_batch_tokens), device))
     if compile_s is not None:
-        table.notes.append((f"compile: engine.warm_up({args.max_batch_tokens}), {len(buckets)} buckets "
-                            f"{buckets[0]:,}-{buckets[-1]:,} tokens (s)", f"{compile_s:.1f}"))
+        table.notes.append(
+            (
+                f"compile: engine.warm_up({args.max_batch_tokens}), {len(buckets)} buckets "
+                f"{buckets[0]:,}-{buckets[-1]:,} tokens (s)",
+                f"{compile_s:.1f}",
+            )
+        )
 
     seed = (workloads.SEED_QUERY, workloads.SEED_DOCUMENTS)
     seed_pairs = [[seed[0], d] for d in seed[1]]
@@ -241,7 +271,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         table.notes.append(("first W3 call after warm-up (ms)", f"{first_seed * 1e3:.1f}"))
 
     def measure(
-        workload: str, pairs: list[list[str]], runs: dict[str, Callable[[], object]], repeats: int,
+        workload: str,
+        pairs: list[list[str]],
+        runs: dict[str, Callable[[], object]],
+        repeats: int,
         target: Reranker = reranker,
     ) -> None:
         """Median seconds of each run (interleaved rounds), then its peak memory in one more run; the token
@@ -277,8 +310,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
     log("W1")
     w1 = workloads.many_queries(*sizes.w1)
-    measure(f"W1 ({sizes.w1[0]} queries x {sizes.w1[1]} passages)", w1,
-            {**engine_runs(w1, reranker, True), **cross_encoder_runs(w1, (32, 128))}, sizes.repeats)
+    measure(
+        f"W1 ({sizes.w1[0]} queries x {sizes.w1[1]} passages)",
+        w1,
+        {**engine_runs(w1, reranker, True), **cross_encoder_runs(w1, (32, 128))},
+        sizes.repeats,
+    )
     agreement = table.attempt("W1 flex vs padded", lambda: flex_padded_agreement(reranker, w1))
     if agreement is not None:
         table.notes.append(("W1: max |flex logit - padded logit|", f"{agreement:.2e}"))
@@ -289,8 +326,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     tokens_per_word = sum(map(len, engine.tokenizer.tokenize(passages))) / sum(len(p.split()) for p in passages)
     w2_query, w2_documents = workloads.w2(tokens_per_word, *sizes.w2)
     w2 = [[w2_query, d] for d in w2_documents]
-    measure(f"W2 ({sizes.w2[1]} documents of ~{sizes.w2[0]:,} tokens)", w2,
-            {**engine_runs(w2, reranker, False), **cross_encoder_runs(w2, (4,))}, sizes.w2_repeats)
+    measure(
+        f"W2 ({sizes.w2[1]} documents of ~{sizes.w2[0]:,} tokens)",
+        w2,
+        {**engine_runs(w2, reranker, False), **cross_encoder_runs(w2, (4,))},
+        sizes.w2_repeats,
+    )
 
     save()
     log("W3")
@@ -304,14 +345,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     save()
     log("W8K")
     window, count = sizes.window
-    window_reranker = Reranker(checkpoint, device=device, dtype=dtype, max_length=window,
-                               max_batch_tokens=window * count)
+    window_reranker = Reranker(
+        checkpoint, device=device, dtype=dtype, max_length=window, max_batch_tokens=window * count
+    )
     window_query, window_documents = workloads.w2(tokens_per_word, round(1.2 * window), count)
     w8k = [[window_query, d] for d in window_documents]
     first = table.attempt("W8K first call", lambda: seconds_of(lambda: window_reranker.score_pairs(w8k), device))
     if first is not None:
-        table.notes.append((f"W8K first call, compiling the {flex_bucket(window * count):,}-token bucket (s)",
-                            f"{first:.1f}"))
+        table.notes.append(
+            (f"W8K first call, compiling the {flex_bucket(window * count):,}-token bucket (s)", f"{first:.1f}")
+        )
     w8k_runs = {
         "engine flex, one pass": lambda: window_reranker.score_pairs(w8k, raw=True),
         "engine padded (old path)": lambda: padded(window_reranker, lambda: window_reranker.score_pairs(w8k)),
@@ -366,10 +409,12 @@ def machine(device: str, dtype: str, peak: float) -> dict:
 
 def print_report(result: dict) -> None:
     m = result["machine"]
-    print(f"\nmachine: {m.get('gpu', m['device'])}; torch {m['torch']}, transformers {m['transformers']}, "
-          f"sentence-transformers {m['sentence_transformers']}; {m['dtype']}; measured matmul rate "
-          f"{m['matmul TFLOP/s']:.1f} TFLOP/s (the % column's reference); engine budget "
-          f"{result['max_batch_tokens']:,} packed tokens per pass\n")
+    print(
+        f"\nmachine: {m.get('gpu', m['device'])}; torch {m['torch']}, transformers {m['transformers']}, "
+        f"sentence-transformers {m['sentence_transformers']}; {m['dtype']}; measured matmul rate "
+        f"{m['matmul TFLOP/s']:.1f} TFLOP/s (the % column's reference); engine budget "
+        f"{result['max_batch_tokens']:,} packed tokens per pass\n"
+    )
     print("| workload | implementation | median ms | tokens/s | model TFLOP/s | % of matmul | peak GPU MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in result["rows"]:
@@ -377,8 +422,10 @@ def print_report(result: dict) -> None:
             print(f"| {r['workload']} | {r['impl']} | failed: {r['failed']} | | | | |")
             continue
         peak = "n/a" if r["peak MiB"] is None else f"{r['peak MiB']:,.0f}"
-        print(f"| {r['workload']} | {r['impl']} | {r['seconds'] * 1e3:,.1f} | {r['tokens/s']:,.0f} | "
-              f"{r['TFLOP/s']:.2f} | {r['% of matmul']:.1f}% | {peak} |")
+        print(
+            f"| {r['workload']} | {r['impl']} | {r['seconds'] * 1e3:,.1f} | {r['tokens/s']:,.0f} | "
+            f"{r['TFLOP/s']:.2f} | {r['% of matmul']:.1f}% | {peak} |"
+        )
     print("\n| measurement | value |")
     print("|---|---:|")
     for name, value in result["notes"]:
@@ -408,8 +455,10 @@ def targets(rows: list[dict]) -> list[str]:
     cross = best("W1", "CrossEncoder")
     if flex and cross:
         ratio = flex["tokens/s"] / cross["tokens/s"]
-        lines.append(f"| W1 engine flex / best CrossEncoder (end to end, same run) | {ratio:.2f}x | "
-                     f">= {TARGET_W1_RATIO:.0f}x | {'yes' if ratio >= TARGET_W1_RATIO else 'no'} |")
+        lines.append(
+            f"| W1 engine flex / best CrossEncoder (end to end, same run) | {ratio:.2f}x | "
+            f">= {TARGET_W1_RATIO:.0f}x | {'yes' if ratio >= TARGET_W1_RATIO else 'no'} |"
+        )
     if flex and padded:
         ratio = flex["tokens/s"] / padded["tokens/s"]
         lines.append(f"| W1 engine flex / old padded path (same run) | {ratio:.2f}x | | |")
@@ -429,8 +478,10 @@ def targets(rows: list[dict]) -> list[str]:
     w8k = best("W8K", "engine flex")
     failed = any(r["workload"].startswith("W8K") and "failed" in r for r in rows)
     label = w8k["workload"] if w8k else "W8K"
-    lines.append(f"| {label}: the engine in one pass without running out of memory | "
-                 f"{'done' if w8k else 'failed'} | done | {'yes' if w8k and not failed else 'no'} |")
+    lines.append(
+        f"| {label}: the engine in one pass without running out of memory | "
+        f"{'done' if w8k else 'failed'} | done | {'yes' if w8k and not failed else 'no'} |"
+    )
     return lines
 
 
@@ -439,13 +490,22 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--quick", action="store_true", help="toy sizes (a smoke run, e.g. --device cpu --quick)")
-    parser.add_argument("--max-batch-tokens", type=int, default=None,
-                        help="engine budget per forward pass, packed tokens (default 32,768; --quick 2,048)")
-    parser.add_argument("--parity-dir", type=Path, default=PARITY_DIR,
-                        help="golden parity folder (checked where present)")
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="engine budget per forward pass, packed tokens (default 32,768; --quick 2,048)",
+    )
+    parser.add_argument(
+        "--parity-dir", type=Path, default=PARITY_DIR, help="golden parity folder (checked where present)"
+    )
     parser.add_argument("--skip-parity", action="store_true")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="also write the results as JSON here (after each workload, so a cut-short run keeps them)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="also write the results as JSON here (after each workload, so a cut-short run keeps them)",
+    )
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available here; run with --device cpu --quick for a smoke run")

@@ -24,15 +24,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+import ray  # noqa: E402
 import workloads  # noqa: E402
 
-import ray  # noqa: E402
-
 from jina_local_rerank import Reranker  # noqa: E402
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
-from jina_local_rerank.ray.batch import score_pairs_file  # noqa: E402
-from jina_local_rerank.pairs_file import score_pairs_file_local  # noqa: E402
+from jina_local_rerank.files.pairs import score_pairs_file_local  # noqa: E402
 from jina_local_rerank.options import RerankerOptions  # noqa: E402
+from jina_local_rerank.ray.batch import score_pairs_file  # noqa: E402
+from jina_local_rerank.testing.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
 
 
 def write_input(path: Path, pairs: int, max_words: int) -> None:

@@ -80,9 +80,22 @@ def make_requests(count: int, documents: int, words: int, seed: int = 0) -> list
 
 def start_server(args: argparse.Namespace, batching: bool, log_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "jina_local_rerank.cli", "serve", "--port", str(port), "--device", args.device,
-               "--log-level", "warning", "--batch-wait-ms", str(args.batch_wait_ms),
-               "--batch-concurrency", str(args.batch_concurrency)]
+    command = [
+        sys.executable,
+        "-m",
+        "jina_local_rerank.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+        "--log-level",
+        "warning",
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--batch-concurrency",
+        str(args.batch_concurrency),
+    ]
     if args.model:
         command += ["--model", args.model]
     if not batching:
@@ -105,7 +118,9 @@ def start_server(args: argparse.Namespace, batching: bool, log_dir: Path) -> tup
     raise SystemExit("server did not start within 300 s")
 
 
-async def run_level(url: str, payloads: list[dict], clients: int, max_requests: int, max_seconds: float) -> tuple[int, float, list[float]]:
+async def run_level(
+    url: str, payloads: list[dict], clients: int, max_requests: int, max_seconds: float
+) -> tuple[int, float, list[float]]:
     """Send up to ``max_requests`` requests from ``clients`` concurrent clients, stopping after ``max_seconds``."""
     latencies: list[float] = []
     sent = 0
@@ -149,8 +164,16 @@ def engine_direct(args: argparse.Namespace, payloads: list[dict]) -> LevelResult
     latencies.sort()
     reranker.release()
     print(f"  engine direct: {len(latencies)} requests in {seconds:.1f} s", file=sys.stderr, flush=True)
-    return LevelResult("engine direct, one request at a time", 1, len(latencies), seconds,
-                       1000 * percentile(latencies, 0.5), 1000 * percentile(latencies, 0.99), 1.0, cpu_ms)
+    return LevelResult(
+        "engine direct, one request at a time",
+        1,
+        len(latencies),
+        seconds,
+        1000 * percentile(latencies, 0.5),
+        1000 * percentile(latencies, 0.99),
+        1.0,
+        cpu_ms,
+    )
 
 
 def batching_counters(url: str) -> tuple[int, int]:
@@ -167,16 +190,24 @@ def benchmark_mode(args: argparse.Namespace, batching: bool, payloads: list[dict
         for clients in args.clients:
             before = batching_counters(url)
             cpu_before = process_cpu_seconds(process.pid)
-            done, seconds, latencies = asyncio.run(
-                run_level(url, payloads, clients, args.requests, args.max_seconds)
-            )
+            done, seconds, latencies = asyncio.run(run_level(url, payloads, clients, args.requests, args.max_seconds))
             cpu_after = process_cpu_seconds(process.pid)
             after = batching_counters(url)
             cpu_ms = None if cpu_before is None or cpu_after is None else 1000 * (cpu_after - cpu_before) / done
             latencies.sort()
             batches = max(1, after[1] - before[1])
-            results.append(LevelResult(mode, clients, done, seconds, 1000 * percentile(latencies, 0.5),
-                                       1000 * percentile(latencies, 0.99), (after[0] - before[0]) / batches, cpu_ms))
+            results.append(
+                LevelResult(
+                    mode,
+                    clients,
+                    done,
+                    seconds,
+                    1000 * percentile(latencies, 0.5),
+                    1000 * percentile(latencies, 0.99),
+                    (after[0] - before[0]) / batches,
+                    cpu_ms,
+                )
+            )
             print(f"  {mode}, {clients} clients: {done} requests in {seconds:.1f} s", file=sys.stderr, flush=True)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -186,36 +217,57 @@ def benchmark_mode(args: argparse.Namespace, batching: bool, payloads: list[dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="local directory or Hub id (default: $JINA_LOCAL_RERANK_MODEL, else jinaai/jina-reranker-v1-tiny-en)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="local directory or Hub id (default: $JINA_LOCAL_RERANK_MODEL, else jinaai/jina-reranker-v1-tiny-en)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels (default: 1 8 32)")
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels (default: 1 8 32)"
+    )
     parser.add_argument("--requests", type=int, default=300, help="requests per level at most (default: 300)")
     parser.add_argument("--max-seconds", type=float, default=30, help="seconds per level at most (default: 30)")
     parser.add_argument("--warmup", type=int, default=10, help="requests sent before measuring (default: 10)")
     parser.add_argument("--documents", type=int, default=10, help="documents per request (default: 10)")
     parser.add_argument("--words", type=int, default=40, help="mean words per document (default: 40)")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0, help="the server's --batch-wait-ms (default: 2)")
-    parser.add_argument("--batch-concurrency", type=int, default=1, help="the server's --batch-concurrency (default: 1)")
-    parser.add_argument("--modes", nargs="+", choices=("batching", "direct"), default=["batching", "direct"],
-                        help="servers to measure: micro-batching, no batching (default: both)")
+    parser.add_argument(
+        "--batch-concurrency", type=int, default=1, help="the server's --batch-concurrency (default: 1)"
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("batching", "direct"),
+        default=["batching", "direct"],
+        help="servers to measure: micro-batching, no batching (default: both)",
+    )
     args = parser.parse_args()
 
     payloads = make_requests(64, args.documents, args.words)
     direct = engine_direct(args, payloads)  # before any server runs, so nothing else competes for the CPUs
     with tempfile.TemporaryDirectory(prefix="server-load-") as log_dir:
-        results = [row for mode in args.modes for row in benchmark_mode(args, mode == "batching", payloads, Path(log_dir))]
+        results = [
+            row for mode in args.modes for row in benchmark_mode(args, mode == "batching", payloads, Path(log_dir))
+        ]
 
-    print(f"\nmodel {args.model or '(default)'}, device {args.device}, {args.documents} documents of ~{args.words} "
-          f"words per request, {os.cpu_count()} CPUs\n")
-    print("| server | clients | requests | requests/s | vs engine direct | p50 ms | p99 ms | requests per scoring call "
-          "| CPU ms per request |")
+    print(
+        f"\nmodel {args.model or '(default)'}, device {args.device}, {args.documents} documents of ~{args.words} "
+        f"words per request, {os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| server | clients | requests | requests/s | vs engine direct | p50 ms | p99 ms | requests per scoring call "
+        "| CPU ms per request |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     direct_rate = direct.requests / direct.seconds
     for row in [direct, *results]:
         rate = row.requests / row.seconds
         cpu = "n/a" if row.cpu_ms is None else f"{row.cpu_ms:.0f}"
-        print(f"| {row.mode} | {row.clients} | {row.requests} | {rate:.1f} | {rate / direct_rate:.2f} | "
-              f"{row.p50_ms:.0f} | {row.p99_ms:.0f} | {row.requests_per_batch:.1f} | {cpu} |")
+        print(
+            f"| {row.mode} | {row.clients} | {row.requests} | {rate:.1f} | {rate / direct_rate:.2f} | "
+            f"{row.p50_ms:.0f} | {row.p99_ms:.0f} | {row.requests_per_batch:.1f} | {cpu} |"
+        )
 
 
 if __name__ == "__main__":

@@ -39,20 +39,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_throughput import flop_matched_intermediate, sentence_transformers_baseline  # noqa: E402
 
-from jina_local_rerank.config import JinaBertConfig  # noqa: E402
-from jina_local_rerank.engine import get_engine  # noqa: E402
+from jina_local_rerank.checkpoint.files import read_config  # noqa: E402
+from jina_local_rerank.engine.scoring_engine import get_engine  # noqa: E402
+from jina_local_rerank.engine.tokenization import PairTokenizer  # noqa: E402
 from jina_local_rerank.evaluation.runs import BM25Index  # noqa: E402
-from jina_local_rerank.extras import install_hint  # noqa: E402
+from jina_local_rerank.install_hints import install_hint  # noqa: E402
 from jina_local_rerank.options import RerankerOptions  # noqa: E402
-from jina_local_rerank.random_checkpoint import TINY_SHAPE, TURBO_SHAPE, write_random_checkpoint  # noqa: E402
-from jina_local_rerank.tokenization import PairTokenizer  # noqa: E402
+from jina_local_rerank.testing.docstring_task import docstring_pairs  # noqa: E402
+from jina_local_rerank.testing.random_checkpoint import TINY_SHAPE, TURBO_SHAPE, write_random_checkpoint  # noqa: E402
 from jina_local_rerank.training import Trainer, TrainingConfig  # noqa: E402
-from jina_local_rerank.training.docstring_task import docstring_pairs  # noqa: E402
 
 MAX_LENGTH = 512
 NEGATIVES = 3
@@ -65,8 +63,9 @@ def triplets(count: int) -> list[dict]:
     rows = []
     for index, scores in enumerate(BM25Index(documents).scores([summary for _, summary, _ in pairs])):
         ranked = [i for i in scores.argsort()[::-1].tolist() if i != index][:NEGATIVES]
-        rows.append({"query": pairs[index][1], "positive": documents[index],
-                     "negatives": [documents[i] for i in ranked]})
+        rows.append(
+            {"query": pairs[index][1], "positive": documents[index], "negatives": [documents[i] for i in ranked]}
+        )
     return rows
 
 
@@ -98,10 +97,17 @@ def ours(checkpoint: Path, data: Path, steps: int, step_tokens: int, device: str
         if report.step == steps:
             raise _Enough
 
-    config = TrainingConfig(loss="bce", negatives=NEGATIVES, step_tokens=step_tokens, learning_rate=2e-5,
-                            save_every=None, show_progress="never")
-    options = RerankerOptions(model=str(checkpoint), device=device, max_length=MAX_LENGTH,
-                              max_batch_tokens=max(step_tokens, MAX_LENGTH))
+    config = TrainingConfig(
+        loss="bce",
+        negatives=NEGATIVES,
+        step_tokens=step_tokens,
+        learning_rate=2e-5,
+        save_every=None,
+        show_progress="never",
+    )
+    options = RerankerOptions(
+        model=str(checkpoint), device=device, max_length=MAX_LENGTH, max_batch_tokens=max(step_tokens, MAX_LENGTH)
+    )
     try:
         Trainer(options, train=data, output=workdir / "ours", config=config, overwrite=True).fit(on_step=on_step)
     except _Enough:
@@ -111,8 +117,9 @@ def ours(checkpoint: Path, data: Path, steps: int, step_tokens: int, device: str
     return {"times": times[1:], "tokens": tokens[1:]}
 
 
-def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, batch_pairs: int, device: str,
-                              workdir: Path, lengths: list[int]) -> dict | None:
+def sentence_transformers_run(
+    checkpoint: Path, rows: list[dict], steps: int, batch_pairs: int, device: str, workdir: Path, lengths: list[int]
+) -> dict | None:
     """CrossEncoderTrainer with BinaryCrossEntropyLoss on a GELU BERT of the tiny shape's cost per token."""
     try:
         from datasets import Dataset
@@ -123,14 +130,24 @@ def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, ba
     except ImportError as exc:
         print(f"sentence-transformers baseline skipped ({exc}); {install_hint('bench')}")
         return None
-    config = JinaBertConfig.from_json_file(checkpoint / "config.json")
+    config = read_config(checkpoint / "config.json")
     intermediate = flop_matched_intermediate(config, config.num_hidden_layers)  # 2 x 384 x I = 3 x 384 x 1536
-    model = sentence_transformers_baseline(checkpoint, workdir, device=device, layers=config.num_hidden_layers,
-                                           intermediate_size=intermediate, max_length=MAX_LENGTH)
-    pairs = [(row["query"], doc, float(label)) for row in rows
-             for doc, label in ((row["positive"], 1), *((negative, 0) for negative in row["negatives"]))]
-    dataset = Dataset.from_dict({"query": [p[0] for p in pairs], "document": [p[1] for p in pairs],
-                                 "label": [p[2] for p in pairs]})
+    model = sentence_transformers_baseline(
+        checkpoint,
+        workdir,
+        device=device,
+        layers=config.num_hidden_layers,
+        intermediate_size=intermediate,
+        max_length=MAX_LENGTH,
+    )
+    pairs = [
+        (row["query"], doc, float(label))
+        for row in rows
+        for doc, label in ((row["positive"], 1), *((negative, 0) for negative in row["negatives"]))
+    ]
+    dataset = Dataset.from_dict(
+        {"query": [p[0] for p in pairs], "document": [p[1] for p in pairs], "label": [p[2] for p in pairs]}
+    )
     stamps: list[float] = []
 
     class Stamps(TrainerCallback):
@@ -138,13 +155,23 @@ def sentence_transformers_run(checkpoint: Path, rows: list[dict], steps: int, ba
             stamps.append(time.perf_counter())
 
     args = CrossEncoderTrainingArguments(
-        output_dir=str(workdir / "st"), per_device_train_batch_size=batch_pairs, max_steps=steps + 1,
-        learning_rate=2e-5, warmup_ratio=0.1, save_strategy="no", logging_strategy="no", report_to="none",
-        use_cpu=device == "cpu", bf16=device.startswith("cuda"), dataloader_drop_last=True, seed=0,
+        output_dir=str(workdir / "st"),
+        per_device_train_batch_size=batch_pairs,
+        max_steps=steps + 1,
+        learning_rate=2e-5,
+        warmup_ratio=0.1,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=device.startswith("cuda"),
+        dataloader_drop_last=True,
+        seed=0,
         disable_tqdm=True,
     )
-    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset,
-                                  loss=BinaryCrossEntropyLoss(model), callbacks=[Stamps()])
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model), callbacks=[Stamps()]
+    )
     trainer.train()
     times = [b - a for a, b in zip(stamps, stamps[1:])]
     mean_tokens = statistics.fmean(lengths)  # real tokens per pair (batches are random draws of the pairs)
@@ -187,7 +214,8 @@ def memory(checkpoint: Path, device: str, checkpointing: bool, length: int) -> d
     limit = memory_limit()
     completed = subprocess.run(
         [sys.executable, "-c", MEMORY_PROCESS, str(checkpoint), device, "1" if checkpointing else "0", str(length)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
         preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))) if device == "cpu" else None,
     )
     if completed.returncode != 0:
@@ -243,17 +271,35 @@ def long_rows(count: int, tokens: int, tokenizer: PairTokenizer) -> list[dict]:
     return rows
 
 
-def defaults_row(source: Path | None, checkpoint: Path, data: Path, max_length: int | None, checkpointing: bool,
-                 steps: int, workdir: Path) -> dict | None:
+def defaults_row(
+    source: Path | None,
+    checkpoint: Path,
+    data: Path,
+    max_length: int | None,
+    checkpointing: bool,
+    steps: int,
+    workdir: Path,
+) -> dict | None:
     """One ``Trainer`` run at the defaults in a fresh process (``source``: the package folder to import, default
     this checkout's); ``None`` where it went over :data:`ROW_LIMIT_BYTES`."""
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     completed = subprocess.run(
-        [sys.executable, "-c", ROW_PROCESS, str(checkpoint), str(data), str(workdir / "row-output"),
-         str(max_length or 0), str(steps), "1" if checkpointing else "0"],
-        capture_output=True, text=True, env=env,
+        [
+            sys.executable,
+            "-c",
+            ROW_PROCESS,
+            str(checkpoint),
+            str(data),
+            str(workdir / "row-output"),
+            str(max_length or 0),
+            str(steps),
+            "1" if checkpointing else "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (ROW_LIMIT_BYTES, ROW_LIMIT_BYTES)),
     )
     if completed.returncode != 0:
@@ -271,12 +317,16 @@ def defaults_table(args: argparse.Namespace, workdir: Path) -> None:
     documents = [row for row in DOCUMENTS if row[0] in args.documents]
     datasets = {}
     for docs, max_length, _ in documents:
-        rows = triplets(args.queries) if max_length is None else long_rows(args.long_queries, max_length - 48, tokenizer)
+        rows = (
+            triplets(args.queries) if max_length is None else long_rows(args.long_queries, max_length - 48, tokenizer)
+        )
         datasets[docs] = workdir / f"{docs}.jsonl"
         datasets[docs].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     sources = [("before", args.before), ("after", None)] if args.before else [("now", None)]
-    print(f"training at the defaults, CPU, {os.cpu_count()} cores: peak resident memory of the whole run and median "
-          f"tokens/s of the steps after the first (over {ROW_LIMIT_BYTES / 2**30:.0f} GB: the row's limit)")
+    print(
+        f"training at the defaults, CPU, {os.cpu_count()} cores: peak resident memory of the whole run and median "
+        f"tokens/s of the steps after the first (over {ROW_LIMIT_BYTES / 2**30:.0f} GB: the row's limit)"
+    )
     print()
     header = " | ".join(f"{label} peak MB | {label} tokens/s" for label, _ in sources)
     print(f"| documents | settings | shape | {header} |" + (" tokens/s ratio |" if args.before else ""))
@@ -284,17 +334,29 @@ def defaults_table(args: argparse.Namespace, workdir: Path) -> None:
     for docs, max_length, checkpointing in documents:
         steps = args.short_steps if max_length is None else args.long_steps
         settings = ("defaults" if max_length is None else f"--max-length {max_length}") + (
-            " --activation-checkpointing" if checkpointing else "")
+            " --activation-checkpointing" if checkpointing else ""
+        )
         for shape in shapes:
             # Checkpointing rows run only with this checkout: they show a setting, not a change.
-            results = [defaults_row(source, checkpoints[shape], datasets[docs], max_length, checkpointing, steps,
-                                    workdir) if not (checkpointing and label == "before") else {}
-                       for label, source in sources]
-            cells = " | ".join("over the limit | " if r is None else " | " if not r else
-                               f"{r['peak_mb']:,.0f} | {r['tokens_per_s']:,.0f}" for r in results)
+            results = [
+                defaults_row(source, checkpoints[shape], datasets[docs], max_length, checkpointing, steps, workdir)
+                if not (checkpointing and label == "before")
+                else {}
+                for label, source in sources
+            ]
+            cells = " | ".join(
+                "over the limit | "
+                if r is None
+                else " | "
+                if not r
+                else f"{r['peak_mb']:,.0f} | {r['tokens_per_s']:,.0f}"
+                for r in results
+            )
             ratio = ""
             if args.before:
-                ratio = " |" if not all(results) else f" {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x |"
+                ratio = (
+                    " |" if not all(results) else f" {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x |"
+                )
             print(f"| {docs} | {settings} | {shape} | {cells} |{ratio}", flush=True)
 
 
@@ -304,16 +366,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="measured steps per trainer (after one warm-up step)")
     parser.add_argument("--batch-pairs", type=int, default=16, help="pairs per sentence-transformers step")
     parser.add_argument("--queries", type=int, default=400)
-    parser.add_argument("--long-tokens", type=int, nargs="+", default=[4096, 8192],
-                        help="document lengths of the memory rows")
-    parser.add_argument("--defaults", action="store_true",
-                        help="instead: peak memory and tokens/s of whole runs at the defaults (CPU)")
-    parser.add_argument("--before", type=Path, default=None,
-                        help="with --defaults: also run the rows with the package folder DIR (an earlier commit's core/)")
+    parser.add_argument(
+        "--long-tokens", type=int, nargs="+", default=[4096, 8192], help="document lengths of the memory rows"
+    )
+    parser.add_argument(
+        "--defaults", action="store_true", help="instead: peak memory and tokens/s of whole runs at the defaults (CPU)"
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="with --defaults: also run the rows with the package folder DIR (an earlier commit's core/)",
+    )
     parser.add_argument("--short-steps", type=int, default=4, help="with --defaults: steps of the short rows")
     parser.add_argument("--shapes", nargs="+", default=["tiny", "turbo"], help="with --defaults: the shapes")
     parser.add_argument("--documents", nargs="+", default=["short", "medium", "8k"], help="with --defaults: the rows")
-    parser.add_argument("--long-queries", type=int, default=4, help="with --defaults: queries of the medium and 8k rows")
+    parser.add_argument(
+        "--long-queries", type=int, default=4, help="with --defaults: queries of the medium and 8k rows"
+    )
     parser.add_argument("--long-steps", type=int, default=2, help="with --defaults: steps of the medium and 8k rows")
     args = parser.parse_args()
 
@@ -332,9 +402,11 @@ def main() -> None:
         st = sentence_transformers_run(checkpoint, rows, args.steps, args.batch_pairs, args.device, workdir, lengths)
         packed = ours(checkpoint, data, args.steps + 1, step_tokens, args.device, workdir)
 
-        print(f"training throughput, {args.device}, tiny shape (4 x 384), {MAX_LENGTH}-token pairs "
-              f"(mean {statistics.fmean(lengths):.0f} tokens), {args.batch_pairs} pairs (~{step_tokens} tokens) "
-              f"per step, {args.steps} steps after warm-up")
+        print(
+            f"training throughput, {args.device}, tiny shape (4 x 384), {MAX_LENGTH}-token pairs "
+            f"(mean {statistics.fmean(lengths):.0f} tokens), {args.batch_pairs} pairs (~{step_tokens} tokens) "
+            f"per step, {args.steps} steps after warm-up"
+        )
         print()
         print("| trainer | median tokens/s | mean tokens/s | ratio |")
         print("|---|---|---|---|")
@@ -343,22 +415,35 @@ def main() -> None:
         if st is not None:
             st_median, st_mean = steady_rate(st["times"], st["tokens"], 0)
             base = st_median
-        print(f"| jina-local-rerank Trainer (packed, no padding) | {ours_median:,.0f} | {ours_mean:,.0f} | "
-              f"{ours_median / base:.2f}x |" if base else f"| jina-local-rerank Trainer | {ours_median:,.0f} | "
-              f"{ours_mean:,.0f} | |")
+        print(
+            f"| jina-local-rerank Trainer (packed, no padding) | {ours_median:,.0f} | {ours_mean:,.0f} | "
+            f"{ours_median / base:.2f}x |"
+            if base
+            else f"| jina-local-rerank Trainer | {ours_median:,.0f} | {ours_mean:,.0f} | |"
+        )
         if st is not None:
-            print(f"| sentence-transformers CrossEncoderTrainer (GELU BERT, I={st['intermediate']}) | "
-                  f"{st_median:,.0f} | {st_mean:,.0f} | 1.00x |")
+            print(
+                f"| sentence-transformers CrossEncoderTrainer (GELU BERT, I={st['intermediate']}) | "
+                f"{st_median:,.0f} | {st_mean:,.0f} | 1.00x |"
+            )
         print()
-        print(f"peak memory of one step on a list of two pairs of one length (tiny shape; out of memory: over "
-              f"{memory_limit() / 2**30:.0f} GB)" if args.device == "cpu" else "peak memory of one step (tiny shape)")
+        print(
+            f"peak memory of one step on a list of two pairs of one length (tiny shape; out of memory: over "
+            f"{memory_limit() / 2**30:.0f} GB)"
+            if args.device == "cpu"
+            else "peak memory of one step (tiny shape)"
+        )
         print()
         print("| pair tokens | activation checkpointing | peak MB | step s |")
         print("|---|---|---|---|")
         for length in args.long_tokens:
             for checkpointing in (False, True):
                 result = memory(checkpoint, args.device, checkpointing, length)
-                cells = ("out of memory", "") if result is None else (f"{result['peak_mb']:,.0f}", f"{result['step_s']:.1f}")
+                cells = (
+                    ("out of memory", "")
+                    if result is None
+                    else (f"{result['peak_mb']:,.0f}", f"{result['step_s']:.1f}")
+                )
                 print(f"| {length:,} | {'on' if checkpointing else 'off'} | {cells[0]} | {cells[1]} |")
 
 

@@ -9,8 +9,6 @@ from pathlib import Path
 
 # W3 is the model card's example, as examples/quickstart.py runs it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from quickstart import DOCUMENTS as SEED_DOCUMENTS  # noqa: E402
-from quickstart import QUERY as SEED_QUERY  # noqa: E402
 
 
 def _words() -> list[str]:

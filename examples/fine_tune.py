@@ -23,26 +23,51 @@ from jina_local_rerank.training import Trainer, TrainingConfig
 
 # Each query with its answer and two wrong ones: the shape of most click logs and labelled sets.
 TRAIN = [
-    ("how do I feed a sourdough starter", "Feed the starter equal weights of flour and water every day.",
-     ["Prune roses in early spring.", "Oil a bicycle chain every few hundred kilometres."]),
-    ("when should roses be pruned", "Prune roses in early spring, just above an outward facing bud.",
-     ["Feed the starter equal weights of flour and water every day.", "Python lists keep insertion order."]),
-    ("do python dictionaries keep insertion order", "Since Python 3.7 dictionaries keep insertion order.",
-     ["Water tomato plants deeply twice a week.", "Steam in the oven gives bread a crisp crust."]),
-    ("how often to water tomatoes", "Water tomato plants deeply twice a week, more in a heat wave.",
-     ["Dictionaries map keys to values.", "A bicycle chain needs oil to keep from rusting."]),
-    ("how to keep a bike chain from rusting", "Oil a bicycle chain every few hundred kilometres.",
-     ["Roses need pruning in spring.", "Sourdough rises with wild yeast."]),
-    ("what gives bread a crisp crust", "Steam in the oven during the first minutes gives bread a crisp crust.",
-     ["Tomatoes like deep watering.", "Lists grow when items are appended."]),
+    (
+        "how do I feed a sourdough starter",
+        "Feed the starter equal weights of flour and water every day.",
+        ["Prune roses in early spring.", "Oil a bicycle chain every few hundred kilometres."],
+    ),
+    (
+        "when should roses be pruned",
+        "Prune roses in early spring, just above an outward facing bud.",
+        ["Feed the starter equal weights of flour and water every day.", "Python lists keep insertion order."],
+    ),
+    (
+        "do python dictionaries keep insertion order",
+        "Since Python 3.7 dictionaries keep insertion order.",
+        ["Water tomato plants deeply twice a week.", "Steam in the oven gives bread a crisp crust."],
+    ),
+    (
+        "how often to water tomatoes",
+        "Water tomato plants deeply twice a week, more in a heat wave.",
+        ["Dictionaries map keys to values.", "A bicycle chain needs oil to keep from rusting."],
+    ),
+    (
+        "how to keep a bike chain from rusting",
+        "Oil a bicycle chain every few hundred kilometres.",
+        ["Roses need pruning in spring.", "Sourdough rises with wild yeast."],
+    ),
+    (
+        "what gives bread a crisp crust",
+        "Steam in the oven during the first minutes gives bread a crisp crust.",
+        ["Tomatoes like deep watering.", "Lists grow when items are appended."],
+    ),
 ]
 # Held-out queries with graded candidates (1: relevant, 0: not).
 HELD_OUT = [
-    ("how do I make bread crust crispy",
-     {"Bake with steam for a crisp crust.": 1, "Prune roses above a bud.": 0, "Oil the chain of a bicycle.": 0}),
-    ("how often does a sourdough starter need feeding",
-     {"Roses bloom in June.": 0, "A sourdough starter is fed flour and water daily.": 1,
-      "Dictionaries keep insertion order.": 0}),
+    (
+        "how do I make bread crust crispy",
+        {"Bake with steam for a crisp crust.": 1, "Prune roses above a bud.": 0, "Oil the chain of a bicycle.": 0},
+    ),
+    (
+        "how often does a sourdough starter need feeding",
+        {
+            "Roses bloom in June.": 0,
+            "A sourdough starter is fed flour and water daily.": 1,
+            "Dictionaries keep insertion order.": 0,
+        },
+    ),
 ]
 QUERY = "how should I look after a sourdough starter"
 DOCUMENTS = [

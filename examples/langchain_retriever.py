@@ -54,8 +54,11 @@ class KeywordEmbeddings(Embeddings):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model directory or Hub id "
-                        "(default: $JINA_LOCAL_RERANK_MODEL, else jinaai/jina-reranker-v1-tiny-en)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model directory or Hub id (default: $JINA_LOCAL_RERANK_MODEL, else jinaai/jina-reranker-v1-tiny-en)",
+    )
     parser.add_argument("--query", default="How do garbage collectors free memory?")
     parser.add_argument("--candidates", type=int, default=6, help="documents the first stage retrieves")
     parser.add_argument("--top-n", type=int, default=3, help="documents kept after reranking")

@@ -15,6 +15,7 @@ import argparse
 from llama_index.core import SummaryIndex
 from llama_index.core.llms import MockLLM
 from llama_index.core.schema import TextNode
+
 from llama_index.postprocessor.jina_local_rerank import JinaLocalRerank
 
 QUERY = "How do I keep a sourdough starter healthy?"

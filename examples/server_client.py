@@ -33,7 +33,9 @@ DOCUMENTS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL")
-    parser.add_argument("--api-key", default=os.environ.get("JINA_LOCAL_RERANK_API_KEY"), help="bearer token, if the server needs one")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("JINA_LOCAL_RERANK_API_KEY"), help="bearer token, if the server needs one"
+    )
     parser.add_argument("--model", default=None, help="a served model name (default: the server's)")
     parser.add_argument("--top-n", type=int, default=3, help="results to ask for")
     args = parser.parse_args()

@@ -69,8 +69,21 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        command = [sys.executable, "-m", "jina_local_rerank.cli", "serve", "--model", str(model), "--device", "cpu",
-                   "--port", str(self.port), "--request-read-timeout", "2", *flags]
+        command = [
+            sys.executable,
+            "-m",
+            "jina_local_rerank.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--device",
+            "cpu",
+            "--port",
+            str(self.port),
+            "--request-read-timeout",
+            "2",
+            *flags,
+        ]
         if max_length is not None:
             command += ["--max-length", str(max_length)]
         with log.open("wb") as sink:
@@ -98,6 +111,7 @@ class Server:
 
 
 # --- server cases ----------------------------------------------------------------------------------------------------
+
 
 def bodies(route: str) -> dict[str, tuple[bytes, set[int]]]:
     """Hostile bodies for ``route`` and the statuses each may get (without any auth problem)."""
@@ -144,33 +158,39 @@ def bodies(route: str) -> dict[str, tuple[bytes, set[int]]]:
         "unknown-fields": (body(extra={"deep": [1, 2, {"x": None}]}), {200}),
     }
     if route == "/rerank":
-        raw.update({
-            "truncate-false-long": (body(**{docs: ["llama " * 3000]}, truncate=False), {413}),
-            "truncate-false-megabyte": (body(**{docs: [MEGABYTE_DOCUMENT]}, truncate=False), {413}),
-            "direction-left": (body(**{docs: [MEGABYTE_DOCUMENT]}, truncation_direction="left"), {200}),
-            "direction-bad": (body(truncation_direction="up"), {422}),
-            "raw-scores-string": (body(raw_scores="yes"), {422}),
-            "truncate-null": (body(truncate=None), {200}),
-        })
+        raw.update(
+            {
+                "truncate-false-long": (body(**{docs: ["llama " * 3000]}, truncate=False), {413}),
+                "truncate-false-megabyte": (body(**{docs: [MEGABYTE_DOCUMENT]}, truncate=False), {413}),
+                "direction-left": (body(**{docs: [MEGABYTE_DOCUMENT]}, truncation_direction="left"), {200}),
+                "direction-bad": (body(truncation_direction="up"), {422}),
+                "raw-scores-string": (body(raw_scores="yes"), {422}),
+                "truncate-null": (body(truncate=None), {200}),
+            }
+        )
     else:
-        raw.update({
-            "top-n-zero": (body(top_n=0), {422}),
-            "top-n-negative": (body(top_n=-1), {422}),
-            "top-n-huge": (body(top_n=10**18), {200}),
-            "top-n-float": (body(top_n=1.5), {422}),
-            "top-n-bool": (body(top_n=True), {422}),
-            "return-documents-string": (body(return_documents="yes"), {422}),
-            "unknown-model": (body(model="gpt-4"), {404}),
-            "model-int": (body(model=5), {422}),
-            "object-documents": (body(**{docs: [{"text": "a"}, {"text": 5}]}), {422}),
-            "object-without-text": (body(**{docs: [{"body": "a"}]}), {422}),
-        })
+        raw.update(
+            {
+                "top-n-zero": (body(top_n=0), {422}),
+                "top-n-negative": (body(top_n=-1), {422}),
+                "top-n-huge": (body(top_n=10**18), {200}),
+                "top-n-float": (body(top_n=1.5), {422}),
+                "top-n-bool": (body(top_n=True), {422}),
+                "return-documents-string": (body(return_documents="yes"), {422}),
+                "unknown-model": (body(model="gpt-4"), {404}),
+                "model-int": (body(model=5), {422}),
+                "object-documents": (body(**{docs: [{"text": "a"}, {"text": 5}]}), {422}),
+                "object-without-text": (body(**{docs: [{"body": "a"}]}), {422}),
+            }
+        )
     if route == "/v2/rerank":
-        raw.update({
-            "max-tokens-zero": (body(max_tokens_per_doc=0), {422}),
-            "max-tokens-one": (body(max_tokens_per_doc=1), {200}),
-            "max-tokens-huge": (body(max_tokens_per_doc=10**12), {200}),
-        })
+        raw.update(
+            {
+                "max-tokens-zero": (body(max_tokens_per_doc=0), {422}),
+                "max-tokens-one": (body(max_tokens_per_doc=1), {200}),
+                "max-tokens-huge": (body(max_tokens_per_doc=10**12), {200}),
+            }
+        )
     return raw
 
 
@@ -195,8 +215,11 @@ def server_cases(tally: Tally, open_server: Server, keyed: Server, engine: Any) 
                     (keyed, {"Authorization": f"Bearer {KEY}"}, "keyed"),
                 ):
                     try:
-                        response = client.post(f"{server.url}{route}", content=payload,
-                                               headers={"Content-Type": "application/json", **headers})
+                        response = client.post(
+                            f"{server.url}{route}",
+                            content=payload,
+                            headers={"Content-Type": "application/json", **headers},
+                        )
                     except httpx.TimeoutException:
                         tally.record("server", f"{label}{route}/{name}", "no answer", "hang")
                         continue
@@ -206,11 +229,17 @@ def server_cases(tally: Tally, open_server: Server, keyed: Server, engine: Any) 
                     problem, kind = check_answer(response, expected)
                     tally.record(f"server {label}", f"{route}/{name}", problem, kind)
                 # Without the key, or with a wrong one: 401 and nothing else, whatever the body.
-                for headers, label in (({}, "no-key"), ({"Authorization": "Bearer nope"}, "wrong-key"),
-                                       ({"Authorization": f"Basic {KEY}"}, "basic")):
+                for headers, label in (
+                    ({}, "no-key"),
+                    ({"Authorization": "Bearer nope"}, "wrong-key"),
+                    ({"Authorization": f"Basic {KEY}"}, "basic"),
+                ):
                     try:
-                        response = client.post(f"{keyed.url}{route}", content=payload,
-                                               headers={"Content-Type": "application/json", **headers})
+                        response = client.post(
+                            f"{keyed.url}{route}",
+                            content=payload,
+                            headers={"Content-Type": "application/json", **headers},
+                        )
                         problem, kind = check_answer(response, {401})
                         if problem is None and "API key" not in response.text:
                             problem = f"a 401 that does not say why: {response.text[:200]}"
@@ -233,15 +262,22 @@ def server_cases(tally: Tally, open_server: Server, keyed: Server, engine: Any) 
             bad = [i for i, score in enumerate(expected_scores) if not math.isclose(got[i], score, abs_tol=1e-5)]
             tally.record("scores", route, f"documents {bad} differ from the engine" if bad else None)
         # Methods, paths, Host headers, connections that stall or lie about their length.
-        for method, path, expected in (("GET", "/v1/rerank", {405}), ("DELETE", "/rerank", {405}),
-                                       ("GET", "/../../etc/passwd", {404}), ("GET", "/nothing", {404}),
-                                       ("OPTIONS", "/v2/rerank", {405}), ("GET", "/health", {200}),
-                                       ("GET", "/metrics", {200}), ("GET", "/info", {200})):
+        for method, path, expected in (
+            ("GET", "/v1/rerank", {405}),
+            ("DELETE", "/rerank", {405}),
+            ("GET", "/../../etc/passwd", {404}),
+            ("GET", "/nothing", {404}),
+            ("OPTIONS", "/v2/rerank", {405}),
+            ("GET", "/health", {200}),
+            ("GET", "/metrics", {200}),
+            ("GET", "/info", {200}),
+        ):
             problem, kind = check_answer(client.request(method, f"{open_server.url}{path}"), expected)
             tally.record("server open", f"{method} {path}", problem, kind)
-            problem, kind = check_answer(client.request(method, f"{keyed.url}{path}"),
-                                         expected if path in ("/health", "/metrics", "/nothing", "/../../etc/passwd")
-                                         else {401})
+            problem, kind = check_answer(
+                client.request(method, f"{keyed.url}{path}"),
+                expected if path in ("/health", "/metrics", "/nothing", "/../../etc/passwd") else {401},
+            )
             tally.record("auth", f"{method} {path}", problem, kind)
         for host, expected in (("attacker.example", {400}), ("localhost", {200}), ("", {400})):
             response = client.get(f"{open_server.url}/v1/models", headers={"Host": host})
@@ -250,7 +286,10 @@ def server_cases(tally: Tally, open_server: Server, keyed: Server, engine: Any) 
     for name, raw in (
         ("content-length-lies", b"POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n\r\n{"),
         ("headers-never-end", b"POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nX-a: b\r\n"),
-        ("chunked-forever", b"POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"),
+        (
+            "chunked-forever",
+            b"POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ),
         ("garbage", b"\x00\x01\x02 GARBAGE \xff\r\n\r\n"),
     ):
         with socket.create_connection(("127.0.0.1", open_server.port), timeout=20) as sock:
@@ -292,6 +331,7 @@ def megabyte_through_each_route(open_server: Server) -> list[tuple[str, float, f
 
 # --- CLI cases -------------------------------------------------------------------------------------------------------
 
+
 def cli_cases(tally: Tally, model: Path, work: Path) -> None:
     def jsonl(name: str, lines: list[str]) -> str:
         path = work / name
@@ -308,8 +348,10 @@ def cli_cases(tally: Tally, model: Path, work: Path) -> None:
     (broken / "corpus.jsonl").write_text('{"_id": "d1", "text": ' + "[" * 100_000 + "\n")
     (broken / "queries.jsonl").write_text('{"_id": "q1", "text": "llama"}\n')
     (broken / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
-    good = [json.dumps({"query": f"q{i} files", "positive": f"open file {i}", "negatives": [f"other {i}"]})
-            for i in range(4)]
+    good = [
+        json.dumps({"query": f"q{i} files", "positive": f"open file {i}", "negatives": [f"other {i}"]})
+        for i in range(4)
+    ]
     fifo = work / "input.fifo"
     os.mkfifo(fifo)
     m = ["--model", str(model), "--device", "cpu"]
@@ -321,48 +363,135 @@ def cli_cases(tally: Tally, model: Path, work: Path) -> None:
         ("rerank huge int", ["rerank", *m, "-q", "q"], {2}, b"[" + b"9" * 5000 + b"]"),
         ("rerank NaN doc", ["rerank", *m, "-q", "q"], {2}, b"[NaN]"),
         ("rerank not utf8", ["rerank", *m, "-q", "q"], {2}, b"\xff\xfe"),
-        ("rerank megabyte", ["rerank", *m, "-q", "llama", "--no-documents"], {0},
-         json.dumps([MEGABYTE_DOCUMENT]).encode()),
+        (
+            "rerank megabyte",
+            ["rerank", *m, "-q", "llama", "--no-documents"],
+            {0},
+            json.dumps([MEGABYTE_DOCUMENT]).encode(),
+        ),
         ("rerank directory", ["rerank", *m, "-q", "q", "--input", str(work)], {2}, None),
         ("rerank fifo", ["rerank", *m, "-q", "q", "--input", str(fifo)], {0}, None),
         ("rerank top-n 0", ["rerank", *m, "-q", "q", "--top-n", "0", "a"], {2}, None),
         ("rerank max-length huge", ["rerank", *m, "-q", "q", "--max-length", str(10**30), "a"], {2}, None),
-        ("score-pairs /dev/zero", ["score-pairs", *m, "/dev/zero", str(work / "o.jsonl"), "--input-format", "jsonl"],
-         {1, 2}, None),
-        ("score-pairs same file", ["score-pairs", *m, jsonl("p.jsonl", ['{"query": "q", "document": "d"}']),
-                                   str(work / "p.jsonl")], {2}, None),
-        ("score-pairs nested", ["score-pairs", *m, jsonl("n.jsonl", ["[" * 100_000]), str(work / "n-out.jsonl")],
-         {2}, None),
-        ("train label 1e39", [*train, "--train", jsonl("a.jsonl", [*good, '{"query": "q", "document": "d", '
-                                                                          '"label": 1e39}']),
-                              "--output", str(work / "o1")], {2}, None),
-        ("train 5000 digits", [*train, "--train", jsonl("b.jsonl", [*good, '{"query": "q", "document": "d", "label": '
-                                                                           + "1" * 5000 + "}"]),
-                               "--output", str(work / "o2")], {2}, None),
-        ("train 310 digits", [*train, "--train", jsonl("c.jsonl", [*good, '{"query": "q", "document": "d", "label": '
-                                                                          + "1" * 310 + "}"]),
-                              "--output", str(work / "o3")], {2}, None),
-        ("train nested", [*train, "--train", jsonl("d.jsonl", [*good, "[" * 100_000]), "--output", str(work / "o4")],
-         {2}, None),
+        (
+            "score-pairs /dev/zero",
+            ["score-pairs", *m, "/dev/zero", str(work / "o.jsonl"), "--input-format", "jsonl"],
+            {1, 2},
+            None,
+        ),
+        (
+            "score-pairs same file",
+            ["score-pairs", *m, jsonl("p.jsonl", ['{"query": "q", "document": "d"}']), str(work / "p.jsonl")],
+            {2},
+            None,
+        ),
+        (
+            "score-pairs nested",
+            ["score-pairs", *m, jsonl("n.jsonl", ["[" * 100_000]), str(work / "n-out.jsonl")],
+            {2},
+            None,
+        ),
+        (
+            "train label 1e39",
+            [
+                *train,
+                "--train",
+                jsonl("a.jsonl", [*good, '{"query": "q", "document": "d", "label": 1e39}']),
+                "--output",
+                str(work / "o1"),
+            ],
+            {2},
+            None,
+        ),
+        (
+            "train 5000 digits",
+            [
+                *train,
+                "--train",
+                jsonl("b.jsonl", [*good, '{"query": "q", "document": "d", "label": ' + "1" * 5000 + "}"]),
+                "--output",
+                str(work / "o2"),
+            ],
+            {2},
+            None,
+        ),
+        (
+            "train 310 digits",
+            [
+                *train,
+                "--train",
+                jsonl("c.jsonl", [*good, '{"query": "q", "document": "d", "label": ' + "1" * 310 + "}"]),
+                "--output",
+                str(work / "o3"),
+            ],
+            {2},
+            None,
+        ),
+        (
+            "train nested",
+            [*train, "--train", jsonl("d.jsonl", [*good, "[" * 100_000]), "--output", str(work / "o4")],
+            {2},
+            None,
+        ),
         ("train /dev/zero", [*train, "--train", "/dev/zero", "--output", str(work / "o5")], {2}, None),
-        ("train seed 2**70", [*train, "--train", jsonl("e.jsonl", good), "--seed", str(2**70),
-                              "--output", str(work / "o6")], {2}, None),
-        ("train state-dir is model", [*train, "--train", jsonl("f.jsonl", good), "--state-dir", str(model),
-                                      "--overwrite", "--output", str(work / "o7")], {2}, None),
-        ("distill NaN scores", ["distill", *m, "--max-length", "64", "--negatives", "1", "--quiet",
-                                "--teacher-column", "scores", "--train",
-                                jsonl("g.jsonl", [*good[:2], '{"query": "q", "documents": ["a", "b"], '
-                                                             '"scores": [NaN, 1]}']),
-                                "--output", str(work / "o8")], {2}, None),
-        ("train output is a file", [*train, "--train", jsonl("h.jsonl", good), "--output", str(work / "h.jsonl")],
-         {2}, None),
+        (
+            "train seed 2**70",
+            [*train, "--train", jsonl("e.jsonl", good), "--seed", str(2**70), "--output", str(work / "o6")],
+            {2},
+            None,
+        ),
+        (
+            "train state-dir is model",
+            [
+                *train,
+                "--train",
+                jsonl("f.jsonl", good),
+                "--state-dir",
+                str(model),
+                "--overwrite",
+                "--output",
+                str(work / "o7"),
+            ],
+            {2},
+            None,
+        ),
+        (
+            "distill NaN scores",
+            [
+                "distill",
+                *m,
+                "--max-length",
+                "64",
+                "--negatives",
+                "1",
+                "--quiet",
+                "--teacher-column",
+                "scores",
+                "--train",
+                jsonl("g.jsonl", [*good[:2], '{"query": "q", "documents": ["a", "b"], "scores": [NaN, 1]}']),
+                "--output",
+                str(work / "o8"),
+            ],
+            {2},
+            None,
+        ),
+        (
+            "train output is a file",
+            [*train, "--train", jsonl("h.jsonl", good), "--output", str(work / "h.jsonl")],
+            {2},
+            None,
+        ),
         ("eval missing dataset", ["eval", *m, str(work / "none")], {1, 2}, None),
         ("eval run file /dev/zero", ["eval", *m, str(dataset), "--run", "/dev/zero"], {1, 2}, None),
         ("eval small dataset", ["eval", *m, str(dataset), "--bm25"], {0}, None),
         ("eval corpus nested", ["eval", *m, str(broken), "--bm25"], {2}, None),
         ("export output in model", ["export", "onnx", "--model", str(model), "--output", str(model / "x")], {2}, None),
-        ("export scoring option", ["export", "onnx", "--model", str(model), "--max-length", "64",
-                                   "--output", str(work / "ex")], {2}, None),
+        (
+            "export scoring option",
+            ["export", "onnx", "--model", str(model), "--max-length", "64", "--output", str(work / "ex")],
+            {2},
+            None,
+        ),
         ("serve bad key", ["serve", *m, "--api-key", "two words"], {2}, None),
         ("serve bad port", ["serve", *m, "--port", "70000"], {2}, None),
     ]
@@ -372,8 +501,13 @@ def cli_cases(tally: Tally, model: Path, work: Path) -> None:
             writer = subprocess.Popen(["sh", "-c", f"printf '%s' '[\"a llama\", \"paris\"]' > {fifo}"])
         started = time.monotonic()
         try:
-            completed = subprocess.run([sys.executable, "-m", "jina_local_rerank.cli", *args], input=stdin,
-                                       capture_output=True, env=environment(), timeout=CLI_TIMEOUT_S)
+            completed = subprocess.run(
+                [sys.executable, "-m", "jina_local_rerank.cli", *args],
+                input=stdin,
+                capture_output=True,
+                env=environment(),
+                timeout=CLI_TIMEOUT_S,
+            )
         except subprocess.TimeoutExpired:
             tally.record("cli", name, f"no end within {CLI_TIMEOUT_S:g} s", "hang")
             continue
@@ -392,8 +526,11 @@ def cli_cases(tally: Tally, model: Path, work: Path) -> None:
             tally.record("cli", name, f"status {completed.returncode}, expected {sorted(expected)}: {err[-200:]}")
         else:
             tally.record("cli", name, None)
-        print(f"  cli {name}: {completed.returncode} in {time.monotonic() - started:.1f} s "
-              f"{err.strip().splitlines()[-1][:110] if err.strip() else ''}", file=sys.stderr)
+        print(
+            f"  cli {name}: {completed.returncode} in {time.monotonic() - started:.1f} s "
+            f"{err.strip().splitlines()[-1][:110] if err.strip() else ''}",
+            file=sys.stderr,
+        )
 
 
 def timed(work: Any) -> float:
@@ -413,7 +550,7 @@ def main() -> int:
     args = parser.parse_args()
     sys.path[:0] = [str(REPO / "core"), str(REPO / "integrations")]
     from jina_local_rerank import Reranker
-    from jina_local_rerank.random_checkpoint import write_random_checkpoint
+    from jina_local_rerank.testing.random_checkpoint import write_random_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="hostile-") as temporary:
         work = Path(temporary)
@@ -448,16 +585,20 @@ def main() -> int:
     print(f"{'group':<16}{'cases':>8}")
     for group, count in sorted(tally.by_group.items()):
         print(f"{group:<16}{count:>8}")
-    print(f"\n{tally.cases} cases: {len(tally.crashes)} crashes, {len(tally.wrong)} wrong results, "
-          f"{len(tally.hangs)} hangs (server cases took {server_seconds:.0f} s)")
+    print(
+        f"\n{tally.cases} cases: {len(tally.crashes)} crashes, {len(tally.wrong)} wrong results, "
+        f"{len(tally.hangs)} hangs (server cases took {server_seconds:.0f} s)"
+    )
     for problem in tally.crashes + tally.wrong + tally.hangs:
         print(f"  {problem}")
     print(f"\n1 MB document ({len(MEGABYTE_DOCUMENT):,} characters) beside a short one, 3 requests each:")
     print(f"{'window':>7}  {'route':<18}{'median s':>10}{'RSS growth MiB':>16}{'RSS MiB':>10}")
     for window, route, seconds, growth, rss in megabyte:
         print(f"{window:>7}  {route:<18}{seconds:>10.3f}{growth:>16.1f}{rss:>10.0f}")
-    print(f"\ntokenizing the 1 MB document whole: {whole * 1000:.0f} ms; the first {window} tokens only: "
-          f"{bounded * 1000:.1f} ms ({whole / bounded:.0f}x less work; best of 3)")
+    print(
+        f"\ntokenizing the 1 MB document whole: {whole * 1000:.0f} ms; the first {window} tokens only: "
+        f"{bounded * 1000:.1f} ms ({whole / bounded:.0f}x less work; best of 3)"
+    )
     return 1 if tally.crashes or tally.wrong or tally.hangs else 0
 
 

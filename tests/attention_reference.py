@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from jina_local_rerank.attention import FlexAttention, PackedAttention, alibi_bias, flex_attention
+
+from jina_local_rerank.model.attention import FlexAttention, PackedAttention, alibi_bias, flex_attention
 
 HEAD_DIM = 32
 needs_flex = pytest.mark.skipif(flex_attention is None, reason="FlexAttention needs torch >= 2.5")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jina_local_rerank import Reranker
-from jina_local_rerank.random_checkpoint import CheckpointShape, write_random_checkpoint
+from jina_local_rerank.testing.random_checkpoint import CheckpointShape, write_random_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARITY_DIR = Path(os.environ.get("JINA_LOCAL_RERANK_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity"))
@@ -58,7 +58,7 @@ def onnx_export(tmp_path_factory: pytest.TempPathFactory):
     """``onnx_export(checkpoint) -> folder``: the checkpoint exported to ONNX with int8, once per session."""
     missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
-        from jina_local_rerank.extras import install_hint
+        from jina_local_rerank.install_hints import install_hint
 
         skip_unless_ci(f"{', '.join(missing)} not installed: {install_hint('export')}")
     from jina_local_rerank.export import export_onnx
@@ -80,7 +80,7 @@ def onnx_export(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def docstring_task(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The docstring retrieval task: its ``train`` and ``test`` BEIR folders (see ``training.docstring_task``)."""
-    from jina_local_rerank.training.docstring_task import write_docstring_dataset
+    from jina_local_rerank.testing.docstring_task import write_docstring_dataset
 
     return write_docstring_dataset(tmp_path_factory.mktemp("docstring-task"))
 
@@ -89,7 +89,7 @@ def docstring_task(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 def trained_reranker(tmp_path_factory: pytest.TempPathFactory, docstring_task: tuple[Path, Path]):
     """The docstring reranker, trained once per session from random weights (the shared builder)."""
     pytest.importorskip("bm25s")
-    from jina_local_rerank.training.docstring_task import train_docstring_reranker
+    from jina_local_rerank.testing.docstring_task import train_docstring_reranker
 
     output = tmp_path_factory.mktemp("trained") / "docstring-reranker"
     return train_docstring_reranker(output, dataset=docstring_task[0].parent)
@@ -99,6 +99,6 @@ def trained_reranker(tmp_path_factory: pytest.TempPathFactory, docstring_task: t
 def held_out_rankings(docstring_task: tuple[Path, Path]):
     """Every held-out query with the candidates the training evaluation reranks (BM25 top ``eval_top_k``)."""
     pytest.importorskip("bm25s")
-    from jina_local_rerank.training.docstring_task import held_out_queries
+    from jina_local_rerank.testing.docstring_task import held_out_queries
 
     return held_out_queries(docstring_task[1])

@@ -72,5 +72,3 @@ def start_server(model: Path, log: Path, *args: str, env: dict[str, str] | None 
         time.sleep(0.2)
     server.stop()
     pytest.fail(f"server did not answer /health within {START_TIMEOUT_S} s:\n{log.read_text()}")
-
-

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from attention_reference import HEAD_DIM, packed_qkv, reference_attention
-from jina_local_rerank.attention import (
+
+from jina_local_rerank.model.attention import (
     WINDOWED_BLOCK_ROWS,
     WINDOWED_MIN_LENGTH,
     ExactLengthAttention,

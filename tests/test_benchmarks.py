@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from jina_local_rerank.attention import ExactLengthAttention
-from jina_local_rerank.config import JinaBertConfig
+from jina_local_rerank.model.attention import ExactLengthAttention
+from jina_local_rerank.model.config import JinaBertConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -45,11 +45,14 @@ def gpu_bench():
 
 def test_padded_baseline_computes_the_engines_logits(bench, reranker):
     """The baseline differs in how it batches, not in what it computes."""
-    query, documents = "how do closures capture variables?", [
-        "A closure keeps the variables of the scope it was defined in.",
-        "Lists are mutable sequences.",
-        "x " * 90,
-    ]
+    query, documents = (
+        "how do closures capture variables?",
+        [
+            "A closure keeps the variables of the scope it was defined in.",
+            "Lists are mutable sequences.",
+            "x " * 90,
+        ],
+    )
     expected = reranker.score(query, documents, raw=True).logits
     baseline = bench.padded_baseline(reranker, query, documents, batch_size=2)
     assert max(abs(a - b) for a, b in zip(expected, baseline)) < 1e-4
@@ -96,9 +99,19 @@ def test_gpu_benchmark_runs_every_row_on_cpu(tmp_path):
     """``benchmarks/gpu.py --device cpu --quick``: the GPU table's every workload and implementation, toy sizes."""
     output = tmp_path / "gpu.json"
     completed = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu.py"), "--device", "cpu", "--quick", "--skip-parity",
-         "--json", str(output)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(BENCHMARKS / "gpu.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--skip-parity",
+            "--json",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(output.read_text())
@@ -108,7 +121,10 @@ def test_gpu_benchmark_runs_every_row_on_cpu(tmp_path):
         assert {(workload, "engine flex"), (workload, "engine padded (old path)")} <= rows
     if importlib.util.find_spec("sentence_transformers") is not None:
         assert {r["workload"].split()[0] for r in result["rows"] if r["impl"].startswith("CrossEncoder")} == {
-            "W1", "W2", "W3", "W8K"
+            "W1",
+            "W2",
+            "W3",
+            "W8K",
         }
     assert all(r["seconds"] > 0 and r["tokens"] > 0 and r["tokens/s"] > 0 for r in result["rows"])
     w8k = next(r for r in result["rows"] if r["workload"].startswith("W8K"))
@@ -129,7 +145,9 @@ def test_cpu_precision_benchmark_runs_every_row(tmp_path):
     output = tmp_path / "cpu_precision.json"
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "cpu_precision.py"), "--quick", "--json", str(output)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(output.read_text())

@@ -68,7 +68,9 @@ def test_missing_tensor_names_file_and_tensor(broken_copy: Path):
 
 
 def test_unexpected_tensor_names_it(broken_copy: Path):
-    _rewrite_weights(broken_copy, lambda t: t.update({"bert.embeddings.position_embeddings.weight": torch.zeros(4, 64)}))
+    _rewrite_weights(
+        broken_copy, lambda t: t.update({"bert.embeddings.position_embeddings.weight": torch.zeros(4, 64)})
+    )
     with pytest.raises(CheckpointError, match="unexpected tensor 'bert.embeddings.position_embeddings.weight'"):
         Reranker(broken_copy, device="cpu")
 
@@ -158,16 +160,22 @@ def test_cli_uses_hub_cache_with_hf_hub_offline(checkpoint_dir: Path, tmp_path: 
     _hub_cache(checkpoint_dir, cache, "acme/jina-reranker-test")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     command = [sys.executable, "-m", "jina_local_rerank.cli", "rerank", "--device", "cpu", "--quiet", "-q", "query"]
-    ok = subprocess.run([*command, "--model", "acme/jina-reranker-test", "doc a", "doc b"],
-                        env=env, capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [*command, "--model", "acme/jina-reranker-test", "doc a", "doc b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     expected = Reranker(checkpoint_dir, device="cpu").rerank("query", ["doc a", "doc b"])
     results = json.loads(ok.stdout)["results"]
     assert [(r["index"], r["relevance_score"]) for r in results] == [
         (r["index"], r["relevance_score"]) for r in expected
     ]
-    missing = subprocess.run([*command, "--model", "acme/not-cached", "doc"],
-                             env=env, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [*command, "--model", "acme/not-cached", "doc"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert missing.returncode == 1
     assert "HF_HUB_OFFLINE is set" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -227,7 +235,7 @@ def test_a_fifo_is_refused_without_blocking(broken_copy: Path, name: str):
 
 
 def test_a_json_file_over_the_size_limit_is_refused(broken_copy: Path, monkeypatch):
-    import jina_local_rerank.checkpoint_files as checkpoint_files
+    import jina_local_rerank.checkpoint.files as checkpoint_files
 
     monkeypatch.setattr(checkpoint_files, "MAX_JSON_BYTES", 4096)
     path = broken_copy / "config.json"
@@ -290,9 +298,12 @@ def test_wrongly_typed_special_token_names_the_file_and_key(broken_copy: Path):
 
 def test_tokenizer_ids_beyond_the_embedding_rows_are_refused(broken_copy: Path):
     rows = 64  # the test tokenizer has 2,000 tokens
-    _rewrite_weights(broken_copy, lambda t: t.update({
-        "bert.embeddings.word_embeddings.weight": t["bert.embeddings.word_embeddings.weight"][:rows].clone()
-    }))
+    _rewrite_weights(
+        broken_copy,
+        lambda t: t.update(
+            {"bert.embeddings.word_embeddings.weight": t["bert.embeddings.word_embeddings.weight"][:rows].clone()}
+        ),
+    )
     _edit_config(broken_copy, vocab_size=rows)
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: the tokenizer has ids up to 1999, but .* 64 rows"):
         Reranker(broken_copy, device="cpu")

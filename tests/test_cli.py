@@ -123,7 +123,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_output(pairs_file: Path, mode
 
     done = subprocess.run(
         [*command(), "score-pairs", str(many), str(output), *model_args, "--no-progress"],
-        capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=300,
     )
     assert done.returncode == 2
     one_line_error(done.stderr, f"cannot write output {output}")
@@ -197,7 +200,8 @@ def test_a_closed_stdout_pipe_ends_quietly(model_args: list[str]) -> None:
     documents = [f"document number {i} about lists" for i in range(300)]
     process = subprocess.Popen(
         [*command(), "rerank", "-q", QUERY, *documents, *model_args, "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     process.stdout.close()  # the reader is gone before the results are written
     stderr = process.stderr.read().decode()
@@ -209,8 +213,12 @@ def test_a_closed_stdout_pipe_ends_quietly(model_args: list[str]) -> None:
 # --- one type per option, shared by every subcommand ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("subcommand", [["rerank", "-q", "x", "doc"], ["serve"], ["eval", "dir"], ["score-pairs", "a", "b"]])
-@pytest.mark.parametrize(("flag", "value"), [("--max-batch-tokens", "0"), ("--max-length", "-1"), ("--chunk-stride", "x")])
+@pytest.mark.parametrize(
+    "subcommand", [["rerank", "-q", "x", "doc"], ["serve"], ["eval", "dir"], ["score-pairs", "a", "b"]]
+)
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--max-batch-tokens", "0"), ("--max-length", "-1"), ("--chunk-stride", "x")]
+)
 def test_engine_flags_are_checked_alike_by_every_subcommand(subcommand, flag: str, value: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*subcommand, flag, value])
@@ -225,8 +233,11 @@ def test_every_subcommand_lists_exactly_the_engine_options_it_accepts() -> None:
     from jina_local_rerank.options import OPTION_NAMES
     from jina_local_rerank.training.cli import CHUNKING_OPTIONS
 
-    refused = {"export onnx": set(OPTION_NAMES) - set(EXPORT_OPTIONS), "train": set(CHUNKING_OPTIONS),
-               "distill": set(CHUNKING_OPTIONS)}
+    refused = {
+        "export onnx": set(OPTION_NAMES) - set(EXPORT_OPTIONS),
+        "train": set(CHUNKING_OPTIONS),
+        "distill": set(CHUNKING_OPTIONS),
+    }
 
     def leaves(parser: argparse.ArgumentParser, name: str):
         """The commands under ``parser`` that run (``export onnx``, not ``export``)."""

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import jina_local_rerank.cpu_kernels as cpu_kernels
-import jina_local_rerank.engine as engine_module
-import jina_local_rerank.quantization as quantization
-from jina_local_rerank import Reranker
-from jina_local_rerank.cpu_kernels import Bf16ViaFp32Linear
-from jina_local_rerank.engine import clear_engine_cache
-from jina_local_rerank.quantization import Int8Linear
 from sorting_texts import QUERY, documents
+
+import jina_local_rerank.engine.scoring_engine as engine_module
+import jina_local_rerank.model.cpu_kernels as cpu_kernels
+import jina_local_rerank.model.quantization as quantization
+from jina_local_rerank import Reranker
+from jina_local_rerank.engine.scoring_engine import clear_engine_cache
+from jina_local_rerank.model.cpu_kernels import Bf16ViaFp32Linear
+from jina_local_rerank.model.quantization import Int8Linear
 
 # Each mode against the golden (fp32) logits of every parity case, through the engine. Measured worst cases, fast
 # path / fallback: bf16 0.150 (turbo / unicode) / 0.163 (turbo / lengths_batch), the bound of tests/test_parity.py;
@@ -124,8 +124,16 @@ def test_each_mode_logs_its_kernel_path_once(
 
 def test_the_cpu_features_name_the_instruction_sets_the_paths_read():
     features = cpu_kernels.cpu_features()
-    assert set(features) == {"architecture", "avx2", "avx512_f", "avx512_bf16", "avx512_vnni", "avx_vnni",
-                             "amx_bf16", "amx_int8"}
+    assert set(features) == {
+        "architecture",
+        "avx2",
+        "avx512_f",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_bf16",
+        "amx_int8",
+    }
     assert all(isinstance(value, bool) for name, value in features.items() if name != "architecture")
     assert quantization._activation_levels() == (256 if features["avx512_vnni"] else 128)
 
@@ -193,10 +201,11 @@ def test_the_adapters_take_the_modes(checkpoint_dir, mode_scores):
     pytest.importorskip("langchain_core")
     pytest.importorskip("haystack")
     from haystack import Document as HaystackDocument
-    from haystack_integrations.components.rankers.jina_local_rerank import JinaLocalRanker
     from langchain_core.documents import Document as LangChainDocument
-    from langchain_jina_local_rerank import JinaLocalRerank as LangChainRerank
     from llama_index.core.schema import NodeWithScore, TextNode
+
+    from haystack_integrations.components.rankers.jina_local_rerank import JinaLocalRanker
+    from langchain_jina_local_rerank import JinaLocalRerank as LangChainRerank
     from llama_index.postprocessor.jina_local_rerank import JinaLocalRerank as LlamaIndexRerank
 
     dtype, expected = mode_scores

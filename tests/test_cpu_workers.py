@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from jina_local_rerank import Reranker
 
 QUERY = "how do I sort a list in python"

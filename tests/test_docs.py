@@ -60,8 +60,17 @@ def test_site_builds_strictly(tmp_path: Path):
         pytest.skip(reason)
     site = tmp_path / "site"
     completed = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO_ROOT / "mkdocs.yml"),
-         "--site-dir", str(site)],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(REPO_ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
@@ -125,7 +134,7 @@ def test_documented_commands_are_accepted_by_the_cli():
                     words = shlex.split(command.removeprefix("$ "))
                 except ValueError:
                     continue  # a command whose quotes span a pipe, not one of ours
-                words = words[words.index("jina-local-rerank"):] if "jina-local-rerank" in words else words
+                words = words[words.index("jina-local-rerank") :] if "jina-local-rerank" in words else words
                 if words[:1] == ["jina-local-rerank"] and len(words) > 1 and words[1] not in ("-h", "--help"):
                     checked += 1
                     try:
@@ -160,7 +169,9 @@ def test_the_readme_langchain_snippet_imports_only_what_the_extra_installs():
     snippets name (the LangChain snippet's langchain_classic comes with the langchain extra)."""
     import tomllib
 
-    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
     langchain = {re.split(r"[<>=\[]", requirement)[0].replace("-", "_") for requirement in extras["langchain"]}
     for line, code in code_blocks(REPO_ROOT / "README.md", {"python"}):
         for node in ast.walk(ast.parse(code)):

@@ -59,8 +59,16 @@ QUERIES = {
 }
 # q6 has no text in queries.jsonl and q7 no relevant document: both are skipped.
 QRELS = [
-    ("q1", "d1", 2), ("q1", "d2", 1), ("q2", "d2", 2), ("q3", "d3", 1), ("q4", "d4", 2), ("q4", "d8", 0),
-    ("q5", "d5", 1), ("q5", "d6", 1), ("q6", "d1", 1), ("q7", "d7", 0),
+    ("q1", "d1", 2),
+    ("q1", "d2", 1),
+    ("q2", "d2", 2),
+    ("q3", "d3", 1),
+    ("q4", "d4", 2),
+    ("q4", "d8", 0),
+    ("q5", "d5", 1),
+    ("q5", "d6", 1),
+    ("q6", "d1", 1),
+    ("q7", "d7", 0),
 ]
 
 
@@ -149,7 +157,12 @@ def test_ranks_beyond_the_cutoff_do_not_count() -> None:
 def test_query_without_relevant_documents_scores_zero() -> None:
     for qrels in ({}, {"a": 0, "b": -1}):
         assert query_metrics(["a", "b"], qrels, [1, 10]) == {
-            "ndcg@10": 0.0, "mrr@10": 0.0, "recall@1": 0.0, "recall@10": 0.0, "hit_rate@1": 0.0, "hit_rate@10": 0.0
+            "ndcg@10": 0.0,
+            "mrr@10": 0.0,
+            "recall@1": 0.0,
+            "recall@10": 0.0,
+            "hit_rate@1": 0.0,
+            "hit_rate@10": 0.0,
         }
 
 

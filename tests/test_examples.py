@@ -233,8 +233,9 @@ def check_fine_tune(checkpoint_dir: Path, reranker: Reranker, tmp_path: Path) ->
     from jina_local_rerank.evaluation import ndcg_at
 
     output = tmp_path / "my-reranker"
-    lines = run_example("fine_tune.py", "--model", str(checkpoint_dir), "--device", "cpu", "--output", str(output),
-                        cwd=tmp_path)
+    lines = run_example(
+        "fine_tune.py", "--model", str(checkpoint_dir), "--device", "cpu", "--output", str(output), cwd=tmp_path
+    )
     example = load_example("fine_tune.py")
     trained = Reranker(output, device="cpu", max_length=128)  # the folder it wrote, as any model
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from jina_local_rerank import Reranker
-from jina_local_rerank.checkpoint import TOKENIZER_FILES
+from jina_local_rerank.checkpoint.format import TOKENIZER_FILES
 from jina_local_rerank.cli import main
-from jina_local_rerank.files import FileProblem, atomic_directory
+from jina_local_rerank.errors import FileProblem
+from jina_local_rerank.files.user_files import atomic_directory
 from jina_local_rerank.ranking import best_first
 
 np = pytest.importorskip("numpy")
@@ -125,8 +126,14 @@ def test_exported_tokenizer_gives_the_same_ids(checkpoint_dir, onnx_export):
     original = json.loads((checkpoint_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
     assert all(isinstance(merge, str) for merge in merges)
     assert merges == [" ".join(merge) if isinstance(merge, list) else merge for merge in original]
-    texts = ["Organic skincare for sensitive skin", "  leading spaces\tand tabs\n", "Bio-Hautpflege für Haut",
-             "针对敏感肌专门设计的天然有机护肤产品", "emoji 🙂 and <s> </s> <pad> tokens", ""]
+    texts = [
+        "Organic skincare for sensitive skin",
+        "  leading spaces\tand tabs\n",
+        "Bio-Hautpflege für Haut",
+        "针对敏感肌专门设计的天然有机护肤产品",
+        "emoji 🙂 and <s> </s> <pad> tokens",
+        "",
+    ]
     before, after = Tokenizer.from_file(str(checkpoint_dir / "tokenizer.json")), Tokenizer.from_file(str(exported))
     for text in texts:
         assert after.encode(text).ids == before.encode(text).ids, text
@@ -166,8 +173,9 @@ def test_graph_scores_8k_tokens_in_bounded_memory(checkpoint_dir, onnx_export):
     import sys
 
     model = onnx_export(checkpoint_dir) / "onnx" / "model.onnx"
-    completed = subprocess.run([sys.executable, "-c", PEAK_PROCESS, str(model)], capture_output=True, text=True,
-                               timeout=600)
+    completed = subprocess.run(
+        [sys.executable, "-c", PEAK_PROCESS, str(model)], capture_output=True, text=True, timeout=600
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     pair, padded_call = map(int, completed.stdout.split())
     assert pair < 500 and padded_call < 1024, (pair, padded_call)
@@ -212,8 +220,13 @@ def test_int8_graph_quantizes_every_linear_layer_and_stays_close_to_fp32(parity_
     layers = 4
     # Per layer: query, key, value, attention output, the two feed-forward halves, wo; then pooler and classifier.
     assert sum(node.op_type == "MatMulInteger" for node in quantized.graph.node) == 7 * layers + 2
-    assert sum(node.op_type == "MatMul" and node.input[1] in {t.name for t in quantized.graph.initializer}
-               for node in quantized.graph.node) == 0
+    assert (
+        sum(
+            node.op_type == "MatMul" and node.input[1] in {t.name for t in quantized.graph.initializer}
+            for node in quantized.graph.node
+        )
+        == 0
+    )
     size = (folder / "onnx" / "model_quantized.onnx").stat().st_size
     assert size < 0.3 * (folder / "onnx" / "model.onnx").stat().st_size
     fp32, int8 = session(folder), session(folder, "model_quantized.onnx")
@@ -232,17 +245,20 @@ def test_int8_ranks_like_fp32_on_the_trained_reranker(trained_reranker, held_out
     """On a model whose rankings mean something, int8 keeps them: onnxruntime's graphs and the engine's dtypes."""
     from jina_local_rerank.evaluation import ranking_agreement
     from jina_local_rerank.export import OnnxReranker, int8_agreement
-    from jina_local_rerank.training.docstring_task import held_out_ndcg
+    from jina_local_rerank.testing.docstring_task import held_out_ndcg
 
     folder = onnx_export(trained_reranker.output)
     rankings = [(query.query, list(query.documents)) for query in held_out_rankings]
     onnx = int8_agreement(folder, rankings)
-    fp32, int8 = ([reranker.score(q, texts, raw=True).logits for q, texts in rankings]
-                  for reranker in (Reranker(trained_reranker.output, device="cpu", dtype=dtype)
-                                   for dtype in ("float32", "int8")))
+    fp32, int8 = (
+        [reranker.score(q, texts, raw=True).logits for q, texts in rankings]
+        for reranker in (Reranker(trained_reranker.output, device="cpu", dtype=dtype) for dtype in ("float32", "int8"))
+    )
     engine = ranking_agreement(fp32, int8)
-    print(f"int8 vs fp32 on the docstring reranker ({onnx.queries} queries, {onnx.documents} documents): "
-          f"onnxruntime {onnx}, engine {engine}")
+    print(
+        f"int8 vs fp32 on the docstring reranker ({onnx.queries} queries, {onnx.documents} documents): "
+        f"onnxruntime {onnx}, engine {engine}"
+    )
     assert onnx.queries == engine.queries >= 90  # the queries with 3+ candidates
     for agreement in (onnx, engine):
         assert agreement.mean_spearman >= 0.97 and agreement.top1 >= 0.8 and agreement.top3 >= 0.9, agreement
@@ -335,8 +351,14 @@ def test_python_export_takes_options_and_overwrites_only_when_asked(checkpoint_d
         ("--model {checkpoint} --output {checkpoint}/onnx-export", 2, "is inside the input"),
         ("--model {checkpoint} --output {tmp}/a-file/out", 2, "a-file is a file, not a folder"),
     ],
-    ids=["missing-model", "output-is-a-file", "output-not-empty", "output-is-the-model", "output-in-the-model",
-         "output-under-a-file"],
+    ids=[
+        "missing-model",
+        "output-is-a-file",
+        "output-not-empty",
+        "output-is-the-model",
+        "output-in-the-model",
+        "output-under-a-file",
+    ],
 )
 def test_bad_input_gives_one_line_and_writes_nothing(checkpoint_dir, tmp_path, capsys, arguments, status, message):
     checkpoint_files = [path.name for path in checkpoint_dir.iterdir()]

@@ -35,12 +35,24 @@ NODE_MAJOR = 20  # transformers.js 3+ and its sharp dependency need Node.js 20 o
 ATOL = 1e-4
 # Runtime -> (import name in the shared install, npm spec, load options for fp32 and for int8).
 RUNTIMES = {
-    "xenova-2.17.2": ("@xenova/transformers", "@xenova/transformers@2.17.2", "{ quantized: false }",
-                      "{ quantized: true }"),
-    "hf-3.8.1": ("transformers3", "transformers3@npm:@huggingface/transformers@3.8.1", "{ dtype: 'fp32' }",
-                 "{ dtype: 'q8' }"),
-    "hf-4.3.2": ("transformers4", "transformers4@npm:@huggingface/transformers@4.3.2", "{ dtype: 'fp32' }",
-                 "{ dtype: 'q8' }"),
+    "xenova-2.17.2": (
+        "@xenova/transformers",
+        "@xenova/transformers@2.17.2",
+        "{ quantized: false }",
+        "{ quantized: true }",
+    ),
+    "hf-3.8.1": (
+        "transformers3",
+        "transformers3@npm:@huggingface/transformers@3.8.1",
+        "{ dtype: 'fp32' }",
+        "{ dtype: 'q8' }",
+    ),
+    "hf-4.3.2": (
+        "transformers4",
+        "transformers4@npm:@huggingface/transformers@4.3.2",
+        "{ dtype: 'fp32' }",
+        "{ dtype: 'q8' }",
+    ),
 }
 EMPTY_DOCUMENT_AS_NO_PAIR = {"hf-4.3.2"}
 PACKAGES = [spec for _, spec, _, _ in RUNTIMES.values()] + ["puppeteer-core@24.43.1"]
@@ -162,7 +174,10 @@ def node_modules(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         (staging / "package.json").write_text(json.dumps(PACKAGE_JSON) + "\n")
         completed = subprocess.run(
             [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", *PACKAGES],
-            cwd=staging, capture_output=True, text=True, timeout=900,
+            cwd=staging,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         if completed.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
@@ -188,17 +203,18 @@ def js_rankings(engine) -> list[tuple[str, list[str]]]:
     long_document = " ".join(words[i % len(words)] + str(i % 97) for i in range(6000))
     assert len(engine.tokenizer.tokenize([long_document])[0]) > 8192
     return [
-        ("Organic skincare products for sensitive skin", [
-            "Organic skincare for sensitive skin with aloe vera and chamomile.",
-            "New makeup trends focus on bold colors and innovative techniques",
-            "Bio-Hautpflege für empfindliche Haut mit Aloe Vera und Kamille",
-            "针对敏感肌专门设计的天然有机护肤产品",
-            "",
-        ]),
+        (
+            "Organic skincare products for sensitive skin",
+            [
+                "Organic skincare for sensitive skin with aloe vera and chamomile.",
+                "New makeup trends focus on bold colors and innovative techniques",
+                "Bio-Hautpflege für empfindliche Haut mit Aloe Vera und Kamille",
+                "针对敏感肌专门设计的天然有机护肤产品",
+                "",
+            ],
+        ),
         ("yoga", ["Yoga mats made from recycled materials", long_document, "x"]),
     ]
-
-
 
 
 def as_transformers_js_encodes(tokenizer, query: str, documents: list[str], runtime: str) -> list[list[int]]:
@@ -295,14 +311,25 @@ def chromium() -> str:
     return CHROMIUM
 
 
-def run_browser(example: Path, package: Path, export: Path, queries: list, node_modules: Path, chromium: str,
-                tmp_path: Path) -> dict:
+def run_browser(
+    example: Path, package: Path, export: Path, queries: list, node_modules: Path, chromium: str, tmp_path: Path
+) -> dict:
     """``example``'s serve.py serving its page with ``export`` and ``package``, driven in headless Chromium: the
     page's example results, ``rank()`` on ``queries``, the .onnx files it fetched and any 4xx/5xx paths."""
     server = subprocess.Popen(
-        [sys.executable, str(example / "serve.py"), "--model", str(export), "--transformers", str(package),
-         "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(example / "serve.py"),
+            "--model",
+            str(export),
+            "--transformers",
+            str(package),
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = server.stdout.readline().strip()
@@ -314,7 +341,9 @@ def run_browser(example: Path, package: Path, export: Path, queries: list, node_
         profile = tmp_path / "chromium-profile"
         completed = subprocess.run(
             ["node", str(driver), url, str(rankings_file), str(profile), chromium],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     finally:
         server.terminate()
@@ -338,10 +367,13 @@ def test_browser_example_gives_the_engines_scores(runtime, node_modules, chromiu
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("runtime", "loads"), [("xenova-2.17.2", "model.onnx"), ("hf-3.8.1", "model_quantized.onnx"),
-                                                ("hf-4.3.2", "model_quantized.onnx")])
-def test_cards_quantized_false_is_fp32_in_browsers_only_before_3x(runtime, loads, node_modules, chromium, export,
-                                                                  engine, tmp_path):
+@pytest.mark.parametrize(
+    ("runtime", "loads"),
+    [("xenova-2.17.2", "model.onnx"), ("hf-3.8.1", "model_quantized.onnx"), ("hf-4.3.2", "model_quantized.onnx")],
+)
+def test_cards_quantized_false_is_fp32_in_browsers_only_before_3x(
+    runtime, loads, node_modules, chromium, export, engine, tmp_path
+):
     """The card's own ``{ quantized: false }`` (without ``dtype``, which docs/export.md says to add): 2.17 loads
     ``model.onnx`` and gives the engine's scores; 3.x and 4.x ignore the option and, in a browser, load
     ``model_quantized.onnx``, whose scores follow onnxruntime's int8 graph in Python."""

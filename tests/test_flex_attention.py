@@ -11,8 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 from attention_reference import CompiledFlexAttention, needs_flex, packed_qkv, reference_attention
-from jina_local_rerank import Reranker, attention
-from jina_local_rerank.attention import (
+
+from jina_local_rerank import Reranker
+from jina_local_rerank.engine.batching import pack_batches
+from jina_local_rerank.model import attention
+from jina_local_rerank.model.attention import (
     FLEX_BLOCK,
     ExactLengthAttention,
     FlexAttention,
@@ -22,7 +25,6 @@ from jina_local_rerank.attention import (
     document_block_mask,
     flex_bucket,
 )
-from jina_local_rerank.batching import pack_batches
 
 pytestmark = [needs_flex, pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")]
 

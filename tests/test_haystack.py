@@ -85,9 +85,7 @@ def test_pipeline_reranks_retrieved_documents_best_first(store, checkpoint_dir, 
 
 
 async def test_async_pipeline_matches_sync_pipeline(store, checkpoint_dir):
-    sync_result = make_pipeline(store, JinaLocalRanker(str(checkpoint_dir), device=CPU, top_k=4)).run(
-        pipeline_inputs()
-    )
+    sync_result = make_pipeline(store, JinaLocalRanker(str(checkpoint_dir), device=CPU, top_k=4)).run(pipeline_inputs())
     async_pipeline = make_pipeline(store, JinaLocalRanker(str(checkpoint_dir), device=CPU, top_k=4), AsyncPipeline)
 
     async_result = await async_pipeline.run_async(pipeline_inputs())
@@ -409,18 +407,26 @@ def test_device_maps_are_refused():
         JinaLocalRanker(device=device_map)
 
 
-
-
 def test_sentence_transformers_ranker_arguments_that_mean_something_here_are_accepted(checkpoint_dir):
     # SentenceTransformersSimilarityRanker's query_suffix, document_suffix and batch_size: the texts scored are
     # prefix + text + suffix, and batch_size caps the documents of a forward pass.
-    ranker = JinaLocalRanker(str(checkpoint_dir), device=CPU, top_k=None, query_prefix="q: ", query_suffix=" ?",
-                             document_prefix="d: ", document_suffix=" !", batch_size=2)
+    ranker = JinaLocalRanker(
+        str(checkpoint_dir),
+        device=CPU,
+        top_k=None,
+        query_prefix="q: ",
+        query_suffix=" ?",
+        document_prefix="d: ",
+        document_suffix=" !",
+        batch_size=2,
+    )
     documents = [Document(content=text) for text in TEXTS]
     got = ranker.run(query=QUERY, documents=documents)["documents"]
     engine = Reranker(checkpoint_dir, device="cpu")
     expected = expected_ranking(engine, f"q: {QUERY} ?", [f"d: {text} !" for text in TEXTS])
-    assert [(TEXTS.index(doc.content), doc.score) for doc in got] == [(i, pytest.approx(s, abs=1e-6)) for i, s in expected]
+    assert [(TEXTS.index(doc.content), doc.score) for doc in got] == [
+        (i, pytest.approx(s, abs=1e-6)) for i, s in expected
+    ]
     assert ranker.reranker.max_batch_size == 2
     assert ranker.to_dict()["init_parameters"]["batch_size"] == 2
 

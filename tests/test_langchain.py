@@ -66,19 +66,22 @@ class RunRecorder(BaseCallbackHandler):
     def __init__(self) -> None:
         self.events: list[tuple[str, UUID, UUID | None, Any]] = []
 
-    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None,
-                       **kwargs: Any) -> None:
+    def on_chain_start(
+        self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
         self.events.append(("chain_start", run_id, parent_run_id, kwargs.get("name")))
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         self.events.append(("chain_end", run_id, parent_run_id, outputs))
 
-    def on_chain_error(self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None,
-                       **kwargs: Any) -> None:
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
         self.events.append(("chain_error", run_id, parent_run_id, error))
 
-    def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, parent_run_id: UUID | None = None,
-                           **kwargs: Any) -> None:
+    def on_retriever_start(
+        self, serialized: Any, query: str, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
+    ) -> None:
         self.events.append(("retriever_start", run_id, parent_run_id, kwargs.get("name")))
 
     def runs(self, event: str, name: str | None = None) -> list[tuple[str, UUID, UUID | None, Any]]:
@@ -201,9 +204,7 @@ def test_score_threshold_keeps_only_documents_at_or_above_it(checkpoint_dir, rer
     order, scores = expected_order(reranker, QUERY, TEXTS)
     threshold = scores[order[4]]
     compressor = JinaLocalRerank(model=checkpoint_dir, device="cpu", top_n=None, score_threshold=threshold)
-    assert [doc.id for doc in compressor.compress_documents(make_documents(), QUERY)] == [
-        f"doc-{i}" for i in order[:5]
-    ]
+    assert [doc.id for doc in compressor.compress_documents(make_documents(), QUERY)] == [f"doc-{i}" for i in order[:5]]
     compressor.top_n = 2
     assert len(compressor.compress_documents(make_documents(), QUERY)) == 2
 
@@ -301,8 +302,6 @@ def test_instances_share_the_process_wide_engine(checkpoint_dir, reranker):
     first.max_length = 256  # a new setting takes effect on the next call, on the same engine
     assert first.reranker.max_length == 256
     assert first.reranker.engine is reranker.engine
-
-
 
 
 def test_cross_encoder_takes_model_name_as_huggingface_cross_encoder_does(checkpoint_dir, reranker):

@@ -201,9 +201,7 @@ async def test_async_scoring_leaves_the_event_loop_free(checkpoint_dir):
 # --- observability ---------------------------------------------------------------------------------------------
 
 
-def test_instrumentation_and_callback_events_describe_the_rerank(
-    index, checkpoint_dir, rerank_events, debug_handler
-):
+def test_instrumentation_and_callback_events_describe_the_rerank(index, checkpoint_dir, rerank_events, debug_handler):
     query = QUERIES[0]
     engine = RetrieverQueryEngine.from_args(
         index.as_retriever(similarity_top_k=RETRIEVE_K),
@@ -490,8 +488,13 @@ def test_path_model_and_torch_device_are_stored_as_strings(checkpoint_dir):
 
 
 def test_query_and_text_instructions_are_put_before_the_texts_like_the_tei_postprocessor(checkpoint_dir):
-    postprocessor = make(checkpoint_dir, top_n=None, metadata_mode=MetadataMode.NONE,
-                         query_instruction="Represent this query: ", text_instruction="passage: ")
+    postprocessor = make(
+        checkpoint_dir,
+        top_n=None,
+        metadata_mode=MetadataMode.NONE,
+        query_instruction="Represent this query: ",
+        text_instruction="passage: ",
+    )
     assert (postprocessor.query_prefix, postprocessor.document_prefix) == ("Represent this query: ", "passage: ")
     nodes = sample_nodes()
     got = postprocessor.postprocess_nodes(nodes, query_str="sky")

@@ -19,7 +19,7 @@ import pytest
 
 from jina_local_rerank import Reranker
 from jina_local_rerank.cli import main
-from jina_local_rerank.tokenization import MAX_CHUNK_WINDOWS
+from jina_local_rerank.engine.tokenization import MAX_CHUNK_WINDOWS
 
 WINDOW = 128  # conftest's small_window_checkpoint_dir
 SPECIAL_TOKENS = 4  # <s> query </s></s> document </s>

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from attention_reference import CompiledFlexAttention, needs_flex
 
 from jina_local_rerank import Reranker
-from attention_reference import CompiledFlexAttention, needs_flex
-from jina_local_rerank.attention import ExactLengthAttention, PackedAttention, PaddedAttention
+from jina_local_rerank.model.attention import ExactLengthAttention, PackedAttention, PaddedAttention
 
 CHECKPOINTS = ("tiny", "turbo", "heads8")
 ATOL = 1e-4

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import jina_local_rerank.quantization as quantization
-from jina_local_rerank import Reranker
-from jina_local_rerank.quantization import Int8Linear
 from sorting_texts import QUERY, documents
+
+import jina_local_rerank.model.quantization as quantization
+from jina_local_rerank import Reranker
+from jina_local_rerank.model.quantization import Int8Linear
 
 
 @pytest.fixture(scope="module")

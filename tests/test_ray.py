@@ -14,8 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -31,10 +32,10 @@ from ray import serve
 from jina_local_rerank import Reranker
 from jina_local_rerank.cli import main
 from jina_local_rerank.options import RerankerOptions
-from jina_local_rerank.ray import PairColumns, build_app, score_pairs_file
-from jina_local_rerank.merging import encoded_tokens
-from jina_local_rerank.ray.serve import ServeBatchScorer, _Request
 from jina_local_rerank.ranking import best_first
+from jina_local_rerank.ray import PairColumns, build_app, score_pairs_file
+from jina_local_rerank.ray.serve import ServeBatchScorer, _Request
+from jina_local_rerank.server.merging import encoded_tokens
 from jina_local_rerank.server.settings import ServerSettings
 
 pytestmark = pytest.mark.ray
@@ -215,8 +216,11 @@ def app(serve_port: int, checkpoint_dir: Path) -> Iterator[ServeApp]:
 class TestServe:
     def test_jina_request_gets_the_engine_scores(self, app: ServeApp, engine: Reranker) -> None:
         documents = ["A llama is a camelid.", "Paris is in France.", "Alpacas give wool.", "Tea or coffee?"]
-        body = {"model": "jina-reranker-test", "query": "Which animals live in the Andes?",
-                "documents": [documents[0], {"text": documents[1]}, *documents[2:]]}
+        body = {
+            "model": "jina-reranker-test",
+            "query": "Which animals live in the Andes?",
+            "documents": [documents[0], {"text": documents[1]}, *documents[2:]],
+        }
         response = httpx.post(f"{app.url}/v1/rerank", json=body, timeout=HTTP_TIMEOUT)
         assert response.status_code == 200, response.text
         answer = response.json()
@@ -251,14 +255,17 @@ class TestServe:
             assert response.status_code == 200, response.text
             assert_jina_answer(response.json(), query, documents, engine)
         after = app.stats()
-        new_batches = after["batch_sizes"][len(before["batch_sizes"]):]
+        new_batches = after["batch_sizes"][len(before["batch_sizes"]) :]
         # How the proxy's arrivals fall into batches is timing; what they add up to is not.
         assert sum(new_batches) == 16 == after["requests"] - before["requests"]
 
     def test_v2_tei_and_operations_routes(self, app: ServeApp, engine: Reranker) -> None:
         documents = ["A llama is a camelid.", "Paris is in France."]
-        cohere = httpx.post(f"{app.url}/v2/rerank", json={"model": "jina-reranker-test", "query": "llama",
-                                                           "documents": documents}, timeout=HTTP_TIMEOUT)
+        cohere = httpx.post(
+            f"{app.url}/v2/rerank",
+            json={"model": "jina-reranker-test", "query": "llama", "documents": documents},
+            timeout=HTTP_TIMEOUT,
+        )
         assert cohere.status_code == 200, cohere.text
         expected = engine.score("llama", documents)
         assert [r["index"] for r in cohere.json()["results"]] == best_first(expected.logits)
@@ -313,10 +320,23 @@ def test_serve_command_with_ray_deploys_and_stops(
 ) -> None:
     """``jina-local-rerank serve --ray`` joins the running cluster, serves, and deletes its app on SIGTERM."""
     command = [
-        sys.executable, "-m", "jina_local_rerank.cli", "serve", "--ray",
-        "--address", ray.get_runtime_context().gcs_address, "--port", str(serve_port),
-        "--model", str(checkpoint_dir), "--device", "cpu", "--num-cpus-per-replica", "0.5",
-        "--served-model-name", "cli",
+        sys.executable,
+        "-m",
+        "jina_local_rerank.cli",
+        "serve",
+        "--ray",
+        "--address",
+        ray.get_runtime_context().gcs_address,
+        "--port",
+        str(serve_port),
+        "--model",
+        str(checkpoint_dir),
+        "--device",
+        "cpu",
+        "--num-cpus-per-replica",
+        "0.5",
+        "--served-model-name",
+        "cli",
     ]
     log = tmp_path / "serve.log"
     with open(log, "w") as stderr:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import jina_local_rerank.model.row_blocks as row_blocks_module
 from jina_local_rerank import Reranker, cached_engines
-import jina_local_rerank.row_blocks as row_blocks_module
-from jina_local_rerank.batching import pack_batches
-from jina_local_rerank.devices import resolve_dtype
+from jina_local_rerank.engine.batching import pack_batches
+from jina_local_rerank.engine.devices import resolve_dtype
 from jina_local_rerank.ranking import best_first
 
 QUERY = "How do I sort a list in Python?"
@@ -161,7 +161,8 @@ def test_long_documents_are_truncated_and_counted(small_window_checkpoint_dir: P
     assert result.scores[1] == result.scores[2]  # the difference lies beyond the window
     assert "2 of 3 documents truncated" in caplog.text
     assert result.num_tokens == sum(
-        len(ids) for ids in reranker.engine.tokenizer.encode_pairs(
+        len(ids)
+        for ids in reranker.engine.tokenizer.encode_pairs(
             [QUERY], [(0, "short"), (0, long_doc), (0, long_doc)], max_length=128, max_query_length=64
         ).input_ids
     )
@@ -258,8 +259,14 @@ def test_concurrent_first_loads_share_one_engine(small_window_checkpoint_dir: Pa
 
 
 def test_query_and_document_prefixes_and_suffixes_are_scored_as_part_of_the_texts(reranker, checkpoint_dir):
-    affixed = Reranker(checkpoint_dir, device="cpu", query_prefix="query: ", query_suffix=" ?",
-                       document_prefix="passage: ", document_suffix=" .")
+    affixed = Reranker(
+        checkpoint_dir,
+        device="cpu",
+        query_prefix="query: ",
+        query_suffix=" ?",
+        document_prefix="passage: ",
+        document_suffix=" .",
+    )
     documents = ["a llama is a camelid", "paris is in france"]
     expected = reranker.score("query: llama ?", [f"passage: {doc} ." for doc in documents])
     assert affixed.score("llama", documents).logits == expected.logits

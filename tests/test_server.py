@@ -7,18 +7,18 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-
 from server_process import Server, start_server
 
 from jina_local_rerank import Reranker
 from jina_local_rerank.ranking import best_first
-from jina_local_rerank.merging import cut_slices, merge_sequences, split_logits
 from jina_local_rerank.server.batcher import MicroBatcher
+from jina_local_rerank.server.merging import cut_slices, merge_sequences, split_logits
 from jina_local_rerank.server.schemas import JinaRerankRequest, jina_response
 from jina_local_rerank.server.settings import ServerSettings, default_served_names
 
@@ -46,11 +46,16 @@ def server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     running = start_server(
         checkpoint_dir,
         log,
-        "--max-length", str(MAX_LENGTH),
-        "--max-documents", str(MAX_DOCUMENTS),
-        "--max-request-bytes", str(MAX_REQUEST_BYTES),
-        "--max-document-chars", str(MAX_DOCUMENT_CHARS),
-        "--log-level", "warning",
+        "--max-length",
+        str(MAX_LENGTH),
+        "--max-documents",
+        str(MAX_DOCUMENTS),
+        "--max-request-bytes",
+        str(MAX_REQUEST_BYTES),
+        "--max-document-chars",
+        str(MAX_DOCUMENT_CHARS),
+        "--log-level",
+        "warning",
         env={"JINA_LOCAL_RERANK_API_KEY": API_KEY},
     )
     yield running
@@ -115,8 +120,9 @@ def test_jina_documents_as_objects_and_strings_without_documents_in_response(
 ) -> None:
     documents = ["a llama is a camelid", {"text": "paris is the capital of france"}, "python returns a value"]
     texts = [doc if isinstance(doc, str) else doc["text"] for doc in documents]
-    response = client.post("/v1/rerank", json={"query": "what is a llama", "documents": documents,
-                                               "return_documents": False})
+    response = client.post(
+        "/v1/rerank", json={"query": "what is a llama", "documents": documents, "return_documents": False}
+    )
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert len(results) == 3
@@ -138,7 +144,8 @@ def test_served_model_names_never_show_the_models_path(client: httpx.Client, che
     # A local directory is served under its name only; a Hub id under its last component and the id.
     assert default_served_names(str(checkpoint_dir)) == ("jina-reranker-test",)
     assert default_served_names("jinaai/jina-reranker-v1-tiny-en") == (
-        "jina-reranker-v1-tiny-en", "jinaai/jina-reranker-v1-tiny-en"
+        "jina-reranker-v1-tiny-en",
+        "jinaai/jina-reranker-v1-tiny-en",
     )
     models = client.get("/v1/models")
     assert [card["id"] for card in models.json()["data"]] == ["jina-reranker-test"]
@@ -253,8 +260,9 @@ UNAUTHORIZED_BODIES = {
 def test_without_a_valid_key_every_keyed_route_answers_401_before_looking_at_the_body(
     server: Server, headers: dict[str, str], body: bytes, path: str
 ) -> None:
-    response = httpx.post(f"{server.url}{path}", content=body, headers={**headers, "Content-Type": "application/json"},
-                          timeout=30)
+    response = httpx.post(
+        f"{server.url}{path}", content=body, headers={**headers, "Content-Type": "application/json"}, timeout=30
+    )
     assert response.status_code == 401, response.text
     answer = response.json()
     message = answer["error"] if path == "/rerank" else answer["detail"]
@@ -332,8 +340,17 @@ def test_request_body_over_the_byte_limit_gets_413(client: httpx.Client) -> None
         ({"query": "q", "documents": ["a"], "model": 1}, ["body", "model"]),
         ({"documents": ["a"]}, ["body", "query"]),
     ],
-    ids=["query-int", "documents-str", "document-int", "document-without-text", "top-n-str", "top-n-zero",
-         "return-documents-str", "model-int", "no-query"],
+    ids=[
+        "query-int",
+        "documents-str",
+        "document-int",
+        "document-without-text",
+        "top-n-str",
+        "top-n-zero",
+        "return-documents-str",
+        "model-int",
+        "no-query",
+    ],
 )
 def test_wrong_types_get_422_naming_the_field(client: httpx.Client, body: dict[str, Any], location: list) -> None:
     response = client.post("/v1/rerank", json=body)
@@ -356,9 +373,7 @@ def test_llama_index_jina_rerank_client_pointed_at_the_server(server: Server, en
 
     texts = ["a llama lives in the andes", "paris is in france", "a guanaco is a camelid", "import a module"]
     nodes = [NodeWithScore(node=TextNode(text=text), score=0.0) for text in texts]
-    rerank = jinaai_rerank.JinaRerank(
-        base_url=f"{server.url}/v1", api_key=API_KEY, model="jina-reranker-test", top_n=2
-    )
+    rerank = jinaai_rerank.JinaRerank(base_url=f"{server.url}/v1", api_key=API_KEY, model="jina-reranker-test", top_n=2)
     ranked = rerank.postprocess_nodes(nodes, query_str="camelid animals")
     expected = engine_reranker.score("camelid animals", texts)
     assert [node.node.get_content() for node in ranked] == [texts[i] for i in best_first(expected.logits)[:2]]
@@ -384,7 +399,7 @@ BAD_REQUESTS = [
     (b'{"query": "q", "documents": [1, 2]}', 422),
     (b'{"query": "", "documents": ["a"]}', 422),
     (b'{"query": "q", "documents": ["a"], "top_n": 1e400}', 422),
-    (b'{not json', 422),
+    (b"{not json", 422),
     (b'{"model": "other", "query": "q", "documents": ["a"]}', 404),
 ]
 
@@ -465,8 +480,10 @@ async def test_load_32_clients_good_and_bad_requests(server: Server, engine_rera
     batches = after["batches"] - before["batches"]
     assert requests_done == len(good)
     assert "Traceback" not in server.log.read_text()
-    print(f"\n{total} requests from 32 clients in {elapsed:.1f} s ({total / elapsed:.0f} requests/s), "
-          f"{batches} scoring calls ({requests_done / batches:.1f} requests per call)")
+    print(
+        f"\n{total} requests from 32 clients in {elapsed:.1f} s ({total / elapsed:.0f} requests/s), "
+        f"{batches} scoring calls ({requests_done / batches:.1f} requests per call)"
+    )
 
 
 def encode_all(reranker: Reranker, requests: list[tuple[str, list[str]]]) -> list[Any]:
@@ -635,8 +652,12 @@ def test_server_settings_refuse_bad_values() -> None:
     [
         (signal.SIGTERM, 1024, ["--batch-concurrency", "2"], {}),
         # ~1.3k-token documents in 512-token windows 500 tokens apart: 3 windows each.
-        (signal.SIGINT, 512, ["--no-batching", "--long-document", "chunk", "--chunk-stride", "500"],
-         {"long_document": "chunk", "chunk_stride": 500}),
+        (
+            signal.SIGINT,
+            512,
+            ["--no-batching", "--long-document", "chunk", "--chunk-stride", "500"],
+            {"long_document": "chunk", "chunk_stride": 500},
+        ),
     ],
     ids=["SIGTERM-batching", "SIGINT-no-batching-chunked"],
 )
@@ -651,10 +672,14 @@ def test_shutdown_lets_requests_in_flight_finish(
     running = start_server(
         checkpoint_dir,
         tmp_path / "server.log",
-        "--max-length", str(window),
-        "--api-key", "flag-key",
-        "--served-model-name", "alpha",
-        "--served-model-name", "beta",
+        "--max-length",
+        str(window),
+        "--api-key",
+        "flag-key",
+        "--served-model-name",
+        "alpha",
+        "--served-model-name",
+        "beta",
         *extra_args,
     )
     headers = {"Authorization": "Bearer flag-key"}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from server_process import Server, start_server
@@ -38,8 +38,14 @@ DOCUMENTS = [
 @pytest.fixture(scope="module")
 def server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(
-        checkpoint_dir, tmp_path_factory.mktemp("clients") / "server.log", "--max-length", str(MAX_LENGTH),
-        "--api-key", API_KEY, "--log-level", "warning",
+        checkpoint_dir,
+        tmp_path_factory.mktemp("clients") / "server.log",
+        "--max-length",
+        str(MAX_LENGTH),
+        "--api-key",
+        API_KEY,
+        "--log-level",
+        "warning",
     )
     yield running
     running.stop()
@@ -51,7 +57,9 @@ def engine(checkpoint_dir: Path) -> Reranker:
     return Reranker(checkpoint_dir, device="cpu", max_length=MAX_LENGTH)
 
 
-def expected_ranking(engine: Reranker, documents: list[str] = DOCUMENTS, top_n: int | None = None) -> list[tuple[int, float]]:
+def expected_ranking(
+    engine: Reranker, documents: list[str] = DOCUMENTS, top_n: int | None = None
+) -> list[tuple[int, float]]:
     result = engine.score(QUERY, documents)
     return [(index, result.scores[index]) for index in best_first(result.logits)[:top_n]]
 

@@ -12,8 +12,9 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -39,12 +40,18 @@ def server(checkpoint_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     running = start_server(
         checkpoint_dir,
         log,
-        "--max-length", str(MAX_LENGTH),
-        "--max-documents", str(MAX_DOCUMENTS),
-        "--max-request-tokens", str(MAX_REQUEST_TOKENS),
-        "--request-read-timeout", str(READ_TIMEOUT_S),
-        "--allowed-host", ALLOWED_HOST,
-        "--log-level", "info",
+        "--max-length",
+        str(MAX_LENGTH),
+        "--max-documents",
+        str(MAX_DOCUMENTS),
+        "--max-request-tokens",
+        str(MAX_REQUEST_TOKENS),
+        "--request-read-timeout",
+        str(READ_TIMEOUT_S),
+        "--allowed-host",
+        ALLOWED_HOST,
+        "--log-level",
+        "info",
     )
     yield running
     running.stop()
@@ -74,24 +81,59 @@ CATALOG = {
     "huge-integer": ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": ' + b"9" * 5000 + b"}", 422, "JSON"),
     "lone-surrogate-document": ("/v1/rerank", b'{"query": "q", "documents": ["ok", "a\\ud800"]}', 422, "documents[1]"),
     "lone-surrogate-query": ("/v1/rerank", b'{"query": "\\udfff", "documents": ["a"]}', 422, "query"),
-    "lone-surrogate-object": ("/v1/rerank", b'{"query": "q", "documents": [{"text": "\\ud83d"}]}', 422, "documents[0].text"),
+    "lone-surrogate-object": (
+        "/v1/rerank",
+        b'{"query": "q", "documents": [{"text": "\\ud83d"}]}',
+        422,
+        "documents[0].text",
+    ),
     "lone-surrogate-key": ("/v1/rerank", b'{"query": "q", "documents": ["a"], "\\ud800": 1}', 422, "key"),
     "not-utf8": ("/v1/rerank", b'{"query": "\xff\xfe", "documents": ["a"]}', 422, "not valid JSON"),
     "deeply-nested": ("/v1/rerank", b"[" * 100_000, 422, "nested too deeply"),
     "nested-just-parsable": ("/v1/rerank", b"[" * 900 + b"]" * 900, 422, "body"),
-    "nested-in-a-document": ("/v1/rerank", b'{"query": "q", "documents": ' + b"[" * 900 + b"]" * 900 + b"}", 422, "documents"),
+    "nested-in-a-document": (
+        "/v1/rerank",
+        b'{"query": "q", "documents": ' + b"[" * 900 + b"]" * 900 + b"}",
+        422,
+        "documents",
+    ),
     "truncated-json": ("/v1/rerank", b'{"query": "q", "documents": ["a"', 422, "not valid JSON"),
     "body-is-a-list": ("/v1/rerank", b'["q", "a"]', 422, "body"),
     "empty-body": ("/v1/rerank", b"", 422, "missing"),
     "documents-null": ("/v1/rerank", b'{"query": "q", "documents": null}', 422, "documents"),
-    "500k-integers": ("/v1/rerank", json.dumps({"query": "q", "documents": list(range(500_000))}).encode(), 413, "500000 documents"),
-    "many-wrong-entries": ("/v1/rerank", json.dumps({"query": "q", "documents": list(range(MAX_DOCUMENTS))}).encode(), 422, "documents"),
-    "over-token-budget": ("/v1/rerank", json.dumps({"query": "q", "documents": OVER_BUDGET}).encode(), 413, f"limit of {MAX_REQUEST_TOKENS} tokens"),
+    "500k-integers": (
+        "/v1/rerank",
+        json.dumps({"query": "q", "documents": list(range(500_000))}).encode(),
+        413,
+        "500000 documents",
+    ),
+    "many-wrong-entries": (
+        "/v1/rerank",
+        json.dumps({"query": "q", "documents": list(range(MAX_DOCUMENTS))}).encode(),
+        422,
+        "documents",
+    ),
+    "over-token-budget": (
+        "/v1/rerank",
+        json.dumps({"query": "q", "documents": OVER_BUDGET}).encode(),
+        413,
+        f"limit of {MAX_REQUEST_TOKENS} tokens",
+    ),
     "unknown-model": ("/v1/rerank", b'{"model": "gpt-4", "query": "q", "documents": ["a"]}', 404, "not served here"),
-    "cohere-max-tokens-zero": ("/v2/rerank", b'{"query": "q", "documents": ["a"], "max_tokens_per_doc": 0}', 422, "max_tokens_per_doc"),
+    "cohere-max-tokens-zero": (
+        "/v2/rerank",
+        b'{"query": "q", "documents": ["a"], "max_tokens_per_doc": 0}',
+        422,
+        "max_tokens_per_doc",
+    ),
     "cohere-nan": ("/v2/rerank", b'{"query": "q", "documents": ["a"], "top_n": NaN}', 422, "NaN"),
     "tei-surrogate": ("/rerank", b'{"query": "q", "texts": ["\\ud800"]}', 422, "texts[0]"),
-    "tei-bad-direction": ("/rerank", b'{"query": "q", "texts": ["a"], "truncation_direction": "up"}', 422, "truncation_direction"),
+    "tei-bad-direction": (
+        "/rerank",
+        b'{"query": "q", "texts": ["a"], "truncation_direction": "up"}',
+        422,
+        "truncation_direction",
+    ),
     "tei-raw-scores-string": ("/rerank", b'{"query": "q", "texts": ["a"], "raw_scores": "yes"}', 422, "raw_scores"),
     "tei-empty": ("/rerank", b'{"query": "q", "texts": []}', 400, "cannot be empty"),
     "tei-over-token-budget": ("/rerank", json.dumps({"query": "q", "texts": OVER_BUDGET}).encode(), 413, "tokens"),
@@ -137,8 +179,9 @@ def test_a_huge_list_of_wrong_entries_neither_echoes_nor_grows_the_server(server
     body = json.dumps({"query": "q", "documents": list(range(500_000))}).encode()  # 3.4 MB, 500k entries
     before = rss_bytes(server.process.pid)
     for _ in range(3):
-        response = httpx.post(f"{server.url}/v1/rerank", content=body, headers={"Content-Type": "application/json"},
-                              timeout=60)
+        response = httpx.post(
+            f"{server.url}/v1/rerank", content=body, headers={"Content-Type": "application/json"}, timeout=60
+        )
         assert response.status_code == 413 and len(response.content) < 200
     assert rss_bytes(server.process.pid) - before < 150 * 1024 * 1024
 
@@ -149,7 +192,10 @@ def test_validation_errors_are_capped_and_never_echo_the_input(server: Server) -
     response = httpx.post(f"{server.url}/v1/rerank", json=body, timeout=30)
     assert response.status_code == 422
     assert "secret" not in response.text
-    assert {tuple(error["loc"]) for error in response.json()["detail"]} == {("body", "top_n"), ("body", "return_documents")}
+    assert {tuple(error["loc"]) for error in response.json()["detail"]} == {
+        ("body", "top_n"),
+        ("body", "return_documents"),
+    }
 
 
 # A megabyte of text: no character cap by default, so it is scored truncated to the window on every route.
@@ -167,8 +213,16 @@ def test_a_megabyte_document_is_scored_truncated_on_every_route(
     encoded = engine.encode("llama", ["short", kept], truncation_side=direction)
     expected = engine.result_from_logits(encoded, engine.engine.logits(encoded.input_ids, 4096), raw=True).logits
     requests = [
-        ("/rerank", {"query": "llama", "texts": ["short", MEGABYTE_DOCUMENT], "truncate": True, "raw_scores": True,
-                     "truncation_direction": direction}),
+        (
+            "/rerank",
+            {
+                "query": "llama",
+                "texts": ["short", MEGABYTE_DOCUMENT],
+                "truncate": True,
+                "raw_scores": True,
+                "truncation_direction": direction,
+            },
+        ),
     ]
     if direction == "right":
         requests += [
@@ -186,7 +240,9 @@ def test_a_megabyte_document_is_scored_truncated_on_every_route(
             assert by_index[1] == pytest.approx(expected[1], abs=1e-5)
         else:
             assert by_index[1] == pytest.approx(1 / (1 + math.exp(-expected[1])), abs=1e-5)
-            tokens = answer["usage"]["total_tokens"] if route == "/v1/rerank" else answer["meta"]["tokens"]["input_tokens"]
+            tokens = (
+                answer["usage"]["total_tokens"] if route == "/v1/rerank" else answer["meta"]["tokens"]["input_tokens"]
+            )
             assert tokens <= 2 * MAX_LENGTH  # the window's worth, not the megabyte's
     assert rss_bytes(server.process.pid) - before < 200 * 1024 * 1024
 
@@ -214,7 +270,7 @@ def read_until_closed(sock: socket.socket) -> tuple[bytes, float]:
     [
         b"",
         b"POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n",
-        b"POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n\r\n{\"query\": ",
+        b'POST /v1/rerank HTTP/1.1\r\nHost: localhost\r\nContent-Length: 500\r\n\r\n{"query": ',
         # A whole request, then part of the next on the same keep-alive connection.
         b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\nGET /health HTTP/1.1\r\nHo",
     ],
@@ -234,13 +290,17 @@ def test_stalled_connections_are_closed(server: Server, port: int, sent: bytes) 
 @pytest.mark.parametrize(
     "host, status",
     [
-        ("localhost", 200), ("127.0.0.1", 200), ("[::1]", 200), ("LOCALHOST", 200), (ALLOWED_HOST, 200),
-        ("attacker.example", 400), ("localhost.attacker.example", 400), ("", 400),
+        ("localhost", 200),
+        ("127.0.0.1", 200),
+        ("[::1]", 200),
+        ("LOCALHOST", 200),
+        (ALLOWED_HOST, 200),
+        ("attacker.example", 400),
+        ("localhost.attacker.example", 400),
+        ("", 400),
     ],
 )
-def test_without_an_api_key_only_local_and_allowed_host_names_are_served(
-    port: int, host: str, status: int
-) -> None:
+def test_without_an_api_key_only_local_and_allowed_host_names_are_served(port: int, host: str, status: int) -> None:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.putrequest("GET", "/v1/models", skip_host=True)
@@ -271,7 +331,9 @@ def test_request_ids_on_every_response_and_in_the_access_log(server: Server) -> 
     assert mine.headers["x-request-id"] == "trace-42.a"
     unsafe = httpx.get(f"{server.url}/v1/models", headers={"X-Request-ID": "<script>"}, timeout=30)
     assert unsafe.headers["x-request-id"] != "<script>" and len(unsafe.headers["x-request-id"]) == 32
-    failed = httpx.post(f"{server.url}/v1/rerank", content=b"{", headers={"Content-Type": "application/json"}, timeout=30)
+    failed = httpx.post(
+        f"{server.url}/v1/rerank", content=b"{", headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert failed.status_code == 422 and len(failed.headers["x-request-id"]) == 32
     deadline = time.monotonic() + 30
     while True:
@@ -294,7 +356,9 @@ def test_metrics_in_prometheus_format(server: Server) -> None:
     assert values['jina_local_rerank_requests_total{route="/v1/rerank",status="422"}'] >= 1
     assert values['jina_local_rerank_request_duration_seconds_bucket{route="/v1/rerank",le="+Inf"}'] >= 2
     assert values["jina_local_rerank_requests_in_flight"] == 0
-    assert values['jina_local_rerank_batch_requests_bucket{le="+Inf"}'] == values["jina_local_rerank_scoring_calls_total"]
+    assert (
+        values['jina_local_rerank_batch_requests_bucket{le="+Inf"}'] == values["jina_local_rerank_scoring_calls_total"]
+    )
     assert values["jina_local_rerank_scored_tokens_total"] >= 1
     assert "# TYPE jina_local_rerank_request_duration_seconds histogram" in lines
 
@@ -404,7 +468,11 @@ def test_the_read_deadline_works_with_either_http_parser(reranker: Reranker, par
     from jina_local_rerank.server import connections
     from jina_local_rerank.server.app import create_app
 
-    protocol = connections.deadline_protocol(READ_TIMEOUT_S) if parser == "httptools" else connections._h11_protocol(READ_TIMEOUT_S)
+    protocol = (
+        connections.deadline_protocol(READ_TIMEOUT_S)
+        if parser == "httptools"
+        else connections._h11_protocol(READ_TIMEOUT_S)
+    )
     app = create_app(reranker, ServerSettings(served_model_names=("m",)))
     with uvicorn_in_a_thread(app, http=protocol) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -462,8 +530,21 @@ def random_json(rng: random.Random, depth: int = 0) -> Any:
         return rng.choice(["", " ", "q", "llama", "a\ud800", "\udfffb", "x" * rng.randint(0, 300), "\u00e9\u4e2d"])
     if kind in (6, 7):
         return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))]
-    keys = ["query", "documents", "texts", "top_n", "model", "return_documents", "truncate", "raw_scores",
-            "truncation_direction", "max_tokens_per_doc", "return_text", "text", "\ud800"]
+    keys = [
+        "query",
+        "documents",
+        "texts",
+        "top_n",
+        "model",
+        "return_documents",
+        "truncate",
+        "raw_scores",
+        "truncation_direction",
+        "max_tokens_per_doc",
+        "return_text",
+        "text",
+        "\ud800",
+    ]
     return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))}
 
 
@@ -481,8 +562,11 @@ def test_random_bodies_never_get_a_5xx_or_lose_the_connection(port: int) -> None
             body: Any = random_json(rng)
             if rng.random() < 0.6:  # mostly the route's own fields, with random values
                 field = "texts" if route == "/rerank" else "documents"
-                body = {"query": random_json(rng), field: [random_json(rng) for _ in range(rng.randint(0, 4))],
-                        **(body if isinstance(body, dict) else {})}
+                body = {
+                    "query": random_json(rng),
+                    field: [random_json(rng) for _ in range(rng.randint(0, 4))],
+                    **(body if isinstance(body, dict) else {}),
+                }
             payload = json.dumps(body).encode()  # ASCII: lone surrogates travel as \ud800 escapes
             connection.request("POST", route, body=payload, headers={"Content-Type": "application/json"})
             answer = connection.getresponse()

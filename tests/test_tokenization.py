@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer, normalizers
 
 from jina_local_rerank import Reranker
-from jina_local_rerank.tokenization import SAFE_CUT, PairTokenizer, cuts_safely
+from jina_local_rerank.engine.tokenization import SAFE_CUT, PairTokenizer, cuts_safely
 
 # Texts that stress the pre-tokenizer at cut places: whitespace runs, contractions, digits, punctuation runs,
 # several scripts, emoji, CJK with and without its punctuation, code.
@@ -33,7 +33,9 @@ def _random_texts(count: int, seed: int) -> list[str]:
 @pytest.fixture(params=["random-checkpoint", "v1-tiny"])
 def tokenizer(request: pytest.FixtureRequest, checkpoint_dir: Path) -> PairTokenizer:
     """The test checkpoints' tokenizer, and the v1 models' own (from the parity folder: skipped where absent)."""
-    directory = checkpoint_dir if request.param == "random-checkpoint" else request.getfixturevalue("parity_dir") / "tiny"
+    directory = (
+        checkpoint_dir if request.param == "random-checkpoint" else request.getfixturevalue("parity_dir") / "tiny"
+    )
     return PairTokenizer.from_directory(directory, 10**9)
 
 

@@ -19,13 +19,12 @@ import pytest
 import torch
 
 from jina_local_rerank import Reranker
-from jina_local_rerank import files as files_module
-from jina_local_rerank.checkpoint_writer import save_weights
+from jina_local_rerank.checkpoint.writer import save_weights
 from jina_local_rerank.cli import main
-from jina_local_rerank.config import JinaBertConfig
-from jina_local_rerank.errors import CheckpointError, TrainingDivergedError
-from jina_local_rerank.evaluation import DatasetError
-from jina_local_rerank.files import FileProblem, write_text_atomically
+from jina_local_rerank.errors import CheckpointError, DatasetError, FileProblem, TrainingDivergedError
+from jina_local_rerank.files import user_files as files_module
+from jina_local_rerank.files.user_files import write_text_atomically
+from jina_local_rerank.model.config import JinaBertConfig
 from jina_local_rerank.options import RerankerOptions
 from jina_local_rerank.training import TeacherScorer, Trainer, TrainingConfig, load_training_data
 from jina_local_rerank.training.data import QueryGroup, TrainingData
@@ -39,8 +38,16 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def triplets(count: int) -> list[str]:
-    return [json.dumps({"query": f"query {i} about files", "positive": f"open file {i} for reading",
-                        "negatives": [f"unrelated text {i} {j}" for j in range(2)]}) for i in range(count)]
+    return [
+        json.dumps(
+            {
+                "query": f"query {i} about files",
+                "positive": f"open file {i} for reading",
+                "negatives": [f"unrelated text {i} {j}" for j in range(2)],
+            }
+        )
+        for i in range(count)
+    ]
 
 
 def cli_env() -> dict[str, str]:
@@ -63,8 +70,15 @@ def cli_env() -> dict[str, str]:
         ('{"query": "q", "document": "d", "label": ' + "1" * 5000 + "}", "line 2: not JSON we accept"),
         ('{"query": "q", "document": ' + "[" * 100_000 + "]" * 100_000 + "}", "line 2: JSON nested too deeply"),
     ],
-    ids=["label-1e39", "label-310-digits", "label-minus-1e7", "teacher-1e39", "teacher-nan", "label-5000-digits",
-         "nested-100000-deep"],
+    ids=[
+        "label-1e39",
+        "label-310-digits",
+        "label-minus-1e7",
+        "teacher-1e39",
+        "teacher-nan",
+        "label-5000-digits",
+        "nested-100000-deep",
+    ],
 )
 def test_labels_and_teacher_scores_a_loss_cannot_hold_are_refused_naming_file_and_line(tmp_path, row, message):
     path = write_lines(tmp_path / "train.jsonl", ['{"query": "fine", "positive": "row"}', row])
@@ -85,7 +99,9 @@ def test_a_line_over_the_length_limit_is_refused_without_reading_on(tmp_path, mo
 
 def data_with_labels(labels: tuple[float, ...]) -> TrainingData:
     groups = tuple(
-        QueryGroup(f"query {i}", ("open the file", "close the door", "sort the list"), labels, None, f"rows.jsonl line {i + 1}")
+        QueryGroup(
+            f"query {i}", ("open the file", "close the door", "sort the list"), labels, None, f"rows.jsonl line {i + 1}"
+        )
         for i in range(3)
     )
     return TrainingData("rows.jsonl", groups, tuple({doc for g in groups for doc in g.documents}), {}, 3)
@@ -95,8 +111,12 @@ def data_with_labels(labels: tuple[float, ...]) -> TrainingData:
 def test_a_non_finite_loss_stops_the_run_naming_step_rows_and_cause_and_writes_nothing(checkpoint_dir, tmp_path, loss):
     # Data built in code skips the reader's checks: labels beyond float32's range reach the loss.
     options = RerankerOptions(model=str(checkpoint_dir), device="cpu", max_length=64)
-    trainer = Trainer(options, train=data_with_labels((1e39, 0.0, 0.0)), output=tmp_path / "out",
-                      config=TrainingConfig(loss=loss, **QUIET))
+    trainer = Trainer(
+        options,
+        train=data_with_labels((1e39, 0.0, 0.0)),
+        output=tmp_path / "out",
+        config=TrainingConfig(loss=loss, **QUIET),
+    )
     with pytest.raises(TrainingDivergedError) as error:
         trainer.fit()
     message = str(error.value)
@@ -107,16 +127,24 @@ def test_a_non_finite_loss_stops_the_run_naming_step_rows_and_cause_and_writes_n
 
 def test_weights_that_blow_up_stop_the_run_before_a_checkpoint_is_written(checkpoint_dir, tmp_path):
     options = RerankerOptions(model=str(checkpoint_dir), device="cpu", max_length=64)
-    config = TrainingConfig(learning_rate=1e36, warmup_ratio=0.0, max_grad_norm=0.0, epochs=20, step_tokens=200, **QUIET)
+    config = TrainingConfig(
+        learning_rate=1e36, warmup_ratio=0.0, max_grad_norm=0.0, epochs=20, step_tokens=200, **QUIET
+    )
     with pytest.raises(TrainingDivergedError, match=r"step \d+: the (loss|gradient norm) is not finite"):
         Trainer(options, train=data_with_labels((1.0, 0.0, 0.0)), output=tmp_path / "out", config=config).fit()
     assert not (tmp_path / "out").exists()
 
 
 def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path):
-    config = JinaBertConfig(vocab_size=8, hidden_size=4, num_hidden_layers=1, num_attention_heads=1,
-                            intermediate_size=8, max_position_embeddings=16)
-    from jina_local_rerank.checkpoint import expected_shapes
+    config = JinaBertConfig(
+        vocab_size=8,
+        hidden_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=8,
+        max_position_embeddings=16,
+    )
+    from jina_local_rerank.checkpoint.format import expected_shapes
 
     tensors = {name: torch.zeros(shape) for name, shape in expected_shapes(config).items()}
     name = next(iter(tensors))
@@ -129,8 +157,12 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path):
 def test_no_query_left_says_why_even_when_the_data_holds_none(checkpoint_dir, tmp_path):
     empty = TrainingData("empty.jsonl", (), (), {}, 0)
     with pytest.raises(DatasetError, match=r"no query left to train on \(the data holds no query\)"):
-        Trainer(RerankerOptions(model=str(checkpoint_dir), device="cpu", max_length=64), train=empty,
-                output=tmp_path / "out", config=TrainingConfig(**QUIET)).fit()
+        Trainer(
+            RerankerOptions(model=str(checkpoint_dir), device="cpu", max_length=64),
+            train=empty,
+            output=tmp_path / "out",
+            config=TrainingConfig(**QUIET),
+        ).fit()
 
 
 def test_a_seed_beyond_what_torch_takes_is_refused_naming_seed(capsys):
@@ -181,27 +213,51 @@ def test_a_state_dir_that_is_a_users_folder_or_the_model_is_refused_and_left_alo
     for name in ("log.jsonl", "run.json", "notes.txt"):
         (mine / name).write_text("the user's")
     with pytest.raises(FileProblem, match="state folder .*mine is not empty and has no .jina-local-rerank-training"):
-        Trainer(options, train=train, output=tmp_path / "out", state_dir=mine, overwrite=True,
-                config=TrainingConfig(**QUIET))
+        Trainer(
+            options,
+            train=train,
+            output=tmp_path / "out",
+            state_dir=mine,
+            overwrite=True,
+            config=TrainingConfig(**QUIET),
+        )
     assert all((mine / name).read_text() == "the user's" for name in ("log.jsonl", "run.json", "notes.txt"))
     before = sorted(path.name for path in checkpoint_dir.iterdir())
     with pytest.raises(FileProblem, match="holds the input"):
-        Trainer(options, train=train, output=tmp_path / "out", state_dir=checkpoint_dir, overwrite=True,
-                config=TrainingConfig(**QUIET))
+        Trainer(
+            options,
+            train=train,
+            output=tmp_path / "out",
+            state_dir=checkpoint_dir,
+            overwrite=True,
+            config=TrainingConfig(**QUIET),
+        )
     with pytest.raises(FileProblem, match="is inside the input"):
-        Trainer(options, train=train, output=tmp_path / "out", state_dir=checkpoint_dir / "state",
-                config=TrainingConfig(**QUIET))
+        Trainer(
+            options,
+            train=train,
+            output=tmp_path / "out",
+            state_dir=checkpoint_dir / "state",
+            config=TrainingConfig(**QUIET),
+        )
     for state_dir in (tmp_path / "out" / "state", tmp_path / "out", tmp_path):
         with pytest.raises(FileProblem, match="and output .* overlap"):
             Trainer(options, train=train, output=tmp_path / "out", state_dir=state_dir, config=TrainingConfig(**QUIET))
     assert sorted(path.name for path in checkpoint_dir.iterdir()) == before
 
     # A folder the trainer made (it holds the marker) is its own to replace.
-    result = Trainer(options, train=train, output=tmp_path / "out", state_dir=tmp_path / "state",
-                     config=TrainingConfig(**QUIET)).fit()
+    result = Trainer(
+        options, train=train, output=tmp_path / "out", state_dir=tmp_path / "state", config=TrainingConfig(**QUIET)
+    ).fit()
     assert (tmp_path / "state" / ".jina-local-rerank-training").is_file() and result.steps >= 1
-    Trainer(options, train=train, output=tmp_path / "out", state_dir=tmp_path / "state", overwrite=True,
-            config=TrainingConfig(**QUIET)).fit()
+    Trainer(
+        options,
+        train=train,
+        output=tmp_path / "out",
+        state_dir=tmp_path / "state",
+        overwrite=True,
+        config=TrainingConfig(**QUIET),
+    ).fit()
 
 
 # --- SIGTERM: cleaned up as Ctrl-C ---------------------------------------------------------------------------------
@@ -209,8 +265,13 @@ def test_a_state_dir_that_is_a_users_folder_or_the_model_is_refused_and_left_alo
 
 def terminate_when(command: list[str], appeared, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the CLI; send SIGTERM as soon as ``appeared()`` is true; return the finished process."""
-    process = subprocess.Popen([sys.executable, "-m", "jina_local_rerank.cli", *command], env=cli_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jina_local_rerank.cli", *command],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + timeout
     while not appeared():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -228,8 +289,24 @@ def test_sigterm_during_train_leaves_no_state_of_a_run_that_saved_none(checkpoin
     held_out = write_lines(tmp_path / "eval.jsonl", triplets(300))  # evaluated before training: time to stop it
     state = tmp_path / "out.training"
     done = terminate_when(
-        ["train", "--model", str(checkpoint_dir), "--device", "cpu", "--train", str(train), "--eval", str(held_out),
-         "--output", str(tmp_path / "out"), "--negatives", "2", "--max-length", "64", "--quiet"],
+        [
+            "train",
+            "--model",
+            str(checkpoint_dir),
+            "--device",
+            "cpu",
+            "--train",
+            str(train),
+            "--eval",
+            str(held_out),
+            "--output",
+            str(tmp_path / "out"),
+            "--negatives",
+            "2",
+            "--max-length",
+            "64",
+            "--quiet",
+        ],
         lambda: (state / "run.json").exists(),
     )
     assert done.returncode in (143, 130), done.stderr
@@ -255,14 +332,15 @@ def test_sigterm_during_export_leaves_no_partial_folder(checkpoint_dir, tmp_path
 
 
 def test_written_checkpoints_and_files_follow_the_umask(checkpoint_dir, tmp_path):
-    from jina_local_rerank.checkpoint_writer import source_config, write_checkpoint
-    from jina_local_rerank.checkpoint import load_checkpoint
+    from jina_local_rerank.checkpoint.loading import load_checkpoint
+    from jina_local_rerank.checkpoint.writer import source_config, write_checkpoint
 
     previous = os.umask(0o022)
     try:
         model = load_checkpoint(checkpoint_dir, torch.float32, torch.device("cpu"))
-        write_checkpoint(tmp_path / "copy", source_config(checkpoint_dir), model.state_dict(), checkpoint_dir,
-                         {"README.md": "card"})
+        write_checkpoint(
+            tmp_path / "copy", source_config(checkpoint_dir), model.state_dict(), checkpoint_dir, {"README.md": "card"}
+        )
         write_text_atomically(tmp_path / "file.txt", "text")
     finally:
         os.umask(previous)
@@ -311,8 +389,9 @@ def test_line_oriented_inputs_from_a_device_without_end_stop_at_the_line_limit(m
         load_training_data("/dev/zero")
 
 
-@pytest.mark.parametrize("grade, message", [("9" * 400, "is outside -1,000,000..1,000,000"),
-                                            ("9" * 5000, "is not an integer")])
+@pytest.mark.parametrize(
+    "grade, message", [("9" * 400, "is outside -1,000,000..1,000,000"), ("9" * 5000, "is not an integer")]
+)
 def test_a_qrels_grade_no_metric_or_loss_can_hold_is_refused_naming_the_line(tmp_path, grade, message):
     (tmp_path / "qrels").mkdir()
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d1", "text": "a llama"}\n')

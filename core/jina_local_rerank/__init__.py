@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from .lazy import lazy_exports
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
-    from .checkpoint import DEFAULT_MODEL
-    from .engine import ScoringEngine, cached_engines, clear_engine_cache
+    from .checkpoint.hub import DEFAULT_MODEL
+    from .engine.scoring_engine import ScoringEngine, cached_engines, clear_engine_cache
     from .errors import CheckpointError, JinaLocalRerankError, ModelNotFoundError, UnsupportedModelError
     from .options import RerankerOptions
     from .reranker import Reranker, ScoreResult, reranker_for
@@ -20,17 +20,17 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DEFAULT_MODEL": ".checkpoint",
+    "DEFAULT_MODEL": ".checkpoint.hub",
     "CheckpointError": ".errors",
     "JinaLocalRerankError": ".errors",
     "ModelNotFoundError": ".errors",
     "Reranker": ".reranker",
     "RerankerOptions": ".options",
     "ScoreResult": ".reranker",
-    "ScoringEngine": ".engine",
+    "ScoringEngine": ".engine.scoring_engine",
     "UnsupportedModelError": ".errors",
-    "cached_engines": ".engine",
-    "clear_engine_cache": ".engine",
+    "cached_engines": ".engine.scoring_engine",
+    "clear_engine_cache": ".engine.scoring_engine",
     "reranker_for": ".reranker",
 }
 

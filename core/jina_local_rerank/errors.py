@@ -29,3 +29,27 @@ class TrainingDivergedError(JinaLocalRerankError, ArithmeticError):
 
 class MissingExtraError(JinaLocalRerankError, ModuleNotFoundError):
     """An optional feature's packages are not installed; the message names the extra and the pip command."""
+
+
+class FileProblem(JinaLocalRerankError, ValueError):
+    """An input file cannot be read, or an output file cannot be written; the message names the file."""
+
+
+class DatasetError(JinaLocalRerankError, ValueError):
+    """A dataset, run or training file is missing or malformed; the message names the file and the line."""
+
+
+class InputError(JinaLocalRerankError, ValueError):
+    """The ``rerank`` command's input could not be read as a query and documents; the message says where."""
+
+
+class RequestRejected(JinaLocalRerankError):
+    """A request the server refuses: ``status_code`` is the HTTP status, the message says which rule it broke;
+    ``headers`` go with the answer (``Retry-After`` on a 429, ``WWW-Authenticate`` on a 401). No built-in type
+    covers every status it stands for (400 to 503), so it derives from the family's base alone."""
+
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = headers

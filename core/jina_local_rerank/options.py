@@ -10,12 +10,12 @@ in this file. No torch is imported: ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
-from .argtypes import positive_int
+from .flags import add_field_arguments, positive_int, setting, values_from_args
 from .validation import check_choice, check_optional_positive_int, check_optional_text, check_positive_int
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
@@ -28,11 +28,6 @@ DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 # The options that add text around every query and document before scoring.
 TEXT_AFFIXES = ("query_prefix", "query_suffix", "document_prefix", "document_suffix")
-
-
-def _option(default: Any, help: str, **cli: Any) -> Any:
-    """A dataclass field carrying its documentation and its argparse settings (``type``, ``choices``...)."""
-    return field(default=default, metadata={"help": help, "cli": cli})
 
 
 def _torch_name(value: Any) -> Any:
@@ -51,59 +46,50 @@ class RerankerOptions:
     the option at construction.
     """
 
-    model: str | None = _option(
+    model: str | None = setting(
         None,
         "Hub id or local directory of the checkpoint (default: $JINA_LOCAL_RERANK_MODEL, else "
         "jinaai/jina-reranker-v1-tiny-en). A relative path that exists is a directory, never a Hub id.",
     )
-    revision: str | None = _option(None, "Hub revision of the model: branch, tag or commit")
-    device: str = _option("auto", f"where to run: {DEVICE_HELP}")
-    dtype: str = _option(
+    revision: str | None = setting(None, "Hub revision of the model: branch, tag or commit")
+    device: str = setting("auto", f"where to run: {DEVICE_HELP}")
+    dtype: str = setting(
         "auto",
         "weights and activations: 'auto' (bf16 on CUDA where supported, else fp16; fp32 elsewhere), 'float32', "
         "'bfloat16', 'float16', or 'int8' (CPU: linear layers quantized; logits move by tenths, see docs/concepts.md)",
         choices=DTYPES + tuple(DTYPE_ALIASES),
     )
-    max_length: int | None = _option(
-        None, "pair window in tokens (default: the model's, 8192)", type=positive_int
-    )
-    max_query_length: int | None = _option(
+    max_length: int | None = setting(None, "pair window in tokens (default: the model's, 8192)", type=positive_int)
+    max_query_length: int | None = setting(
         None, f"query cap in tokens (default: min({DEFAULT_MAX_QUERY_LENGTH}, max_length // 2))", type=positive_int
     )
-    max_batch_tokens: int = _option(
+    max_batch_tokens: int = setting(
         DEFAULT_MAX_BATCH_TOKENS,
         "tokens per forward pass, which bounds memory: padded tokens (rows x longest), or with the fused GPU "
         "attention the packed tokens",
         type=positive_int,
     )
-    max_batch_size: int | None = _option(
+    max_batch_size: int | None = setting(
         None, "sequences per forward pass at most (default: only max_batch_tokens bounds a batch)", type=positive_int
     )
-    query_prefix: str = _option("", "text put before every query before scoring (an instruction some models want)")
-    query_suffix: str = _option("", "text put after every query before scoring")
-    document_prefix: str = _option("", "text put before every document before scoring (then truncated as one text)")
-    document_suffix: str = _option("", "text put after every document before scoring (cut away with the end of a "
-                                       "document that does not fit)")
-    long_document: str = _option(
+    query_prefix: str = setting("", "text put before every query before scoring (an instruction some models want)")
+    query_suffix: str = setting("", "text put after every query before scoring")
+    document_prefix: str = setting("", "text put before every document before scoring (then truncated as one text)")
+    document_suffix: str = setting(
+        "", "text put after every document before scoring (cut away with the end of a document that does not fit)"
+    )
+    long_document: str = setting(
         "truncate",
         "a document longer than the window: 'truncate' it, or 'chunk' it into overlapping windows",
         choices=LONG_DOCUMENT_MODES,
     )
-    chunk_stride: int | None = _option(
-        None, "tokens between chunk windows (default: half a window)", type=positive_int
-    )
-    chunk_aggregation: str = _option(
+    chunk_stride: int | None = setting(None, "tokens between chunk windows (default: half a window)", type=positive_int)
+    chunk_aggregation: str = setting(
         "max", "how chunk logits combine: 'max', or 'mean_top2' (the mean of the best two)", choices=CHUNK_AGGREGATIONS
     )
-    cache_dir: str | None = _option(None, "Hugging Face cache folder (default: the hub's, $HF_HUB_CACHE)")
-    token: str | bool | None = field(
-        default=None,
-        repr=False,
-        metadata={
-            "help": "Hugging Face token for private or gated models (default: $HF_TOKEN or the saved login)",
-            "cli": {},
-            "secret": True,
-        },
+    cache_dir: str | None = setting(None, "Hugging Face cache folder (default: the hub's, $HF_HUB_CACHE)")
+    token: str | bool | None = setting(
+        None, "Hugging Face token for private or gated models (default: $HF_TOKEN or the saved login)", secret=True
     )
 
     def __post_init__(self) -> None:
@@ -144,6 +130,20 @@ class RerankerOptions:
         """A copy with ``changes`` applied (and checked)."""
         return replace(self, **changes)
 
+    def with_default_model(self) -> RerankerOptions:
+        """These options with ``model`` set: as given, else :func:`~jina_local_rerank.checkpoint.default_model`."""
+        from .checkpoint.hub import default_model
+
+        return self if self.model is not None else self.replace(model=default_model())
+
+    def checkpoint_dir(self) -> Path:
+        """The local folder of the checkpoint (the default model when none is set): the directory itself, or
+        the Hub id's snapshot fetched with this ``revision``, ``cache_dir`` and ``token``."""
+        from .checkpoint.hub import resolve_model_dir
+
+        model = self.with_default_model().model
+        return resolve_model_dir(model, revision=self.revision, cache_dir=self.cache_dir, token=self.token)
+
     def to_dict(self, *, secrets: bool = False) -> dict[str, Any]:
         """Every option by name, as plain JSON values; the token only with ``secrets`` (never serialize it)."""
         return {
@@ -166,11 +166,6 @@ class RerankerOptions:
 OPTION_NAMES: tuple[str, ...] = tuple(option.name for option in fields(RerankerOptions))
 
 
-def option_help(name: str) -> str:
-    """The documentation of option ``name`` (for adapters' field descriptions)."""
-    return next(option.metadata["help"] for option in fields(RerankerOptions) if option.name == name)
-
-
 def add_option_arguments(
     parser: argparse.ArgumentParser,
     title: str = "model and scoring",
@@ -183,18 +178,10 @@ def add_option_arguments(
     ``only`` limits the flags to those options (a command that refuses the others does not list them); ``help``
     replaces an option's help where the command gives it another meaning or default.
     """
-    group = parser.add_argument_group(title)
-    for option in fields(RerankerOptions):
-        if only is not None and option.name not in only:
-            continue
-        flag = "--" + option.name.replace("_", "-")
-        default = option.default
-        text = (help or {}).get(option.name, option.metadata["help"])
-        shown = f" (default: {default})" if default is not None and "default:" not in text else ""
-        group.add_argument(flag, default=default, help=text + shown, **option.metadata["cli"])
+    add_field_arguments(parser, RerankerOptions, title=title, only=only, help=help)
 
 
 def options_from_args(args: argparse.Namespace) -> RerankerOptions:
     """The options a subcommand's flags (registered by :func:`add_option_arguments`) describe; an option the
     command has no flag for keeps its default."""
-    return RerankerOptions(**{name: getattr(args, name) for name in OPTION_NAMES if hasattr(args, name)})
+    return RerankerOptions(**values_from_args(RerankerOptions, args))

@@ -5,20 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .checkpoint import default_model
-from .engine import ScoringEngine, get_engine, is_cached, release_engine
+from .engine.scoring_engine import ScoringEngine, get_engine, is_cached, release_engine
+from .engine.tokenization import SPECIAL_TOKENS_PER_PAIR, EncodedPairs
 from .options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
 from .progress import Progress
 from .ranking import ranked_indices
-from .tokenization import SPECIAL_TOKENS_PER_PAIR, EncodedPairs
 from .validation import check_documents, check_query
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ScoreResult:
@@ -93,7 +94,7 @@ class Reranker:
         self.long_document = opts.long_document
         self.chunk_stride = opts.chunk_stride
         self.chunk_aggregation = opts.chunk_aggregation
-        self.model_name = opts.model or default_model()
+        self.model_name = opts.with_default_model().model
         self.engine: ScoringEngine = get_engine(
             self.model_name,
             revision=opts.revision,
@@ -290,7 +291,9 @@ class Reranker:
             scores, logits, list(encoded.document_truncated), list(encoded.windows), sum(token_counts), token_counts
         )
 
-    def _combine_windows(self, sequence_logits: list[float], pair_of_sequence: list[int], num_pairs: int) -> list[float]:
+    def _combine_windows(
+        self, sequence_logits: list[float], pair_of_sequence: list[int], num_pairs: int
+    ) -> list[float]:
         """One logit per pair: its only window's, or the windows' max / mean of the best two."""
         if len(sequence_logits) == num_pairs:
             return sequence_logits

@@ -47,6 +47,18 @@ def check_optional_positive_int(value: Any, name: str) -> int | None:
     return check_positive_int(value, name)
 
 
+def check_number(value: Any, name: str, *, low: float = 0.0, high: float = math.inf, open_low: bool = False) -> float:
+    """``value`` as a float if it is a finite number in ``[low, high]`` (``(low, high]`` with ``open_low``), else
+    ``TypeError``/``ValueError`` naming ``name`` and the bounds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if value < low or value > high or (open_low and value == low):
+        bound = f"> {low:g}" if open_low else f">= {low:g}"
+        upper = f" and <= {high:g}" if high < math.inf else ""
+        raise ValueError(f"{name} must be {bound}{upper}, got {value:g}")
+    return float(value)
+
+
 def check_threshold(value: Any, name: str = "score_threshold") -> float | None:
     """None, or a finite number (a score threshold); NaN would silently drop every result, so it is refused."""
     if value is None:

@@ -37,7 +37,7 @@ class Handler(SimpleHTTPRequestHandler):
             return str(PAGE)
         for prefix, root in self.roots.items():
             if path.startswith(prefix):
-                target = (root / path[len(prefix):]).resolve()
+                target = (root / path[len(prefix) :]).resolve()
                 if target.is_relative_to(root):
                     return str(target)
         return str(PAGE.parent / "not-found")  # a 404, never a file outside the roots
@@ -58,8 +58,12 @@ def onnxruntime_web_dist(package: Path) -> Path | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a folder written by jina-local-rerank export onnx")
-    parser.add_argument("--transformers", type=Path, required=True,
-                        help="the transformers.js package folder, e.g. node_modules/@xenova/transformers")
+    parser.add_argument(
+        "--transformers",
+        type=Path,
+        required=True,
+        help="the transformers.js package folder, e.g. node_modules/@xenova/transformers",
+    )
     parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: any free one)")
     args = parser.parse_args()
     model, dist = args.model.resolve(), (args.transformers / "dist").resolve()

@@ -1,6 +1,6 @@
 """LangChain integration of jina-local-rerank: a document compressor and a cross-encoder."""
 
-from jina_local_rerank.extras import extra_imports
+from jina_local_rerank.install_hints import extra_imports
 
 with extra_imports("the LangChain adapter", "langchain"):
     from .compressor import JinaLocalRerank

@@ -9,7 +9,6 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-
 from pydantic import Field, field_validator
 
 from jina_local_rerank.ranking import ranked_indices

@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from importlib import import_module
-from typing import Sequence, TextIO
+from typing import TextIO
 
 from .. import __version__
-from ..errors import JinaLocalRerankError
+from ..errors import CheckpointError, JinaLocalRerankError, ModelNotFoundError
 
 COMMANDS = (
     "jina_local_rerank.cli.rerank",
@@ -86,10 +87,12 @@ def _run(args: argparse.Namespace, stdin: TextIO | None, out: TextIO) -> int:
         if out is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (JinaLocalRerankError, ImportError) as exc:  # our ImportErrors name the extra to install
+    except (CheckpointError, ModelNotFoundError, ImportError) as exc:  # our ImportErrors name the extra to install
         return _error(exc, 1)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:  # bad arguments or input (our FileProblem, DatasetError, InputError...)
         return _error(exc, 2)
+    except JinaLocalRerankError as exc:  # a run that failed on its own (TrainingDivergedError)
+        return _error(exc, 1)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         return _error(f"{exc.strerror or exc}{where}", 1)

@@ -1,7 +1,7 @@
 """Arguments more than one subcommand takes, registered the same way everywhere (a leaf module: no torch).
 
 The engine options come from :mod:`jina_local_rerank.options`; the value types from
-:mod:`jina_local_rerank.argtypes`.
+:mod:`jina_local_rerank.flags`.
 """
 
 from __future__ import annotations

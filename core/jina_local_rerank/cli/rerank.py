@@ -10,17 +10,13 @@ import io
 import json
 from typing import Any, TextIO
 
-from .. import files
-from ..argtypes import positive_int
-from ..files import read_bounded, read_text_file
+from ..errors import InputError
+from ..files.user_files import MAX_INPUT_BYTES, read_bounded, read_text_file
+from ..flags import positive_int
 from ..options import add_option_arguments, options_from_args
 from .arguments import add_progress_argument
 
 EXPECTED_INPUT = 'a JSON object {"query": ..., "documents": [...]}, a JSON list of documents, or JSON lines'
-
-
-class InputError(ValueError):
-    """The command's input could not be read as a query and documents."""
 
 
 def _document_text(item: Any, where: str) -> str:
@@ -86,8 +82,11 @@ def _read_request(args: argparse.Namespace, stdin: TextIO) -> tuple[str, list[st
     elif not documents and not stdin.isatty():
         # The bytes, decoded strictly: a text stream may mask bad bytes as surrogates (Python's UTF-8 mode).
         # A text stream without bytes (tests) is read to the limit in characters, then bounded as bytes.
-        stream = stdin.buffer if hasattr(stdin, "buffer") else io.BytesIO(
-            stdin.read(files.MAX_INPUT_BYTES + 1).encode("utf-8", "surrogateescape"))
+        stream = (
+            stdin.buffer
+            if hasattr(stdin, "buffer")
+            else io.BytesIO(stdin.read(MAX_INPUT_BYTES + 1).encode("utf-8", "surrogateescape"))
+        )
         raw = read_bounded(stream, "standard input")
         try:
             sources.append((raw.decode("utf-8"), "stdin"))

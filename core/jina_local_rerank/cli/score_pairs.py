@@ -10,9 +10,9 @@ import json
 import time
 from typing import TextIO
 
-from ..argtypes import positive_int
+from ..files.pairs import DEFAULT_BATCH_ROWS, FORMATS, PairColumns
+from ..flags import positive_int
 from ..options import add_option_arguments, options_from_args
-from ..pairs_file import DEFAULT_BATCH_ROWS, FORMATS, PairColumns
 from .arguments import add_progress_argument
 
 
@@ -35,7 +35,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     columns.add_argument("--output-format", choices=FORMATS, default=None, help="override the output's suffix")
     columns.add_argument("--raw", action="store_true", help="write raw logits instead of sigmoid scores")
     columns.add_argument(
-        "--batch-size", type=positive_int, default=DEFAULT_BATCH_ROWS,
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_ROWS,
         help=f"rows per scoring call (default: {DEFAULT_BATCH_ROWS})",
     )
     add_progress_argument(command)
@@ -57,7 +59,7 @@ def print_summary(stdout: TextIO, rows: int, args: argparse.Namespace, started: 
 
 def run_score_pairs(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     """Score the input file's rows in this process and print a JSON summary."""
-    from ..pairs_file import score_pairs_file_local
+    from ..files.pairs import score_pairs_file_local
     from ..reranker import Reranker
 
     started = time.perf_counter()

@@ -12,7 +12,7 @@ _EXPORTS = {
     "ranking_agreement": ".agreement",
     "BeirDataset": ".beir",
     "BeirDocument": ".beir",
-    "DatasetError": ".beir",
+    "DatasetError": "..errors",
     "load_beir": ".beir",
     "hit_rate_at": ".metrics",
     "mean_metrics": ".metrics",

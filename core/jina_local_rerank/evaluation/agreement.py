@@ -32,9 +32,7 @@ def _best(values: Sequence[float], k: int) -> set[int]:
     return set(sorted(range(len(values)), key=lambda i: -values[i])[:k])
 
 
-def ranking_agreement(
-    reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]
-) -> RankingAgreement:
+def ranking_agreement(reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> RankingAgreement:
     """Compare per-query logit lists (``reference[q][d]`` against ``candidate[q][d]``); queries with fewer than 3
     documents are left out."""
     if len(reference) != len(candidate):

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..files import FileProblem, text_lines
-
+from ..errors import DatasetError, FileProblem
+from ..files.user_files import text_lines
 
 # The largest relevance grade a qrels file may hold (real ones are 0 to 3 or so); metrics and training stay finite.
 MAX_GRADE = 1_000_000
-
-
-class DatasetError(ValueError):
-    """A dataset or run file is missing or malformed; the message names the file and the line."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +138,7 @@ def _add_judgment(qrels: dict[str, dict[str, int]], path: Path, number: int, lin
     fields = line.rstrip("\r\n").split("\t")
     if len(fields) != 3:
         raise DatasetError(
-            f"{path} line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), "
-            f"got {len(fields)}"
+            f"{path} line {number}: expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
         )
     query_id, doc_id, grade = (field.strip() for field in fields)
     try:

@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING, TextIO
 
-from ..argtypes import positive_int
 from ..cli.arguments import add_progress_argument
-from ..extras import extra_imports
-from ..files import check_output_path, write_text_atomically
+from ..files.user_files import check_output_path, write_text_atomically
+from ..flags import positive_int
+from ..install_hints import extra_imports
 from ..options import add_option_arguments, options_from_args
 from .metrics import NDCG_AT
 
@@ -21,7 +21,7 @@ def _cutoff_list(text: str) -> list[int]:
     return [positive_int(part) for part in text.split(",") if part.strip()]
 
 
-def register(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``eval`` to the CLI's subcommands."""
     parser = commands.add_parser(
         "eval",
@@ -83,7 +83,7 @@ def _run_eval(args: argparse.Namespace, stdout: TextIO) -> None:
         write_text_atomically(args.json, text, "--json")
 
 
-def format_report(report: "EvaluationReport", *, per_query: bool = False) -> str:
+def format_report(report: EvaluationReport, *, per_query: bool = False) -> str:
     """The summary table (first stage versus reranked, with the difference), optionally one line per query."""
     data = report.to_dict()
     documents = data["documents"]

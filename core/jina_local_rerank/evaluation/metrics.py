@@ -9,7 +9,7 @@ definitions are trec_eval's (``ndcg_cut``, ``recip_rank``, ``recall``): a query 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 NDCG_AT = 10
 MRR_AT = 10

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
+from ..errors import DatasetError
 from ..progress import progress_bar
 from ..ranking import best_first
 from ..reranker import Reranker
 from ..validation import check_positive_int
-from .beir import BeirDataset, DatasetError
+from .beir import BeirDataset
 from .metrics import NDCG_AT, mean_metrics, query_metrics
 from .runs import FirstStage
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..extras import extra_imports
-from ..files import FileProblem, text_lines
+from ..errors import DatasetError, FileProblem
+from ..files.user_files import text_lines
+from ..install_hints import extra_imports
 from ..progress import Progress, progress_bar
-from .beir import BeirDataset, DatasetError
+from .beir import BeirDataset
 
 
 @dataclass(frozen=True)

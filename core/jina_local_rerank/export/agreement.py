@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import FileProblem
 from ..evaluation.agreement import RankingAgreement, ranking_agreement
-from ..files import FileProblem
 from .layout import MODEL_FILE, ONNX_FOLDER, QUANTIZED_MODEL_FILE
 from .runtime import OnnxReranker
 
@@ -20,7 +20,9 @@ def int8_agreement(
 ) -> RankingAgreement:
     """How ``directory/onnx/model_quantized.onnx`` ranks each (query, documents) of ``rankings`` compared with
     ``model.onnx`` of the same export (onnxruntime, CPU)."""
-    missing = [file for file in (MODEL_FILE, QUANTIZED_MODEL_FILE) if not (Path(directory) / ONNX_FOLDER / file).is_file()]
+    missing = [
+        file for file in (MODEL_FILE, QUANTIZED_MODEL_FILE) if not (Path(directory) / ONNX_FOLDER / file).is_file()
+    ]
     if missing:
         raise FileProblem(f"{Path(directory) / ONNX_FOLDER}: no {missing[0]} (export with quantize='int8')")
     # One session at a time: each keeps the memory of its largest call.

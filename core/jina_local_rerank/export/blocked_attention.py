@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attention import ATTENTION_BLOCK_ELEMENTS
+from ..model.attention import ATTENTION_BLOCK_ELEMENTS
 
 DOMAIN = "jina_local_rerank"
 PLACEHOLDER = "AlibiAttention"
@@ -29,7 +29,11 @@ INPUTS = ("q", "k", "v", "positions", "key_mask", "neg_slopes")
 
 @torch.library.custom_op(f"{DOMAIN}::alibi_attention", mutates_args=())
 def alibi_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    key_mask: torch.Tensor,
     neg_slopes: torch.Tensor,
 ) -> torch.Tensor:
     """``softmax(q k^T - slope[h] |pos_i - pos_j| + key_mask_j) v`` for ``q, k, v`` ``[batch, heads, length, d]``
@@ -51,11 +55,15 @@ def _placeholder_opset():  # type: ignore[no-untyped-def]
 
     if not onnx.defs.has(PLACEHOLDER, DOMAIN):
         parameter = onnx.defs.OpSchema.FormalParameter
-        onnx.defs.register_schema(onnx.defs.OpSchema(
-            PLACEHOLDER, DOMAIN, 1,
-            inputs=[parameter(name, "tensor(float)") for name in INPUTS],
-            outputs=[parameter("context", "tensor(float)")],
-        ))
+        onnx.defs.register_schema(
+            onnx.defs.OpSchema(
+                PLACEHOLDER,
+                DOMAIN,
+                1,
+                inputs=[parameter(name, "tensor(float)") for name in INPUTS],
+                outputs=[parameter("context", "tensor(float)")],
+            )
+        )
     return Opset(DOMAIN, 1)
 
 
@@ -98,16 +106,36 @@ def _blocked_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
     head_dim = add("Slice", [shape, constant("i3b", [3]), constant("i4", [4])], "head_dim")
     # Rows per block: BLOCK_ELEMENTS // (batch * heads * length), at least 1, at most length.
     keys_per_row = add("Mul", [add("Mul", [batch, heads], "batch_heads"), length], "scores_per_row")
-    rows = add("Max", [add("Min", [add("Div", [budget, keys_per_row], "budget_rows"), length], "rows_capped"),
-                       one_vector], "rows")
-    blocks = add("Div", [add("Sub", [add("Add", [length, rows], "length_plus_rows"), one_vector], "ceil_numerator"),
-                         rows], "blocks")
+    rows = add(
+        "Max",
+        [add("Min", [add("Div", [budget, keys_per_row], "budget_rows"), length], "rows_capped"), one_vector],
+        "rows",
+    )
+    blocks = add(
+        "Div",
+        [add("Sub", [add("Add", [length, rows], "length_plus_rows"), one_vector], "ceil_numerator"), rows],
+        "blocks",
+    )
     padding = add("Sub", [add("Mul", [blocks, rows], "padded_length"), length], "padding")
     # Query rows (and their positions) padded to whole blocks; padded rows compute values nobody reads.
-    padded_q = add("Pad", [q, add("Concat", [constant("pad_q_head", [0, 0, 0, 0, 0, 0]), padding,
-                                             constant("pad_q_tail", [0])], "pads_q", axis=0)], "padded_q")
-    padded_positions = add("Pad", [positions, add("Concat", [constant("pad_p_head", [0, 0, 0]), padding], "pads_p",
-                                                  axis=0)], "padded_positions")
+    padded_q = add(
+        "Pad",
+        [
+            q,
+            add(
+                "Concat",
+                [constant("pad_q_head", [0, 0, 0, 0, 0, 0]), padding, constant("pad_q_tail", [0])],
+                "pads_q",
+                axis=0,
+            ),
+        ],
+        "padded_q",
+    )
+    padded_positions = add(
+        "Pad",
+        [positions, add("Concat", [constant("pad_p_head", [0, 0, 0]), padding], "pads_p", axis=0)],
+        "padded_positions",
+    )
     keys_t = add("Transpose", [k], "keys_t", perm=[0, 1, 3, 2])
     key_positions = add("Unsqueeze", [positions, constant("axes_12", [1, 2])], "key_positions")  # [B, 1, 1, L]
     mask = add("Unsqueeze", [key_mask, constant("axes_12b", [1, 2])], "mask")  # [B, 1, 1, L]
@@ -119,8 +147,9 @@ def _blocked_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
 
     body: list = []
     iteration, condition = name("body/iteration"), name("body/condition")
-    start = body_node("Mul", [body_node("Unsqueeze", [iteration, constant("axis_0", [0])], "iteration_1d"), rows],
-                      "start")
+    start = body_node(
+        "Mul", [body_node("Unsqueeze", [iteration, constant("axis_0", [0])], "iteration_1d"), rows], "start"
+    )
     stop = body_node("Add", [start, rows], "stop")
     q_block = body_node("Slice", [padded_q, start, stop, constant("axis_2", [2])], "q")
     query_positions = body_node("Slice", [padded_positions, start, stop, one_vector], "query_positions")
@@ -131,11 +160,16 @@ def _blocked_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
     context = body_node("MatMul", [body_node("Softmax", [scores], "probabilities", axis=-1), v], "context")
     condition_out = body_node("Identity", [condition], "condition_out")
     graph = helper.make_graph(
-        body, name("body"),
-        [helper.make_tensor_value_info(iteration, TensorProto.INT64, []),
-         helper.make_tensor_value_info(condition, TensorProto.BOOL, [])],
-        [helper.make_tensor_value_info(condition_out, TensorProto.BOOL, []),
-         helper.make_tensor_value_info(context, TensorProto.FLOAT, None)],
+        body,
+        name("body"),
+        [
+            helper.make_tensor_value_info(iteration, TensorProto.INT64, []),
+            helper.make_tensor_value_info(condition, TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info(condition_out, TensorProto.BOOL, []),
+            helper.make_tensor_value_info(context, TensorProto.FLOAT, None),
+        ],
     )
     true = add("Constant", [], "true", value=numpy_helper.from_array(np.array(True), name("true")))
     count = add("Squeeze", [blocks, constant("axis_0b", [0])], "count")
@@ -143,8 +177,14 @@ def _blocked_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
     stacked = add("Transpose", [looped], "stacked", perm=[1, 2, 0, 3, 4])
     joined_shape = add("Concat", [batch, heads, constant("minus_one", [-1]), head_dim], "joined_shape", axis=0)
     joined = add("Reshape", [stacked, joined_shape], "joined")
-    nodes.append(helper.make_node("Slice", [joined, constant("start_0", [0]), length, constant("axis_2b", [2])],
-                                  [output], name=name("context")))
+    nodes.append(
+        helper.make_node(
+            "Slice",
+            [joined, constant("start_0", [0]), length, constant("axis_2b", [2])],
+            [output],
+            name=name("context"),
+        )
+    )
     return nodes
 
 

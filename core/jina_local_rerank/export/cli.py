@@ -30,12 +30,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     onnx.add_argument("--output", required=True, metavar="DIR", help="folder to write (created if missing)")
     onnx.add_argument(
-        "--quantize", choices=("int8",), default=None,
+        "--quantize",
+        choices=("int8",),
+        default=None,
         help=f"also write {ONNX_FOLDER}/{QUANTIZED_MODEL_FILE}, dynamically quantized to int8 (transformers.js: "
         f"dtype 'q8')",
     )
     onnx.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="replace OUTPUT if it is an earlier export or a checkpoint (holds config.json), once the export is done",
     )
     add_option_arguments(onnx, "model", only=EXPORT_OPTIONS)
@@ -49,6 +52,7 @@ def run_export_onnx(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> 
     started = time.perf_counter()
     result = export_onnx(options_from_args(args), args.output, quantize=args.quantize, overwrite=args.overwrite)
     files = [str(path.relative_to(result.directory)) for path in result.files]
-    json.dump({"output": str(result.directory), "files": files, "seconds": round(time.perf_counter() - started, 1)},
-              stdout)
+    json.dump(
+        {"output": str(result.directory), "files": files, "seconds": round(time.perf_counter() - started, 1)}, stdout
+    )
     stdout.write("\n")

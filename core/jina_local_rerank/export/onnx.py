@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..checkpoint import TOKENIZER_FILES, default_model, load_checkpoint, resolve_model_dir
+from ..checkpoint.format import TOKENIZER_FILES
+from ..checkpoint.loading import load_checkpoint
 from ..errors import CheckpointError
-from ..extras import extra_imports
-from ..files import atomic_directory, check_output_folder
-from ..model import JinaBertForReranking
+from ..files.user_files import atomic_directory, check_output_folder
+from ..install_hints import extra_imports
+from ..model.jinabert import JinaBertForReranking
 from ..options import RerankerOptions
 from .blocked_attention import expand_blocked_attention, translation_table
 from .layout import EXPORT_OPTIONS, INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
@@ -70,7 +71,9 @@ def _export_options(options_or_model: RerankerOptions | str | os.PathLike[str]) 
             f"the int8 graph"
         )
     if options.device not in ("auto", "cpu"):
-        raise ValueError(f"device {options.device!r}: export runs on the CPU (the graph runs wherever onnxruntime does)")
+        raise ValueError(
+            f"device {options.device!r}: export runs on the CPU (the graph runs wherever onnxruntime does)"
+        )
     changed = [
         option.name
         for option in fields(RerankerOptions)
@@ -156,9 +159,7 @@ def quantize_int8(model_path: Path, output_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_exporters():
-        quantize_dynamic(
-            model_path, output_path, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8
-        )
+        quantize_dynamic(model_path, output_path, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
 
 
 def _checkpoint_files(directory: Path) -> list[Path]:
@@ -191,13 +192,13 @@ def export_onnx(
         import onnx
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
-    model_name = options.model or default_model()
     # Checked before a download, and again once the checkpoint's folder is known.
     check_output_folder(output_dir, overwrite=overwrite, marker="config.json", what="export folder")
-    directory = resolve_model_dir(model_name, revision=options.revision, cache_dir=options.cache_dir, token=options.token)
+    directory = options.checkpoint_dir()
     sources = _checkpoint_files(directory)
-    output = check_output_folder(output_dir, overwrite=overwrite, keep=[directory], marker="config.json",
-                                 what="export folder")
+    output = check_output_folder(
+        output_dir, overwrite=overwrite, keep=[directory], marker="config.json", what="export folder"
+    )
     with atomic_directory(output, "export folder") as staging:
         model = load_checkpoint(directory, torch.float32, torch.device("cpu"))
         (staging / ONNX_FOLDER).mkdir()

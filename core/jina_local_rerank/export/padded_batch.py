@@ -1,6 +1,6 @@
 """The reranker on padded ``[batch, sequence]`` inputs, as an exported graph computes it: the model's own modules.
 
-:class:`PaddedBatchReranker` runs :class:`~jina_local_rerank.model.JinaBertForReranking` unchanged on the
+:class:`PaddedBatchReranker` runs :class:`~jina_local_rerank.model.jinabert.JinaBertForReranking` unchanged on the
 flattened batch (padding tokens included), with :class:`PaddedBatchAttention` telling each layer how to attend.
 Everything the attention needs is derived from ``attention_mask`` with tensor operations, never Python numbers,
 so one traced graph holds for every batch size and sequence length: no lengths, no ALiBi table.
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import PackedAttention
-from ..model import JinaBertForReranking
+from ..model.attention import PackedAttention
+from ..model.jinabert import JinaBertForReranking
 from .blocked_attention import alibi_attention
 
 
@@ -23,7 +23,7 @@ class PaddedBatchAttention(PackedAttention):
     Token positions are ``cumsum(attention_mask) - 1``, so left and right padding (or none) give the same scores,
     and each row's ``<s>`` is its first real token. Padding keys are masked; padding query rows compute values
     nobody reads. The lengths are tensors known only when the graph runs, so the Python ``lengths``, ``offsets``
-    and ``width`` of :class:`~jina_local_rerank.attention.PackedAttention` are not set; ``cls_rows`` (rows of the
+    and ``width`` of :class:`~jina_local_rerank.model.attention.PackedAttention` are not set; ``cls_rows`` (rows of the
     flattened ``[batch * sequence]`` layout) is.
     """
 

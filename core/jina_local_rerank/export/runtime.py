@@ -10,10 +10,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..batching import pack_batches
-from ..config import JinaBertConfig
+from ..checkpoint.files import read_config
+from ..engine.batching import pack_batches
+from ..engine.tokenization import PairTokenizer
 from ..options import DEFAULT_MAX_QUERY_LENGTH
-from ..tokenization import PairTokenizer
 from .layout import MODEL_FILE, ONNX_FOLDER
 
 # Padded tokens per onnxruntime call: its attention's work grows with rows x longest^2, so long documents go one at
@@ -37,7 +37,7 @@ class OnnxReranker:
         import onnxruntime
 
         self.directory = Path(directory)
-        config = JinaBertConfig.from_json_file(self.directory / "config.json")
+        config = read_config(self.directory / "config.json")
         self.tokenizer = PairTokenizer.from_directory(self.directory, config.vocab_size)
         self.max_length = config.max_position_embeddings
         self.max_batch_tokens = max_batch_tokens

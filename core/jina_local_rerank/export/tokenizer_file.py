@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint_files import read_json, read_json_text
+from ..checkpoint.files import read_json, read_json_text
 
 
 def write_portable_tokenizer(source: Path, destination: Path) -> None:

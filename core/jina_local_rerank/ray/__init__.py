@@ -16,7 +16,7 @@ _EXPORTS = {
     "RerankDeployment": ".serve",
     "score_pairs_dataset": ".batch",
     "score_pairs_file": ".batch",
-    "PairColumns": "..pairs_file",
+    "PairColumns": "..files.pairs",
 }
 
 __all__ = ["DEFAULT_MAX_ONGOING_REQUESTS", *_EXPORTS]

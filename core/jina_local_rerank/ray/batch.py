@@ -7,18 +7,17 @@ JSONL or Parquet file to another, keeping the rows and their order.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import pyarrow as pa
 import ray
 import ray.data
 from ray.data.expressions import col
 
-from ..files import check_input_file, check_output_path
+from ..files.pairs import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
+from ..files.user_files import check_input_file, check_output_path
 from ..options import RerankerOptions
 from ..reranker import Reranker
 from ..validation import check_positive_int
-from ..pairs_file import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
 
 
 class PairScorer:

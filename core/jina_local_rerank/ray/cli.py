@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..argtypes import non_negative_float, positive_int
-from ..extras import extra_imports
+from ..flags import non_negative_float, positive_int
+from ..install_hints import extra_imports
 from . import DEFAULT_MAX_ONGOING_REQUESTS
 
 APP_NAME = "jina-local-rerank"
@@ -107,12 +107,16 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-gpus-per-replica", type=non_negative_float, default=0.0, help="GPUs each replica holds (default: 0)"
     )
     ray.add_argument(
-        "--max-replicas", type=positive_int, default=None,
+        "--max-replicas",
+        type=positive_int,
+        default=None,
         help="autoscale between --min-replicas and this many replicas (replaces --num-replicas)",
     )
     ray.add_argument("--min-replicas", type=int, default=1, help="fewest replicas when autoscaling (default: 1)")
     ray.add_argument(
-        "--max-ongoing-requests", type=positive_int, default=DEFAULT_MAX_ONGOING_REQUESTS,
+        "--max-ongoing-requests",
+        type=positive_int,
+        default=DEFAULT_MAX_ONGOING_REQUESTS,
         help=f"requests in flight per replica; more wait in the proxy (default: {DEFAULT_MAX_ONGOING_REQUESTS})",
     )
     _add_cluster_argument(ray)

@@ -3,7 +3,7 @@
 Every replica serves the same app as ``jina-local-rerank serve`` (every route, the same auth, limits and
 errors), built by :func:`~jina_local_rerank.server.app.create_app`, plus ``GET /stats`` with the replica's
 recent batch sizes. Concurrent requests to a replica are merged by ``@serve.batch`` into one scoring call under a
-token budget, with the same merge and split functions (:mod:`jina_local_rerank.merging`) as the server's own
+token budget, with the same merge and split functions (:mod:`jina_local_rerank.server.merging`) as the server's own
 micro-batcher.
 """
 
@@ -19,14 +19,13 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 from ray import serve
 
-from ..checkpoint import default_model
-from ..merging import CALL_HISTORY, BatchCounters, ScoringCall, encoded_tokens, merge_sequences, split_logits
+from ..engine.tokenization import EncodedPairs
 from ..options import DEFAULT_MAX_BATCH_TOKENS, RerankerOptions
 from ..reranker import Reranker, ScoreResult
 from ..server.app import create_app
 from ..server.batcher import forward
+from ..server.merging import CALL_HISTORY, BatchCounters, ScoringCall, encoded_tokens, merge_sequences, split_logits
 from ..server.settings import ServerSettings, default_served_names
-from ..tokenization import EncodedPairs
 from . import DEFAULT_MAX_ONGOING_REQUESTS
 
 DEPLOYMENT_NAME = "JinaReranker"
@@ -150,7 +149,7 @@ def build_app(
     if num_replicas is not None and autoscaling_config is not None:
         raise ValueError("pass num_replicas or autoscaling_config, not both")
     # Resolved here, so every replica loads the same model whatever its environment says.
-    options = options.replace(model=options.model or default_model())
+    options = options.with_default_model()
     settings = settings or ServerSettings(served_model_names=default_served_names(options.model))
     replicas: dict[str, Any] = (
         {"autoscaling_config": autoscaling_config} if autoscaling_config else {"num_replicas": num_replicas or 1}

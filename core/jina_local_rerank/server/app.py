@@ -10,9 +10,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..errors import RequestRejected
 from ..reranker import Reranker, ScoreResult
 from .batcher import DirectScorer, MicroBatcher, Scorer
 from .metrics import ServerMetrics
@@ -45,13 +46,7 @@ from .schemas import (
     jina_response,
     tei_response,
 )
-from .settings import (
-    TEI_ERROR_TYPES,
-    RequestRejected,
-    ServerSettings,
-    describe_errors,
-    validation_errors,
-)
+from .settings import TEI_ERROR_TYPES, ServerSettings, describe_errors, validation_errors
 
 access_logger = logging.getLogger("jina_local_rerank.access")
 error_logger = logging.getLogger("jina_local_rerank.server")
@@ -71,7 +66,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "A Host header this server does not answer for."},
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer token."},
     404: {"model": ErrorResponse, "description": "The requested model is not served here."},
-    413: {"model": ErrorResponse, "description": "Body, document count, a document or the request's tokens over a limit."},
+    413: {
+        "model": ErrorResponse,
+        "description": "Body, document count, a document or the request's tokens over a limit.",
+    },
     422: {"model": ErrorResponse, "description": "Invalid JSON, wrong types, missing fields, an empty query."},
     429: {"model": ErrorResponse, "description": "Too many requests in flight; retry after Retry-After seconds."},
 }
@@ -81,7 +79,9 @@ _TEI_ERRORS: dict[int | str, dict[str, Any]] = {
 _TEI_ERRORS[400] = {"model": TEIError, "description": "Empty 'texts', or a Host header not answered for."}
 
 
-def error_response(path: str, status: int, detail: str | list[dict], headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    path: str, status: int, detail: str | list[dict], headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The error answer for ``path``: TEI's ``{"error", "error_type"}`` on TEI's routes, else ``{"detail"}``."""
     if path in TEI_ROUTES:
         text = detail if isinstance(detail, str) else describe_errors(detail)
@@ -391,7 +391,11 @@ def create_app(reranker: Reranker, settings: ServerSettings, scorer: Scorer | No
         counters.in_flight += 1
         try:
             encode = functools.partial(
-                reranker.encode, query, documents, truncation_side=truncation_side, max_document_length=max_document_length
+                reranker.encode,
+                query,
+                documents,
+                truncation_side=truncation_side,
+                max_document_length=max_document_length,
             )
             if len(query) + sum(map(len, documents)) <= INLINE_TOKENIZE_CHARS:
                 encoded = encode()

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..merging import BatchCounters, ScoringCall, cut_slices, encoded_tokens, merge_sequences, split_logits
+from ..engine.tokenization import EncodedPairs
 from ..reranker import Reranker, ScoreResult
-from ..tokenization import EncodedPairs
+from .merging import BatchCounters, ScoringCall, cut_slices, encoded_tokens, merge_sequences, split_logits
 from .settings import DEFAULT_BATCH_SLICE_TOKENS, DEFAULT_BATCH_WAIT_MS, DEFAULT_CONCURRENT_BATCHES
 
 

@@ -10,8 +10,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from ..argtypes import positive_int
-from ..extras import extra_imports
+from ..flags import positive_int
+from ..install_hints import extra_imports
 from ..options import RerankerOptions, add_option_arguments, options_from_args
 from .settings import (
     API_KEY_ENV_VAR,
@@ -55,7 +55,9 @@ def _bounded_number(low: float, high: float, *, zero: bool) -> Any:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not (low <= value <= high) or (value == 0 and not zero):
-            raise argparse.ArgumentTypeError(f"must be a number {'from' if zero else 'over'} {low:g} to {high:g}, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be a number {'from' if zero else 'over'} {low:g} to {high:g}, got {text}"
+            )
         return value
 
     return parse
@@ -73,33 +75,109 @@ def register(commands: Any) -> None:
     http = serve.add_argument_group("HTTP")
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     http.add_argument("--port", type=port_number, default=8080, help="port, 1-65535 (default: 8080)")
-    http.add_argument("--served-model-name", action="append", default=None, metavar="NAME", help="a name requests may pass as 'model'; repeatable (default: the model's name, and a Hub id as given)")
-    http.add_argument("--api-key", default=None, help=f"require 'Authorization: Bearer KEY', KEY visible ASCII (default: ${API_KEY_ENV_VAR}; unset: no auth)")
-    http.add_argument("--allowed-host", action="append", default=None, metavar="NAME", help="a Host name served without an API key besides localhost, 127.0.0.1 and ::1; repeatable; '*' for any")
-    http.add_argument("--request-read-timeout", type=_bounded_number(0, MAX_REQUEST_READ_TIMEOUT_S, zero=False), default=DEFAULT_REQUEST_READ_TIMEOUT_S, metavar="SECONDS", help=f"close a connection whose request (headers and body) has not arrived whole within this many seconds (default: {DEFAULT_REQUEST_READ_TIMEOUT_S:g})")
-    http.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="log level (info: one access-log line per request, with its request id)")
+    http.add_argument(
+        "--served-model-name",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a name requests may pass as 'model'; repeatable (default: the model's name, and a Hub id as given)",
+    )
+    http.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY', KEY visible ASCII (default: ${API_KEY_ENV_VAR}; unset: no auth)",
+    )
+    http.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a Host name served without an API key besides localhost, 127.0.0.1 and ::1; repeatable; '*' for any",
+    )
+    http.add_argument(
+        "--request-read-timeout",
+        type=_bounded_number(0, MAX_REQUEST_READ_TIMEOUT_S, zero=False),
+        default=DEFAULT_REQUEST_READ_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"close a connection whose request (headers and body) has not arrived whole within this many seconds (default: {DEFAULT_REQUEST_READ_TIMEOUT_S:g})",
+    )
+    http.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="log level (info: one access-log line per request, with its request id)",
+    )
     limits = serve.add_argument_group("limits (each answered with a 4xx JSON error)")
-    limits.add_argument("--max-documents", type=positive_int, default=DEFAULT_MAX_DOCUMENTS, help=f"documents per Jina or Cohere request (default: {DEFAULT_MAX_DOCUMENTS}; 413 over it)")
-    limits.add_argument("--max-client-batch-size", type=positive_int, default=DEFAULT_MAX_CLIENT_BATCH_SIZE, help=f"texts per TEI /rerank request (default: {DEFAULT_MAX_CLIENT_BATCH_SIZE}, as TEI; 413 over it)")
-    limits.add_argument("--max-request-bytes", type=positive_int, default=DEFAULT_MAX_REQUEST_BYTES, help=f"request body bytes (default: {DEFAULT_MAX_REQUEST_BYTES}; 413 over it)")
-    limits.add_argument("--max-document-chars", type=positive_int, default=DEFAULT_MAX_DOCUMENT_CHARS, help="characters per document and query, 413 over it (default: no cap besides --max-request-bytes; long documents are scored truncated, tokenizing only the window's worth of text)")
-    limits.add_argument("--max-request-tokens", type=positive_int, default=DEFAULT_MAX_REQUEST_TOKENS, help=f"tokens of all of a request's sequences, counted before scoring (default: {DEFAULT_MAX_REQUEST_TOKENS}; 413 over it)")
-    limits.add_argument("--max-queued-requests", type=positive_int, default=DEFAULT_MAX_QUEUED_REQUESTS, help=f"scoring requests in flight at once (default: {DEFAULT_MAX_QUEUED_REQUESTS}; 429 with Retry-After over it)")
-    limits.add_argument("--auto-truncate", action=argparse.BooleanOptionalAction, default=True, help="what TEI's 'truncate' means when absent or null (default: on, as TEI)")
+    limits.add_argument(
+        "--max-documents",
+        type=positive_int,
+        default=DEFAULT_MAX_DOCUMENTS,
+        help=f"documents per Jina or Cohere request (default: {DEFAULT_MAX_DOCUMENTS}; 413 over it)",
+    )
+    limits.add_argument(
+        "--max-client-batch-size",
+        type=positive_int,
+        default=DEFAULT_MAX_CLIENT_BATCH_SIZE,
+        help=f"texts per TEI /rerank request (default: {DEFAULT_MAX_CLIENT_BATCH_SIZE}, as TEI; 413 over it)",
+    )
+    limits.add_argument(
+        "--max-request-bytes",
+        type=positive_int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help=f"request body bytes (default: {DEFAULT_MAX_REQUEST_BYTES}; 413 over it)",
+    )
+    limits.add_argument(
+        "--max-document-chars",
+        type=positive_int,
+        default=DEFAULT_MAX_DOCUMENT_CHARS,
+        help="characters per document and query, 413 over it (default: no cap besides --max-request-bytes; long documents are scored truncated, tokenizing only the window's worth of text)",
+    )
+    limits.add_argument(
+        "--max-request-tokens",
+        type=positive_int,
+        default=DEFAULT_MAX_REQUEST_TOKENS,
+        help=f"tokens of all of a request's sequences, counted before scoring (default: {DEFAULT_MAX_REQUEST_TOKENS}; 413 over it)",
+    )
+    limits.add_argument(
+        "--max-queued-requests",
+        type=positive_int,
+        default=DEFAULT_MAX_QUEUED_REQUESTS,
+        help=f"scoring requests in flight at once (default: {DEFAULT_MAX_QUEUED_REQUESTS}; 429 with Retry-After over it)",
+    )
+    limits.add_argument(
+        "--auto-truncate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="what TEI's 'truncate' means when absent or null (default: on, as TEI)",
+    )
     batching = serve.add_argument_group("batching")
-    batching.add_argument("--batch-wait-ms", type=_bounded_number(0, MAX_BATCH_WAIT_MS, zero=True), default=DEFAULT_BATCH_WAIT_MS, help=f"how long a batch waits for more requests, in milliseconds, 0 to {MAX_BATCH_WAIT_MS:g} (default: {DEFAULT_BATCH_WAIT_MS})")
-    batching.add_argument("--batch-concurrency", type=positive_int, default=DEFAULT_CONCURRENT_BATCHES, help=f"merged batches scored at the same time, each in its own thread (default: {DEFAULT_CONCURRENT_BATCHES})")
-    batching.add_argument("--batch-slice-tokens", type=positive_int, default=DEFAULT_BATCH_SLICE_TOKENS, help=f"a request of more tokens is scored this many at a time beside the merged batches, so it never holds up small ones (default: {DEFAULT_BATCH_SLICE_TOKENS})")
+    batching.add_argument(
+        "--batch-wait-ms",
+        type=_bounded_number(0, MAX_BATCH_WAIT_MS, zero=True),
+        default=DEFAULT_BATCH_WAIT_MS,
+        help=f"how long a batch waits for more requests, in milliseconds, 0 to {MAX_BATCH_WAIT_MS:g} (default: {DEFAULT_BATCH_WAIT_MS})",
+    )
+    batching.add_argument(
+        "--batch-concurrency",
+        type=positive_int,
+        default=DEFAULT_CONCURRENT_BATCHES,
+        help=f"merged batches scored at the same time, each in its own thread (default: {DEFAULT_CONCURRENT_BATCHES})",
+    )
+    batching.add_argument(
+        "--batch-slice-tokens",
+        type=positive_int,
+        default=DEFAULT_BATCH_SLICE_TOKENS,
+        help=f"a request of more tokens is scored this many at a time beside the merged batches, so it never holds up small ones (default: {DEFAULT_BATCH_SLICE_TOKENS})",
+    )
     batching.add_argument("--no-batching", action="store_true", help="score each request on its own (no merging)")
     serve.set_defaults(handler=run_serve)
 
 
 def serve_options(args: argparse.Namespace) -> RerankerOptions:
     """The engine options of ``serve``, with the model resolved (its names are what clients ask for)."""
-    from ..checkpoint import default_model
 
     options = options_from_args(args)
-    return options.replace(model=options.model or default_model())
+    return options.with_default_model()
 
 
 def settings_from_args(args: argparse.Namespace, options: RerankerOptions) -> ServerSettings:

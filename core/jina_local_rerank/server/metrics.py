@@ -2,7 +2,7 @@
 
 Requests by route and status, request latency, requests in flight, scoring calls by how many requests they merged,
 and tokens scored. The scoring counts come from the scorer's
-:class:`~jina_local_rerank.merging.BatchCounters`; this module only adds what the HTTP layer sees.
+:class:`~jina_local_rerank.server.merging.BatchCounters`; this module only adds what the HTTP layer sees.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 
-from ..merging import BatchCounters
+from .merging import BatchCounters
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -85,5 +85,9 @@ class ServerMetrics:
             ("scored_pairs_total", counters.pairs, "(query, document) pairs scored."),
             ("scored_tokens_total", counters.tokens, "Tokens of the sequences scored, special tokens included."),
         ):
-            lines += [f"# HELP {PREFIX}_{metric} {text}", f"# TYPE {PREFIX}_{metric} counter", f"{PREFIX}_{metric} {value}"]
+            lines += [
+                f"# HELP {PREFIX}_{metric} {text}",
+                f"# TYPE {PREFIX}_{metric} counter",
+                f"{PREFIX}_{metric} {value}",
+            ]
         return "\n".join(lines) + "\n"

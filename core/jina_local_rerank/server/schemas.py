@@ -41,9 +41,7 @@ class JinaRerankRequest(BaseModel):
         fail_fast=True,  # one wrong entry is reported, not one error per entry of a huge list
         examples=[["A llama is a South American camelid.", {"text": "Paris is the capital of France."}]],
     )
-    top_n: StrictInt | None = Field(
-        None, ge=1, description="Return only the best N results (default: all documents)."
-    )
+    top_n: StrictInt | None = Field(None, ge=1, description="Return only the best N results (default: all documents).")
     return_documents: StrictBool = Field(True, description="Include each document's text in its result.")
 
     def document_texts(self) -> list[str]:
@@ -272,9 +270,7 @@ def jina_response(request: JinaRerankRequest, result: ScoreResult, model: str) -
     )
 
 
-def cohere_v2_response(
-    request: CohereRerankRequest, result: ScoreResult, request_id: str
-) -> CohereRerankResponse:
+def cohere_v2_response(request: CohereRerankRequest, result: ScoreResult, request_id: str) -> CohereRerankResponse:
     """The Cohere v2 response for ``request`` given its scores (sigmoid): best first, cut to ``top_n``, with
     Cohere's ``meta`` (search units: one per query and 100 documents; input tokens). Framework-free."""
     texts = request.document_texts()
@@ -287,7 +283,9 @@ def cohere_v2_response(
         for index in ranked_indices(result.logits, top_n=request.top_n)
     ]
     units = max(1, math.ceil(len(texts) / COHERE_DOCUMENTS_PER_SEARCH_UNIT))
-    meta = CohereMeta(billed_units=CohereBilledUnits(search_units=units), tokens=CohereTokens(input_tokens=result.num_tokens))
+    meta = CohereMeta(
+        billed_units=CohereBilledUnits(search_units=units), tokens=CohereTokens(input_tokens=result.num_tokens)
+    )
     return CohereRerankResponse(id=request_id, results=results, meta=meta)
 
 

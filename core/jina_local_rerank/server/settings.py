@@ -11,11 +11,13 @@ from __future__ import annotations
 import hmac
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Sequence
+from typing import Any
 
-from ..tokenization import EncodedPairs
+from ..engine.tokenization import EncodedPairs
+from ..errors import RequestRejected
 
 API_KEY_ENV_VAR = "JINA_LOCAL_RERANK_API_KEY"
 DEFAULT_MAX_DOCUMENTS = 1000
@@ -40,18 +42,14 @@ MAX_REPORTED_ERRORS = 10
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 ANY_HOST = "*"
 # TEI's error_type for each status (its ErrorType enum, lowercased as TEI serializes it).
-TEI_ERROR_TYPES = {400: "empty", 413: "validation", 422: "validation", 424: "backend", 429: "overloaded", 503: "unhealthy"}
-
-
-class RequestRejected(Exception):
-    """A request the server refuses: ``status_code`` is the HTTP status, the message says which rule it broke;
-    ``headers`` go with the answer (``Retry-After`` on a 429, ``WWW-Authenticate`` on a 401)."""
-
-    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status_code = status_code
-        self.detail = detail
-        self.headers = headers
+TEI_ERROR_TYPES = {
+    400: "empty",
+    413: "validation",
+    422: "validation",
+    424: "backend",
+    429: "overloaded",
+    503: "unhealthy",
+}
 
 
 def default_served_names(model: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -138,22 +136,22 @@ def describe_errors(errors: Sequence[dict[str, Any]]) -> str:
 class ServerSettings:
     """How a server treats requests.
 
-    ``served_model_names``: the names a request's ``model`` may take (the first is reported when a request names
-    none). ``api_key``: the bearer token every scoring request must carry (None: no auth). ``allowed_hosts``:
-    the ``Host`` names answered when there is no API key (default: this machine's names; ``"*"``: any).
+        ``served_model_names``: the names a request's ``model`` may take (the first is reported when a request names
+        none). ``api_key``: the bearer token every scoring request must carry (None: no auth). ``allowed_hosts``:
+        the ``Host`` names answered when there is no API key (default: this machine's names; ``"*"``: any).
 
-    Limits: ``max_documents`` per request (``max_client_batch_size`` for TEI's ``texts``), ``max_request_bytes``
-    of request body, ``max_document_chars`` characters per document and for the query (None, the default: no cap
-beyond the body's; long documents are truncated or chunked as the model's window needs), ``max_request_tokens``
-    tokens of all of a request's sequences (counted by the tokenizer before any scoring),
-    ``max_queued_requests`` requests admitted at once (more get 429). ``auto_truncate``: what TEI's ``truncate``
-    means when a request leaves it out. ``request_read_timeout_s``: seconds a client has to send a whole request
-    (headers and body) once it connects or starts one.
+        Limits: ``max_documents`` per request (``max_client_batch_size`` for TEI's ``texts``), ``max_request_bytes``
+        of request body, ``max_document_chars`` characters per document and for the query (None, the default: no cap
+    beyond the body's; long documents are truncated or chunked as the model's window needs), ``max_request_tokens``
+        tokens of all of a request's sequences (counted by the tokenizer before any scoring),
+        ``max_queued_requests`` requests admitted at once (more get 429). ``auto_truncate``: what TEI's ``truncate``
+        means when a request leaves it out. ``request_read_timeout_s``: seconds a client has to send a whole request
+        (headers and body) once it connects or starts one.
 
-    Batching: merge concurrent requests into shared scoring calls, waiting at most ``batch_wait_ms``
-    milliseconds for more requests to join a batch, with at most ``batch_concurrency`` batches scored at a time;
-    a request over ``batch_slice_tokens`` tokens (default 4096) is scored that many tokens at a time,
-    beside the merged batches, so it never holds up small requests.
+        Batching: merge concurrent requests into shared scoring calls, waiting at most ``batch_wait_ms``
+        milliseconds for more requests to join a batch, with at most ``batch_concurrency`` batches scored at a time;
+        a request over ``batch_slice_tokens`` tokens (default 4096) is scored that many tokens at a time,
+        beside the merged batches, so it never holds up small requests.
     """
 
     served_model_names: tuple[str, ...]
@@ -180,8 +178,13 @@ beyond the body's; long documents are truncated or chunked as the model's window
             raise ValueError("allowed_hosts must be a sequence of host names, not one string")
         object.__setattr__(self, "allowed_hosts", tuple(host.lower() for host in self.allowed_hosts))
         names = (
-            "max_documents", "max_client_batch_size", "max_request_bytes", "max_request_tokens",
-            "max_queued_requests", "batch_concurrency", "batch_slice_tokens",
+            "max_documents",
+            "max_client_batch_size",
+            "max_request_bytes",
+            "max_request_tokens",
+            "max_queued_requests",
+            "batch_concurrency",
+            "batch_slice_tokens",
         )
         for name in names:
             _check_count(getattr(self, name), name)
@@ -305,7 +308,9 @@ beyond the body's; long documents are truncated or chunked as the model's window
             )
         if not truncation and any(encoded.document_truncated):
             over = [index for index, cut in enumerate(encoded.document_truncated) if cut]
-            shown = ", ".join(map(str, over[:MAX_REPORTED_ERRORS])) + (", ..." if len(over) > MAX_REPORTED_ERRORS else "")
+            shown = ", ".join(map(str, over[:MAX_REPORTED_ERRORS])) + (
+                ", ..." if len(over) > MAX_REPORTED_ERRORS else ""
+            )
             raise RequestRejected(
                 413,
                 f"{field_name} [{shown}] are longer than the model's window of {max_length} tokens; "

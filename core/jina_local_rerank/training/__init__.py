@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from ..testing.docstring_task import train_docstring_reranker
     from .config import TrainingConfig
     from .data import QueryGroup, TrainingData, load_training_data
-    from .docstring_task import train_docstring_reranker
     from .evaluator import EvalQuery, RerankingEvaluator
     from .losses import (
         BinaryCrossEntropyLoss,
@@ -47,7 +47,7 @@ _EXPORTS = {
     "default_layers": ".student",
     "load_training_data": ".data",
     "mine_hard_negatives": ".mining",
-    "train_docstring_reranker": ".docstring_task",
+    "train_docstring_reranker": "..testing.docstring_task",
 }
 
 __all__ = sorted(_EXPORTS)

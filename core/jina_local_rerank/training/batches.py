@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..engine.tokenization import PairTokenizer
 from ..progress import Progress, progress_bar
-from ..tokenization import PairTokenizer
 from .data import QueryGroup
 from .losses import LABELS
 
@@ -42,7 +42,11 @@ class TrainingList:
 
 
 def encode_groups(
-    groups: tuple[QueryGroup, ...] | list[QueryGroup], tokenizer: PairTokenizer, *, max_length: int, max_query_length: int,
+    groups: tuple[QueryGroup, ...] | list[QueryGroup],
+    tokenizer: PairTokenizer,
+    *,
+    max_length: int,
+    max_query_length: int,
     show_progress: Progress = False,
 ) -> tuple[list[EncodedGroup], int]:
     """Tokenize every (query, document) pair, truncated to ``max_length`` tokens; returns the encoded groups and
@@ -94,7 +98,9 @@ def plan_epoch(
     return _packed(lists, [list_tokens(groups, item) for item in lists], step_tokens)
 
 
-def micro_batches(groups: list[EncodedGroup], step: list[TrainingList], max_batch_tokens: int) -> list[list[TrainingList]]:
+def micro_batches(
+    groups: list[EncodedGroup], step: list[TrainingList], max_batch_tokens: int
+) -> list[list[TrainingList]]:
     """A step's lists as forward passes of at most ``max_batch_tokens`` tokens (a longer list alone)."""
     return _packed(step, [list_tokens(groups, item) for item in step], max_batch_tokens)
 

@@ -88,7 +88,7 @@ class TrainingConfig:
     save_every: int | None = 500
     activation_checkpointing: bool = False
     teacher_column: str | None = None
-    show_progress: "Progress" = "auto"
+    show_progress: Progress = "auto"
 
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs")
@@ -116,7 +116,7 @@ class TrainingConfig:
         if self.teacher_column is not None and (not isinstance(self.teacher_column, str) or not self.teacher_column):
             raise ValueError(f"teacher_column must be a non-empty string or None, got {self.teacher_column!r}")
 
-    def replace(self, **changes: Any) -> "TrainingConfig":
+    def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with ``changes`` applied (and checked)."""
         return replace(self, **changes)
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.beir import DatasetError, json_lines, load_beir
+from ..errors import DatasetError
+from ..evaluation.beir import json_lines, load_beir
 
 TRIPLET_TEACHER_COLUMN = "scores"
 PAIR_TEACHER_COLUMN = "score"
@@ -85,7 +86,7 @@ class TrainingData:
         """Documents over all groups (a document in two groups counts twice)."""
         return sum(len(group.documents) for group in self.groups)
 
-    def with_groups(self, groups: list[QueryGroup], skipped: Counter | None = None, mined: int = 0) -> "TrainingData":
+    def with_groups(self, groups: list[QueryGroup], skipped: Counter | None = None, mined: int = 0) -> TrainingData:
         """A copy with ``groups`` instead, ``skipped`` added to the counts and ``mined`` more negatives."""
         counts = Counter(self.skipped)
         counts.update(skipped or {})
@@ -134,12 +135,23 @@ def read_beir(directory: str | os.PathLike[str], split: str = "train") -> Traini
         documents = [dataset.corpus[doc_id].full_text for doc_id in known]
         relevant[query] = frozenset(text for text, grade in zip(documents, known.values()) if grade > 0)
         groups.append(
-            QueryGroup(query, tuple(documents), tuple(float(g) for g in known.values()), None,
-                       f"{qrels_file} query {query_id!r}")
+            QueryGroup(
+                query,
+                tuple(documents),
+                tuple(float(g) for g in known.values()),
+                None,
+                f"{qrels_file} query {query_id!r}",
+            )
         )
     corpus = tuple(document.full_text for document in dataset.corpus.values())
-    return TrainingData(str(dataset.directory), tuple(groups), corpus, relevant, sum(map(len, dataset.qrels.values())),
-                        {reason: count for reason, count in skipped.items() if count})
+    return TrainingData(
+        str(dataset.directory),
+        tuple(groups),
+        corpus,
+        relevant,
+        sum(map(len, dataset.qrels.values())),
+        {reason: count for reason, count in skipped.items() if count},
+    )
 
 
 def _text(item: dict[str, Any], name: str, where: str) -> str:
@@ -160,9 +172,15 @@ def check_target(value: Any, name: str, where: str) -> float:
     if isinstance(value, float) and not math.isfinite(value):
         raise DatasetError(f"{where}: field {name} must be a finite number, got {value}")
     if not -TARGET_LIMIT <= value <= TARGET_LIMIT:  # compared exactly: an int of 400 digits has no float
-        shown = f"{value:.3g}" if isinstance(value, float) else f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
-        raise DatasetError(f"{where}: field {name} is {shown}, outside -{TARGET_LIMIT:g}..{TARGET_LIMIT:g} "
-                           "(labels are relevance grades, teacher scores raw logits)")
+        shown = (
+            f"{value:.3g}"
+            if isinstance(value, float)
+            else f"an integer of about {round(value.bit_length() * math.log10(2))} digits"
+        )
+        raise DatasetError(
+            f"{where}: field {name} is {shown}, outside -{TARGET_LIMIT:g}..{TARGET_LIMIT:g} "
+            "(labels are relevance grades, teacher scores raw logits)"
+        )
     return float(value)
 
 
@@ -221,16 +239,30 @@ def read_jsonl(path: str | os.PathLike[str], *, teacher_column: str | None = Non
                 negatives = [_text(item, "negative", where)] if "negative" in item else []
             documents = [positive, *negatives]
             teacher = _numbers(item, list_teacher, len(documents), "documents (positive and negatives)", where)
-            entries.append(QueryGroup(query, tuple(documents), (1.0,) + (0.0,) * len(negatives),
-                                      None if teacher is None else tuple(teacher), where))
+            entries.append(
+                QueryGroup(
+                    query,
+                    tuple(documents),
+                    (1.0,) + (0.0,) * len(negatives),
+                    None if teacher is None else tuple(teacher),
+                    where,
+                )
+            )
         elif "documents" in item:
             documents = _texts(item, "documents", where)
             if not documents:
                 raise DatasetError(f"{where}: field 'documents' is empty")
             labels = _numbers(item, "labels", len(documents), "documents", where)
             teacher = _numbers(item, list_teacher, len(documents), "documents", where)
-            entries.append(QueryGroup(query, tuple(documents), None if labels is None else tuple(labels),
-                                      None if teacher is None else tuple(teacher), where))
+            entries.append(
+                QueryGroup(
+                    query,
+                    tuple(documents),
+                    None if labels is None else tuple(labels),
+                    None if teacher is None else tuple(teacher),
+                    where,
+                )
+            )
         elif "document" in item:
             group = pair_groups.get(query)
             if group is None:
@@ -238,7 +270,9 @@ def read_jsonl(path: str | os.PathLike[str], *, teacher_column: str | None = Non
                 entries.append(group)
             group.documents.append(_text(item, "document", where))
             group.labels.append(check_target(item["label"], "'label'", where) if "label" in item else None)
-            group.teacher.append(check_target(item[pair_teacher], repr(pair_teacher), where) if pair_teacher in item else None)
+            group.teacher.append(
+                check_target(item[pair_teacher], repr(pair_teacher), where) if pair_teacher in item else None
+            )
             group.lines.append(where)
         else:
             raise DatasetError(
@@ -249,8 +283,9 @@ def read_jsonl(path: str | os.PathLike[str], *, teacher_column: str | None = Non
         raise DatasetError(f"{path}: no rows (expected one JSON object per line)")
     groups = [_pair_group(entry) if isinstance(entry, _PairGroup) else entry for entry in entries]
     groups = [_without_duplicates(group, skipped) for group in groups]
-    return TrainingData(str(path), tuple(groups), _distinct_documents(groups), _relevant_documents(groups), rows,
-                        dict(skipped))
+    return TrainingData(
+        str(path), tuple(groups), _distinct_documents(groups), _relevant_documents(groups), rows, dict(skipped)
+    )
 
 
 def _pair_group(group: _PairGroup) -> QueryGroup:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine import ScoringEngine
+from ..engine.scoring_engine import ScoringEngine
 from ..evaluation.beir import load_beir
 from ..evaluation.metrics import MRR_AT, NDCG_AT, mean_metrics, mrr_at, ndcg_at, spearman
 from ..evaluation.runner import select_queries
@@ -54,7 +54,7 @@ class RerankingEvaluator:
         self._encoded: tuple[tuple[int, int], list[list[int]]] | None = None
 
     @classmethod
-    def from_groups(cls, groups: list[QueryGroup] | tuple[QueryGroup, ...], name: str) -> "RerankingEvaluator":
+    def from_groups(cls, groups: list[QueryGroup] | tuple[QueryGroup, ...], name: str) -> RerankingEvaluator:
         """Groups as evaluation queries: labels above 0 are the judgments, ``teacher`` the teacher's logits."""
         queries = []
         for group in groups:
@@ -65,9 +65,14 @@ class RerankingEvaluator:
 
     @classmethod
     def from_beir(
-        cls, directory: str | os.PathLike[str], *, split: str = "test", top_k: int = 100, max_queries: int | None = None,
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        split: str = "test",
+        top_k: int = 100,
+        max_queries: int | None = None,
         show_progress: Progress = False,
-    ) -> "RerankingEvaluator":
+    ) -> RerankingEvaluator:
         """The judged queries of a BEIR-layout dataset, each with its ``top_k`` BM25 candidates."""
         dataset = load_beir(directory, split)
         query_ids, _ = select_queries(dataset, max_queries)
@@ -86,7 +91,7 @@ class RerankingEvaluator:
             queries.append(EvalQuery(dataset.queries[query_id], documents, qrels))
         return cls(queries, f"{Path(directory)} ({split}, BM25 top {top_k})")
 
-    def with_teacher(self, teacher: list[tuple[float, ...]]) -> "RerankingEvaluator":
+    def with_teacher(self, teacher: list[tuple[float, ...]]) -> RerankingEvaluator:
         """The same queries with the teacher's logits for their candidates (in order); the best checkpoint is then
         the one closest to the teacher (Spearman), what distillation optimizes."""
         queries = [
@@ -101,13 +106,21 @@ class RerankingEvaluator:
         if self._encoded is None or self._encoded[0] != settings:
             texts = [query.query for query in self.queries]
             pairs = [(index, doc) for index, query in enumerate(self.queries) for doc in query.documents]
-            encoded = engine.tokenizer.encode_pairs(texts, pairs, max_length=max_length, max_query_length=max_query_length)
+            encoded = engine.tokenizer.encode_pairs(
+                texts, pairs, max_length=max_length, max_query_length=max_query_length
+            )
             self._encoded = (settings, encoded.input_ids)
         return self._encoded[1]
 
     def __call__(
-        self, engine: ScoringEngine, *, max_length: int, max_query_length: int, max_batch_tokens: int,
-        show_progress: Progress = False, description: str = "evaluation",
+        self,
+        engine: ScoringEngine,
+        *,
+        max_length: int,
+        max_query_length: int,
+        max_batch_tokens: int,
+        show_progress: Progress = False,
+        description: str = "evaluation",
     ) -> dict[str, float]:
         """Mean ``ndcg@10`` and ``mrr@10`` (judged sets) and ``spearman`` (teacher-scored sets) of ``engine``;
         a progress bar named ``description`` counts the queries scored."""

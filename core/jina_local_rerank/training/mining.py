@@ -59,8 +59,17 @@ def mine_hard_negatives(
     with progress_bar("mining negatives", "query", show_progress, total=len(wanting)) as progress:
         for group_index, scores in zip(wanting, index.scores(queries)):
             group = groups[group_index]
-            chosen = _candidates(group, scores, position, data.relevant.get(group.query, frozenset()), corpus,
-                                 margin, _missing(group, negatives), rng, skipped)
+            chosen = _candidates(
+                group,
+                scores,
+                position,
+                data.relevant.get(group.query, frozenset()),
+                corpus,
+                margin,
+                _missing(group, negatives),
+                rng,
+                skipped,
+            )
             if len(chosen) < _missing(group, negatives):
                 skipped["queries short of negatives (corpus exhausted)"] += 1
             mined += len(chosen)
@@ -88,7 +97,9 @@ def _candidates(
     ceiling = None
     if margin is not None and group.labels is not None:
         top = max(group.labels)
-        positives = [position[doc] for doc, label in zip(group.documents, group.labels) if label == top and doc in position]
+        positives = [
+            position[doc] for doc, label in zip(group.documents, group.labels) if label == top and doc in position
+        ]
         if positives:
             ceiling = float(scores[positives].max()) * (1 + margin)
     present = set(group.documents)

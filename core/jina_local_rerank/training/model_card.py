@@ -40,11 +40,15 @@ def _which_checkpoint(run: RunDescription) -> str:
     """Which weights the checkpoint holds, said plainly, and where it scores below the starting model."""
     metric = run.metric or "the evaluation metric"
     if not run.best_step:
-        text = (f"No evaluation after a training step scored a higher {metric} than the starting model, so this "
-                f"checkpoint holds the starting model's weights, not trained ones ({run.steps} steps were run).")
+        text = (
+            f"No evaluation after a training step scored a higher {metric} than the starting model, so this "
+            f"checkpoint holds the starting model's weights, not trained ones ({run.steps} steps were run)."
+        )
     else:
-        text = (f"This checkpoint holds the weights of step {run.best_step} of {run.total_steps}, the evaluation "
-                f"with the highest {metric}.")
+        text = (
+            f"This checkpoint holds the weights of step {run.best_step} of {run.total_steps}, the evaluation "
+            f"with the highest {metric}."
+        )
     below = [name for name, after in run.after.items() if name in run.before and after < run.before[name]]
     if below:
         text += f" Its {', '.join(below)} {'is' if len(below) == 1 else 'are'} below the starting model's."
@@ -92,8 +96,11 @@ def model_card(run: RunDescription) -> str:
     if run.evaluation is None:
         lines.append("No evaluation set was given: this checkpoint holds the weights of the last step.")
     else:
-        lines += [f"On {run.evaluation}: the starting model (before) and this checkpoint (after, the bf16 weights "
-                  f"as saved, reloaded). {_which_checkpoint(run)}", ""]
+        lines += [
+            f"On {run.evaluation}: the starting model (before) and this checkpoint (after, the bf16 weights "
+            f"as saved, reloaded). {_which_checkpoint(run)}",
+            "",
+        ]
         lines += ["| metric | before | after | change |", "|---|---|---|---|"]
         for metric, after in run.after.items():
             before = run.before.get(metric)
@@ -102,11 +109,19 @@ def model_card(run: RunDescription) -> str:
             lines.append(f"| {metric} | {shown} | {after:.4f} | {change} |")
         if len(run.history) > 1:
             names = list(run.history[0][1])
-            lines += ["", "Every evaluation of the run (step 0: the starting model):", "",
-                      "| step | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-            lines += [f"| {step}{' (kept)' if step == run.best_step else ''} | "
-                      + " | ".join(f"{metrics.get(name, float('nan')):.4f}" for name in names) + " |"
-                      for step, metrics in run.history]
+            lines += [
+                "",
+                "Every evaluation of the run (step 0: the starting model):",
+                "",
+                "| step | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+            ]
+            lines += [
+                f"| {step}{' (kept)' if step == run.best_step else ''} | "
+                + " | ".join(f"{metrics.get(name, float('nan')):.4f}" for name in names)
+                + " |"
+                for step, metrics in run.history
+            ]
     lines += ["", "## Training data", ""]
     data_rows = [(name, value) for name, value in run.data.items() if name != "skipped"]
     data_rows += [(f"skipped: {reason}", count) for reason, count in run.data.get("skipped", {}).items()]

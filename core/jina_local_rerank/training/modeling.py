@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..attention import ExactLengthAttention, PackedAttention, PaddedAttention
-from ..checkpoint import load_checkpoint
-from ..model import JinaBertForReranking
+from ..checkpoint.loading import load_checkpoint
+from ..model.attention import ExactLengthAttention, PackedAttention, PaddedAttention
+from ..model.jinabert import JinaBertForReranking
 from .batches import Batch
 from .losses import ListLoss
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, resolve_model_dir
-from ..checkpoint_writer import source_config, write_checkpoint
+from ..checkpoint.hub import resolve_model_dir
+from ..checkpoint.loading import load_checkpoint
+from ..checkpoint.writer import source_config, write_checkpoint
 
 _LAYER_KEY = re.compile(r"^bert\.encoder\.layer\.(\d+)\.(.+)$")
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import PYTORCH_BIN_FILE, SAFETENSORS_FILE, resolve_model_dir
-from ..files import atomic_output
+from ..checkpoint.format import PYTORCH_BIN_FILE, SAFETENSORS_FILE
+from ..files.user_files import atomic_output
 from ..options import RerankerOptions
 from ..progress import Progress, progress_bar
 from .data import TARGET_LIMIT, QueryGroup
@@ -86,9 +86,7 @@ class TeacherScorer:
         if options.model is None:
             raise ValueError("the teacher's options must name its model")
         self.options = options
-        self.directory = resolve_model_dir(
-            options.model, revision=options.revision, cache_dir=options.cache_dir, token=options.token
-        )
+        self.directory = options.checkpoint_dir()
         self.content_hash = checkpoint_hash(self.directory)
         settings = options.to_dict()
         for name in ("model", "revision", "device", "cache_dir"):  # where it comes from and runs: not its logits
@@ -110,14 +108,24 @@ class TeacherScorer:
             if logits.dtype.kind != "f" or logits.shape != (len(keys),):
                 raise ValueError(f"its logits are {logits.dtype} {list(logits.shape)}, not float [{len(keys)}]")
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            logger.warning("%s: teacher score cache cannot be read (%s); every pair is scored again and the file "
-                           "replaced", self.cache_file, str(exc)[:200] or type(exc).__name__)
+            logger.warning(
+                "%s: teacher score cache cannot be read (%s); every pair is scored again and the file replaced",
+                self.cache_file,
+                str(exc)[:200] or type(exc).__name__,
+            )
             return {}
-        cache = {bytes(key): float(logit) for key, logit in zip(keys, logits)
-                 if math.isfinite(logit) and abs(logit) <= TARGET_LIMIT}
+        cache = {
+            bytes(key): float(logit)
+            for key, logit in zip(keys, logits)
+            if math.isfinite(logit) and abs(logit) <= TARGET_LIMIT
+        }
         if len(cache) < len(keys):
-            logger.warning("%s: %d damaged teacher scores (not finite, or beyond +-%g) dropped; those pairs are "
-                           "scored again", self.cache_file, len(keys) - len(cache), TARGET_LIMIT)
+            logger.warning(
+                "%s: %d damaged teacher scores (not finite, or beyond +-%g) dropped; those pairs are scored again",
+                self.cache_file,
+                len(keys) - len(cache),
+                TARGET_LIMIT,
+            )
         return cache
 
     def _write_cache(self, cache: dict[bytes, float]) -> None:
@@ -127,18 +135,22 @@ class TeacherScorer:
             with temporary.open("wb") as handle:  # a file object: np.savez would append .npz to a path
                 np.savez(handle, keys=keys, logits=np.array(list(cache.values()), dtype=np.float64))
 
-    def score_pairs(self, pairs: list[tuple[str, str]], show_progress: Progress = False) -> tuple[list[float], TeacherReport]:
+    def score_pairs(
+        self, pairs: list[tuple[str, str]], show_progress: Progress = False
+    ) -> tuple[list[float], TeacherReport]:
         """The teacher's raw logit for every pair, in order, and how many were scored rather than read."""
         cache = self._read_cache()
         keys = [pair_key(query, document) for query, document in pairs]
         missing = list({key: pair for key, pair in zip(keys, pairs) if key not in cache}.items())
         if missing:
-            from ..devices import resolve_device, resolve_dtype
-            from ..engine import cached_engines, engine_key
+            from ..engine.devices import resolve_device, resolve_dtype
+            from ..engine.scoring_engine import cached_engines, engine_key
             from ..reranker import Reranker
 
             device = resolve_device(self.options.device)
-            key = engine_key(self.options.model, self.options.revision, device, resolve_dtype(self.options.dtype, device))
+            key = engine_key(
+                self.options.model, self.options.revision, device, resolve_dtype(self.options.dtype, device)
+            )
             loaded_before = key in cached_engines()  # someone else's engine: leave it loaded
             reranker = Reranker(self.options)
             try:

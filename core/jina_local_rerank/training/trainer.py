@@ -29,21 +29,21 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import load_checkpoint, public_model_name, resolve_model_dir
-from ..checkpoint_writer import source_config, write_checkpoint
-from ..devices import resolve_device
-from ..engine import EngineKey, ScoringEngine
-from ..errors import TrainingDivergedError
-from ..evaluation.beir import DatasetError
-from ..files import FileProblem, atomic_output, check_output_folder, write_text_atomically
+from ..checkpoint.hub import public_model_name
+from ..checkpoint.loading import load_checkpoint
+from ..checkpoint.writer import source_config, write_checkpoint
+from ..engine.devices import resolve_device
+from ..engine.scoring_engine import EngineKey, ScoringEngine
+from ..engine.tokenization import SPECIAL_TOKENS_PER_PAIR, PairTokenizer
+from ..errors import DatasetError, FileProblem, TrainingDivergedError
+from ..files.user_files import atomic_output, check_output_folder, write_text_atomically
 from ..options import DEFAULT_MAX_QUERY_LENGTH, TEXT_AFFIXES, RerankerOptions
 from ..progress import progress_bar
-from ..tokenization import SPECIAL_TOKENS_PER_PAIR, PairTokenizer
 from .batches import collate, encode_groups, micro_batches, plan_epoch
 from .config import DEFAULT_TRAINING_MAX_LENGTH, TrainingConfig
 from .data import QueryGroup, TrainingData, load_training_data
 from .evaluator import RerankingEvaluator
-from .losses import LABELS, TEACHER, BinaryCrossEntropyLoss, ListLoss, make_loss
+from .losses import LABELS, BinaryCrossEntropyLoss, ListLoss, make_loss
 from .mining import mine_hard_negatives
 from .model_card import RunDescription, model_card
 from .modeling import enable_activation_checkpointing, forward_backward, trainable_model
@@ -187,8 +187,10 @@ class Trainer:
             raise ValueError("training truncates documents to max_length; long_document='chunk' is for scoring")
         affixes = [name for name in TEXT_AFFIXES if getattr(self.options, name)]
         if affixes:
-            raise ValueError(f"{', '.join(affixes)}: training reads the data's texts as they are; put the text in "
-                             "the data itself (these options are for scoring)")
+            raise ValueError(
+                f"{', '.join(affixes)}: training reads the data's texts as they are; put the text in "
+                "the data itself (these options are for scoring)"
+            )
         self.teacher = None if teacher is None else _options(teacher, self.options)
         if student_layers is not None and (self.teacher is None or self.options.model is not None):
             raise ValueError("student_layers builds the student from the teacher: give a teacher and no model")
@@ -199,7 +201,9 @@ class Trainer:
         self.train_source = train
         self.eval_source = eval
         self.output = Path(output).expanduser()
-        self.state_dir = Path(state_dir) if state_dir is not None else self.output.with_name(self.output.name + ".training")
+        self.state_dir = (
+            Path(state_dir) if state_dir is not None else self.output.with_name(self.output.name + ".training")
+        )
         self.teacher_cache_dir = teacher_cache_dir
         self.resume = resume
         self.overwrite = overwrite
@@ -207,14 +211,24 @@ class Trainer:
 
     def _check_folders(self) -> None:
         state = self.state_dir / STATE_FILE
-        inputs = [Path(model).expanduser() for model in (self.options.model, self.teacher and self.teacher.model)
-                  if model is not None and Path(model).expanduser().is_dir()]
+        inputs = [
+            Path(model).expanduser()
+            for model in (self.options.model, self.teacher and self.teacher.model)
+            if model is not None and Path(model).expanduser().is_dir()
+        ]
         state_dir, output = self.state_dir.resolve(), self.output.resolve()
         if state_dir == output or output in state_dir.parents or state_dir in output.parents:
-            raise FileProblem(f"state folder {self.state_dir} and output {self.output} overlap; give the state a "
-                              "folder of its own (--state-dir)")
-        check_output_folder(self.state_dir, overwrite=True, keep=inputs, marker=None if self.resume else STATE_MARKER,
-                            what="state folder")
+            raise FileProblem(
+                f"state folder {self.state_dir} and output {self.output} overlap; give the state a "
+                "folder of its own (--state-dir)"
+            )
+        check_output_folder(
+            self.state_dir,
+            overwrite=True,
+            keep=inputs,
+            marker=None if self.resume else STATE_MARKER,
+            what="state folder",
+        )
         if self.resume:
             if not state.is_file():
                 raise FileProblem(f"no saved run to resume: {state} does not exist")
@@ -278,26 +292,41 @@ class Trainer:
         tokenizer = PairTokenizer.from_directory(directory, model.config.vocab_size)
         max_length, max_query_length = self._lengths(model.config.max_position_embeddings)
         engine = ScoringEngine(
-            EngineKey(f"training:{self.output}", None, str(device), "float32"), directory, model, tokenizer, torch.float32
+            EngineKey(f"training:{self.output}", None, str(device), "float32"),
+            directory,
+            model,
+            tokenizer,
+            torch.float32,
         )
 
         def evaluate(scoring: ScoringEngine, description: str) -> dict[str, float]:
             assert evaluator is not None
-            return evaluator(scoring, max_length=max_length, max_query_length=max_query_length,
-                             max_batch_tokens=max(options.max_batch_tokens, max_length),
-                             show_progress=cfg.show_progress, description=description)
+            return evaluator(
+                scoring,
+                max_length=max_length,
+                max_query_length=max_query_length,
+                max_batch_tokens=max(options.max_batch_tokens, max_length),
+                show_progress=cfg.show_progress,
+                description=description,
+            )
 
         # The data: read, mined, teacher-scored, checked for the loss; then every epoch's steps.
         loss = make_loss(cfg.loss, temperature=cfg.temperature)
         train, evaluator = self._data(loss, max_length, max_query_length)
-        encoded, truncated = encode_groups(train.groups, tokenizer, max_length=max_length,
-                                           max_query_length=max_query_length, show_progress=cfg.show_progress)
+        encoded, truncated = encode_groups(
+            train.groups,
+            tokenizer,
+            max_length=max_length,
+            max_query_length=max_query_length,
+            show_progress=cfg.show_progress,
+        )
         data_summary = {**train.summary(), "documents truncated to max_length": truncated}
         plan = [
             (epoch, step)
             for epoch in range(cfg.epochs)
-            for step in plan_epoch(encoded, negatives=cfg.negatives, step_tokens=cfg.step_tokens, seed=cfg.seed,
-                                   epoch=epoch)
+            for step in plan_epoch(
+                encoded, negatives=cfg.negatives, step_tokens=cfg.step_tokens, seed=cfg.seed, epoch=epoch
+            )
         ]
         total_steps = len(plan)
         epoch_ends = {i + 1 for i in range(total_steps) if i + 1 == total_steps or plan[i + 1][0] != plan[i][0]}
@@ -316,8 +345,15 @@ class Trainer:
             optimizer, functools.partial(_lr_factor, warmup=warmup, total=total_steps)
         )
 
-        run: dict[str, Any] = {"step": 0, "tokens": 0, "seconds": 0.0, "before": {}, "best": {}, "best_step": None,
-                               "history": []}
+        run: dict[str, Any] = {
+            "step": 0,
+            "tokens": 0,
+            "seconds": 0.0,
+            "before": {},
+            "best": {},
+            "best_step": None,
+            "history": [],
+        }
         if self.resume:
             run = self._restore(model, optimizer, scheduler, fingerprint)
         else:
@@ -340,8 +376,9 @@ class Trainer:
                 for micro in micro_batches(encoded, lists, cfg.batch_tokens):
                     batch = collate(encoded, micro, loss.needs, device)
                     # The step's mean over lists, pass by pass.
-                    losses = forward_backward(model, batch, loss, weight=1 / len(lists), batch_tokens=cfg.batch_tokens,
-                                              autocast=autocast)
+                    losses = forward_backward(
+                        model, batch, loss, weight=1 / len(lists), batch_tokens=cfg.batch_tokens, autocast=autocast
+                    )
                     _require_finite(losses, "loss", index + 1, micro, train.groups)
                     step_loss += losses.sum().item()
                     step_tokens += batch.num_tokens
@@ -353,11 +390,29 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
 
                 seconds = time.perf_counter() - started
-                run["step"], run["tokens"], run["seconds"] = index + 1, run["tokens"] + step_tokens, run["seconds"] + seconds
-                report = StepReport(index + 1, total_steps, epoch, step_loss / len(lists), learning_rate, step_tokens,
-                                    step_tokens / seconds)
-                run["history"].append({"step": report.step, "loss": report.loss, "lr": learning_rate,
-                                       "tokens": step_tokens, "seconds": seconds})
+                run["step"], run["tokens"], run["seconds"] = (
+                    index + 1,
+                    run["tokens"] + step_tokens,
+                    run["seconds"] + seconds,
+                )
+                report = StepReport(
+                    index + 1,
+                    total_steps,
+                    epoch,
+                    step_loss / len(lists),
+                    learning_rate,
+                    step_tokens,
+                    step_tokens / seconds,
+                )
+                run["history"].append(
+                    {
+                        "step": report.step,
+                        "loss": report.loss,
+                        "lr": learning_rate,
+                        "tokens": step_tokens,
+                        "seconds": seconds,
+                    }
+                )
                 progress.set_postfix(loss=f"{report.loss:.4f}", tok_s=f"{run['tokens'] / run['seconds']:.0f}")
                 progress.update(1)
 
@@ -367,8 +422,9 @@ class Trainer:
                     run["history"].append({"step": report.step, "eval": metrics})
                     if metrics[evaluator.metric] > run["best"][evaluator.metric]:
                         run["best"], run["best_step"] = metrics, report.step
-                        self._write_output(model, raw_config, directory,
-                                           self._card(run, data_summary, evaluator, total_steps))
+                        self._write_output(
+                            model, raw_config, directory, self._card(run, data_summary, evaluator, total_steps)
+                        )
                     save_state()
                 elif cfg.save_every is not None and report.step % cfg.save_every == 0:
                     save_state()
@@ -376,8 +432,11 @@ class Trainer:
                     on_step(report)
                 if request["stop"]:
                     save_state()
-                    print(f"saved the run at step {report.step} of {total_steps} in {self.state_dir}; "
-                          "continue it with resume", file=sys.stderr)
+                    print(
+                        f"saved the run at step {report.step} of {total_steps} in {self.state_dir}; "
+                        "continue it with resume",
+                        file=sys.stderr,
+                    )
                     raise KeyboardInterrupt
 
         # The output: the best checkpoint (or the last, without evaluation), evaluated as saved.
@@ -385,22 +444,34 @@ class Trainer:
             self._write_output(model, raw_config, directory, self._card(run, data_summary, None, total_steps))
         else:
             saved = load_checkpoint(self.output, torch.float32, device)
-            run["after"] = evaluate(ScoringEngine(engine.key, self.output, saved, tokenizer, torch.float32),
-                                    "evaluating the saved checkpoint")
-            write_text_atomically(self.output / "README.md", self._card(run, data_summary, evaluator, total_steps),
-                                  "model card")
+            run["after"] = evaluate(
+                ScoringEngine(engine.key, self.output, saved, tokenizer, torch.float32),
+                "evaluating the saved checkpoint",
+            )
+            write_text_atomically(
+                self.output / "README.md", self._card(run, data_summary, evaluator, total_steps), "model card"
+            )
         self._write_log(run)
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)  # finished: nothing to resume
-        return TrainingResult(self.output, run["step"], total_steps, run["tokens"], run["seconds"], data_summary,
-                              run["before"], run["best"], run.get("after", {}), run["best_step"])
+        return TrainingResult(
+            self.output,
+            run["step"],
+            total_steps,
+            run["tokens"],
+            run["seconds"],
+            data_summary,
+            run["before"],
+            run["best"],
+            run.get("after", {}),
+            run["best_step"],
+        )
 
     # --- the pieces ---------------------------------------------------------------------------------------------
 
     def _starting_checkpoint(self) -> Path:
         options = self.options
         if self.options.model is not None:
-            return resolve_model_dir(options.model, revision=options.revision, cache_dir=options.cache_dir,
-                                     token=options.token)
+            return options.checkpoint_dir()
         assert self.teacher is not None and self.student_layers is not None
         teacher_dir = self._teacher_dir()
         if isinstance(self.student_layers, int):
@@ -414,9 +485,7 @@ class Trainer:
 
     def _teacher_dir(self) -> Path:
         assert self.teacher is not None
-        teacher = self.teacher
-        return resolve_model_dir(teacher.model, revision=teacher.revision, cache_dir=teacher.cache_dir,
-                                 token=teacher.token)
+        return self.teacher.checkpoint_dir()
 
     def _lengths(self, window: int) -> tuple[int, int]:
         max_length = self.options.max_length or min(DEFAULT_TRAINING_MAX_LENGTH, window)
@@ -442,8 +511,9 @@ class Trainer:
             train, held_out = _hold_out(train, cfg.eval_fraction, cfg.seed)
             evaluator = RerankingEvaluator.from_groups(held_out, f"{len(held_out)} held-out training queries")
         if self.teacher is not None:
-            scorer = TeacherScorer(self.teacher.replace(max_length=max_length, max_query_length=max_query_length),
-                                   self.teacher_cache_dir)
+            scorer = TeacherScorer(
+                self.teacher.replace(max_length=max_length, max_query_length=max_query_length), self.teacher_cache_dir
+            )
             groups, _ = scorer.score_groups(train.groups, show_progress=cfg.show_progress)
             train = train.with_groups(groups)
             if evaluator is not None:
@@ -455,18 +525,25 @@ class Trainer:
                     start += len(query.documents)
                 evaluator = evaluator.with_teacher(teacher)
         if evaluator is not None and not evaluator.judged and any(q.teacher is None for q in evaluator.queries):
-            raise DatasetError(f"evaluation set {evaluator.name}: no relevance labels and no teacher scores to "
-                               "evaluate against (give labelled data, or a teacher)")
+            raise DatasetError(
+                f"evaluation set {evaluator.name}: no relevance labels and no teacher scores to "
+                "evaluate against (give labelled data, or a teacher)"
+            )
         return _usable(train, loss), evaluator
 
     def _read(self, source: str | os.PathLike[str] | TrainingData) -> TrainingData:
         """Read ``source`` (without the data's teacher scores when a teacher model scores) and mine negatives."""
         cfg = self.config
-        data = source if isinstance(source, TrainingData) else load_training_data(source, teacher_column=cfg.teacher_column)
+        data = (
+            source
+            if isinstance(source, TrainingData)
+            else load_training_data(source, teacher_column=cfg.teacher_column)
+        )
         if self.teacher is not None:
             data = data.with_groups([QueryGroup(g.query, g.documents, g.labels, None, g.where) for g in data.groups])
-        return mine_hard_negatives(data, cfg.negatives, margin=cfg.mining_margin, seed=cfg.seed,
-                                   show_progress=cfg.show_progress)
+        return mine_hard_negatives(
+            data, cfg.negatives, margin=cfg.mining_margin, seed=cfg.seed, show_progress=cfg.show_progress
+        )
 
     def _evaluator(self, source: str | os.PathLike[str] | TrainingData) -> RerankingEvaluator:
         cfg = self.config
@@ -474,53 +551,70 @@ class Trainer:
             train = None if isinstance(self.train_source, TrainingData) else Path(self.train_source)
             if train is not None and train.is_dir() and train.resolve() == Path(source).resolve():
                 if not (train / "qrels" / "train.tsv").is_file():
-                    raise DatasetError(f"{source} is the training data (its test split, having no train split) "
-                                       "and the evaluation set: hold out other queries")
-            return RerankingEvaluator.from_beir(source, top_k=cfg.eval_top_k, max_queries=cfg.eval_max_queries,
-                                                show_progress=cfg.show_progress)
+                    raise DatasetError(
+                        f"{source} is the training data (its test split, having no train split) "
+                        "and the evaluation set: hold out other queries"
+                    )
+            return RerankingEvaluator.from_beir(
+                source, top_k=cfg.eval_top_k, max_queries=cfg.eval_max_queries, show_progress=cfg.show_progress
+            )
         data = self._read(source)
         groups = [g for g in data.groups if g.labels is None or any(label > 0 for label in g.labels)]
         return RerankingEvaluator.from_groups(groups[: cfg.eval_max_queries], data.source)
 
-    def _card(self, run: dict[str, Any], data: dict[str, Any], evaluator: RerankingEvaluator | None,
-              total_steps: int) -> str:
+    def _card(
+        self, run: dict[str, Any], data: dict[str, Any], evaluator: RerankingEvaluator | None, total_steps: int
+    ) -> str:
         settings = {**self.config.to_dict(), **{k: v for k, v in self.options.to_dict().items() if k != "model"}}
         settings.pop("show_progress")
-        return model_card(RunDescription(
-            name=self.output.name,
-            base_model=public_model_name(self.options.model or (self.teacher.model if self.teacher else "")),
-            command="distill" if self.teacher is not None else "train",
-            teacher=None if self.teacher is None else public_model_name(self.teacher.model),
-            student_layers=self.layers_kept,
-            data=data,
-            settings=settings,
-            steps=run["step"],
-            total_steps=total_steps,
-            tokens=run["tokens"],
-            seconds=run["seconds"],
-            evaluation=None if evaluator is None else f"{evaluator.name}, {len(evaluator.queries)} queries",
-            metric=None if evaluator is None else evaluator.metric,
-            before=run["before"],
-            after=run.get("after") or run["best"],
-            best_step=run["best_step"],
-            history=[(entry["step"], entry["eval"]) for entry in run["history"] if "eval" in entry],
-        ))
+        return model_card(
+            RunDescription(
+                name=self.output.name,
+                base_model=public_model_name(self.options.model or (self.teacher.model if self.teacher else "")),
+                command="distill" if self.teacher is not None else "train",
+                teacher=None if self.teacher is None else public_model_name(self.teacher.model),
+                student_layers=self.layers_kept,
+                data=data,
+                settings=settings,
+                steps=run["step"],
+                total_steps=total_steps,
+                tokens=run["tokens"],
+                seconds=run["seconds"],
+                evaluation=None if evaluator is None else f"{evaluator.name}, {len(evaluator.queries)} queries",
+                metric=None if evaluator is None else evaluator.metric,
+                before=run["before"],
+                after=run.get("after") or run["best"],
+                best_step=run["best_step"],
+                history=[(entry["step"], entry["eval"]) for entry in run["history"] if "eval" in entry],
+            )
+        )
 
     def _write_output(self, model: torch.nn.Module, raw_config: dict, directory: Path, card: str) -> None:
         write_checkpoint(self.output, raw_config, model.state_dict(), directory, {"README.md": card})
 
     def _write_run_file(self, directory: Path, data: dict[str, Any], total_steps: int) -> None:
-        run = {"model": str(directory), "teacher": None if self.teacher is None else self.teacher.model,
-               "options": self.options.to_dict(), "config": self.config.to_dict(), "data": data,
-               "total_steps": total_steps}
+        run = {
+            "model": str(directory),
+            "teacher": None if self.teacher is None else self.teacher.model,
+            "options": self.options.to_dict(),
+            "config": self.config.to_dict(),
+            "data": data,
+            "total_steps": total_steps,
+        }
         write_text_atomically(self.state_dir / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n", "run file")
 
     def _write_log(self, run: dict[str, Any]) -> None:
         text = "".join(json.dumps(entry) + "\n" for entry in run["history"])
         write_text_atomically(self.state_dir / LOG_FILE, text, "training log")
 
-    def _save_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    run: dict[str, Any], fingerprint: str) -> None:
+    def _save_state(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        run: dict[str, Any],
+        fingerprint: str,
+    ) -> None:
         state = {
             "format": STATE_FORMAT,
             "config": self._resumable_config(),
@@ -541,18 +635,21 @@ class Trainer:
         for name in ("show_progress", "device", "cache_dir"):  # where it runs, not what it computes
             settings.pop(name)
         settings["teacher"] = None if self.teacher is None else self.teacher.model
-        settings["student_layers"] = self.student_layers if isinstance(self.student_layers, (int, type(None))) \
-            else list(self.student_layers)
+        settings["student_layers"] = (
+            self.student_layers if isinstance(self.student_layers, (int, type(None))) else list(self.student_layers)
+        )
         return settings
 
-    def _restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 fingerprint: str) -> dict[str, Any]:
+    def _restore(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, fingerprint: str
+    ) -> dict[str, Any]:
         path = self.state_dir / STATE_FILE
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises pickle's, zipfile's and its own errors for a damaged file
-            raise FileProblem(f"{path}: cannot read the saved training state ({type(exc).__name__}); "
-                              "overwrite to start over") from None
+            raise FileProblem(
+                f"{path}: cannot read the saved training state ({type(exc).__name__}); overwrite to start over"
+            ) from None
         if not isinstance(state, dict):
             raise FileProblem(f"{path}: not a training state this version can resume")
         if state.get("format") != STATE_FORMAT:
@@ -561,8 +658,10 @@ class Trainer:
         changed = [name for name in now if saved.get(name) != now[name]]
         if changed:
             name = changed[0]
-            raise ValueError(f"cannot resume {path}: {name} was {saved.get(name)!r}, now {now[name]!r} "
-                             "(resume with the same settings, or overwrite to start over)")
+            raise ValueError(
+                f"cannot resume {path}: {name} was {saved.get(name)!r}, now {now[name]!r} "
+                "(resume with the same settings, or overwrite to start over)"
+            )
         if state["data"] != fingerprint:
             raise ValueError(f"cannot resume {path}: the training data changed since the run was saved")
         model.load_state_dict(state["model"])
@@ -577,16 +676,20 @@ class Trainer:
         return run
 
 
-def _require_finite(values: torch.Tensor, what: str, step: int, lists: Sequence[Any],
-                    groups: Sequence[QueryGroup]) -> None:
+def _require_finite(
+    values: torch.Tensor, what: str, step: int, lists: Sequence[Any], groups: Sequence[QueryGroup]
+) -> None:
     """Stop the run before a step whose ``what`` (the loss, the gradient norm) is not finite changes the weights."""
     flat = values.detach().float().flatten()
     finite = torch.isfinite(flat)
     if bool(finite.all()):
         return
     rows = ", ".join(groups[item.group].where for item in lists[:5]) + (", ..." if len(lists) > 5 else "")
-    cause = ("labels or teacher scores the loss cannot hold, or logits that overflowed" if what == "loss" else
-             "a learning rate too high for these weights, or an overflow in the backward pass (try --dtype float32)")
+    cause = (
+        "labels or teacher scores the loss cannot hold, or logits that overflowed"
+        if what == "loss"
+        else "a learning rate too high for these weights, or an overflow in the backward pass (try --dtype float32)"
+    )
     raise TrainingDivergedError(
         f"step {step}: the {what} is not finite ({flat[~finite][0].item()}) "
         f"for the lists of {rows}: {cause}; stopped before changing the weights, nothing non-finite was written"
@@ -598,8 +701,11 @@ def _hold_out(data: TrainingData, fraction: float, seed: int) -> tuple[TrainingD
     queries = sorted({group.query for group in data.groups})
     held = set(random.Random(f"hold-out:{seed}").sample(queries, max(1, round(fraction * len(queries)))))
     kept = [group for group in data.groups if group.query not in held]
-    held_out = [group for group in data.groups if group.query in held and
-                (group.labels is None or any(label > 0 for label in group.labels))]
+    held_out = [
+        group
+        for group in data.groups
+        if group.query in held and (group.labels is None or any(label > 0 for label in group.labels))
+    ]
     return data.with_groups(kept, {"queries held out for evaluation": len(data.groups) - len(kept)}), held_out
 
 
@@ -610,18 +716,26 @@ def _usable(data: TrainingData, loss: ListLoss) -> TrainingData:
     for group in data.groups:
         if loss.needs == LABELS:
             if group.labels is None:
-                raise DatasetError(f"{group.where}: loss {loss.name!r} needs relevance labels (a triplet, 'label' or "
-                                   "'labels'); lists without labels need a teacher and a distillation loss")
+                raise DatasetError(
+                    f"{group.where}: loss {loss.name!r} needs relevance labels (a triplet, 'label' or "
+                    "'labels'); lists without labels need a teacher and a distillation loss"
+                )
             if isinstance(loss, BinaryCrossEntropyLoss) and any(not 0 <= label <= 1 for label in group.labels):
                 bad = next(label for label in group.labels if not 0 <= label <= 1)
-                raise DatasetError(f"{group.where}: loss 'bce' needs labels in 0..1, got {bad:g} (graded labels: use "
-                                   "'lambda' or 'softmax')")
+                raise DatasetError(
+                    f"{group.where}: loss 'bce' needs labels in 0..1, got {bad:g} (graded labels: use "
+                    "'lambda' or 'softmax')"
+                )
             if not any(label > 0 for label in group.labels):
-                skipped["queries without a relevant document"] = skipped.get("queries without a relevant document", 0) + 1
+                skipped["queries without a relevant document"] = (
+                    skipped.get("queries without a relevant document", 0) + 1
+                )
                 continue
         elif group.teacher is None:
-            raise DatasetError(f"{group.where}: loss {loss.name!r} needs teacher scores: give a teacher model or a "
-                               "column of teacher logits ('scores', or 'score' on labelled pairs)")
+            raise DatasetError(
+                f"{group.where}: loss {loss.name!r} needs teacher scores: give a teacher model or a "
+                "column of teacher logits ('scores', or 'score' on labelled pairs)"
+            )
         if len(group.documents) < 2 and not isinstance(loss, BinaryCrossEntropyLoss):
             skipped["queries with a single document"] = skipped.get("queries with a single document", 0) + 1
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any
 
 from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -15,7 +15,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from jina_local_rerank import Reranker, ScoreResult, reranker_for
-from jina_local_rerank.checkpoint import default_model
+from jina_local_rerank.checkpoint.hub import default_model
 from jina_local_rerank.pydantic_options import RerankerOptionFields, apply_aliases
 from jina_local_rerank.ranking import ranked_indices
 from jina_local_rerank.validation import check_threshold
@@ -38,10 +38,8 @@ class JinaLocalRerank(RerankerOptionFields, BaseNodePostprocessor):
     postprocessor's users write them, are accepted for the two prefixes.
     """
 
-    top_n: Optional[int] = Field(
-        default=3, strict=True, ge=1, description="Number of nodes to return; None returns all."
-    )
-    score_threshold: Optional[float] = Field(
+    top_n: int | None = Field(default=3, strict=True, ge=1, description="Number of nodes to return; None returns all.")
+    score_threshold: float | None = Field(
         default=None, description="Drop nodes scoring below this (same scale as the returned scores)."
     )
     metadata_mode: MetadataMode = Field(
@@ -59,7 +57,7 @@ class JinaLocalRerank(RerankerOptionFields, BaseNodePostprocessor):
 
     @field_validator("score_threshold")
     @classmethod
-    def _finite_threshold(cls, value: Optional[float]) -> Optional[float]:
+    def _finite_threshold(cls, value: float | None) -> float | None:
         return check_threshold(value)
 
     @classmethod
@@ -73,7 +71,7 @@ class JinaLocalRerank(RerankerOptionFields, BaseNodePostprocessor):
         return reranker_for(self.engine_options())
 
     def _postprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query, texts = self._inputs(nodes, query_bundle)
         if not texts:
@@ -84,7 +82,7 @@ class JinaLocalRerank(RerankerOptionFields, BaseNodePostprocessor):
 
     @dispatcher.span  # the base class wraps only the sync method in a span; trace the async one alike
     async def _apostprocess_nodes(
-        self, nodes: list[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         query, texts = self._inputs(nodes, query_bundle)
         if not texts:

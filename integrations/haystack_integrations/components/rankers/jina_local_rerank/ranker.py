@@ -4,7 +4,7 @@ import asyncio
 import copy
 import os
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
@@ -66,20 +66,20 @@ class JinaLocalRanker:
 
     def __init__(
         self,
-        model: Optional[str] = None,
+        model: str | None = None,
         *,
-        device: Optional[ComponentDevice] = None,
-        token: Optional[Secret] = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False),
-        top_k: Optional[int] = 10,
-        score_threshold: Optional[float] = None,
+        device: ComponentDevice | None = None,
+        token: Secret | None = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False),
+        top_k: int | None = 10,
+        score_threshold: float | None = None,
         scale_score: bool = True,
-        meta_fields_to_embed: Optional[list[str]] = None,
+        meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
         query_prefix: str = "",
         query_suffix: str = "",
         document_prefix: str = "",
         document_suffix: str = "",
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         **options: Any,
     ) -> None:
         """Store the settings; nothing is loaded until :meth:`warm_up`.
@@ -123,16 +123,18 @@ class JinaLocalRanker:
         self.token = token
         # Checked now, so that a bad option or a device map fails at construction, not at the first run.
         torch_device = device.to_torch_str() if device is not None else "auto"
-        self.options = RerankerOptions.from_dict({
-            **options,
-            "model": self.model,
-            "device": torch_device,
-            "query_prefix": query_prefix,
-            "query_suffix": query_suffix,
-            "document_prefix": document_prefix,
-            "document_suffix": document_suffix,
-            "max_batch_size": batch_size,
-        })
+        self.options = RerankerOptions.from_dict(
+            {
+                **options,
+                "model": self.model,
+                "device": torch_device,
+                "query_prefix": query_prefix,
+                "query_suffix": query_suffix,
+                "document_prefix": document_prefix,
+                "document_suffix": document_suffix,
+                "max_batch_size": batch_size,
+            }
+        )
         self.top_k = check_optional_positive_int(top_k, "top_k")
         self.score_threshold = check_threshold(score_threshold)
         self.scale_score = scale_score
@@ -159,9 +161,9 @@ class JinaLocalRanker:
         *,
         query: str,
         documents: list[Document],
-        top_k: Optional[int] = None,
-        score_threshold: Optional[float] = None,
-        scale_score: Optional[bool] = None,
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+        scale_score: bool | None = None,
     ) -> dict[str, list[Document]]:
         """Rerank ``documents`` by relevance to ``query``, best first.
 
@@ -196,9 +198,9 @@ class JinaLocalRanker:
         *,
         query: str,
         documents: list[Document],
-        top_k: Optional[int] = None,
-        score_threshold: Optional[float] = None,
-        scale_score: Optional[bool] = None,
+        top_k: int | None = None,
+        score_threshold: float | None = None,
+        scale_score: bool | None = None,
     ) -> dict[str, list[Document]]:
         """:meth:`run` in a worker thread, so scoring does not block the event loop."""
         return await asyncio.to_thread(

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tokenizers import Tokenizer
 
-from .checkpoint_files import read_json, read_json_text
-from .errors import CheckpointError
+from ..checkpoint.files import read_json, read_json_text
+from ..errors import CheckpointError
 
 SPECIAL_TOKENS_PER_PAIR = 4  # <s> q </s></s> d </s>
 
@@ -171,7 +171,7 @@ class PairTokenizer:
         self.added_tokens = tuple(token.content for token in tokenizer.get_added_tokens_decoder().values())
 
     @classmethod
-    def from_directory(cls, directory: Path, vocab_size: int) -> "PairTokenizer":
+    def from_directory(cls, directory: Path, vocab_size: int) -> PairTokenizer:
         """Load ``tokenizer.json``; special tokens are named by ``special_tokens_map.json``/``tokenizer_config.json``.
 
         ``vocab_size`` is the rows of the model's embedding table: every id the tokenizer can produce must be one.
@@ -220,7 +220,9 @@ class PairTokenizer:
         growing the part until it holds enough tokens: the work is bounded by the limit, not the text's length.
         """
         ids: list[list[int] | None] = [None] * len(texts)
-        short = [i for i, text in enumerate(texts) if not self.cuts_safely or len(text) <= limits[i] * CHARS_PER_TOKEN_GUESS]
+        short = [
+            i for i, text in enumerate(texts) if not self.cuts_safely or len(text) <= limits[i] * CHARS_PER_TOKEN_GUESS
+        ]
         for index, tokens in zip(short, self.tokenize([texts[i] for i in short])):
             ids[index] = tokens
         for index, tokens in enumerate(ids):

@@ -18,8 +18,12 @@ from urllib.parse import unquote, urlparse
 from .errors import MissingExtraError
 
 DISTRIBUTION = "jina-local-rerank"
-OWN_PACKAGES = ("jina_local_rerank", "langchain_jina_local_rerank", "llama_index.postprocessor.jina_local_rerank",
-                "haystack_integrations.components.rankers.jina_local_rerank")
+OWN_PACKAGES = (
+    "jina_local_rerank",
+    "langchain_jina_local_rerank",
+    "llama_index.postprocessor.jina_local_rerank",
+    "haystack_integrations.components.rankers.jina_local_rerank",
+)
 
 
 def _direct_url() -> dict | None:

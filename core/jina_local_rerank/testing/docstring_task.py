@@ -25,12 +25,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..options import RerankerOptions
-from ..random_checkpoint import CheckpointShape, write_random_checkpoint
 from ..evaluation.metrics import ndcg_at
-from .config import TrainingConfig
-from .evaluator import EvalQuery, RerankingEvaluator
-from .trainer import Trainer, TrainingResult
+from ..options import RerankerOptions
+from ..training.config import TrainingConfig
+from ..training.evaluator import EvalQuery, RerankingEvaluator
+from ..training.trainer import Trainer, TrainingResult
+from .random_checkpoint import CheckpointShape, write_random_checkpoint
 
 # Standard-library modules that import without side effects on every platform; their docstrings are the corpus.
 # Not sys: its hooks are process state that test runners and debuggers replace (with other docstrings).
@@ -61,8 +61,16 @@ DOCSTRING_SHAPE = CheckpointShape(num_hidden_layers=4, hidden_size=64, num_atten
 DOCSTRING_MAX_LENGTH = 64
 DOCSTRING_TEST_QUERIES = 100
 DOCSTRING_CONFIG = TrainingConfig(
-    epochs=2, learning_rate=1e-3, warmup_ratio=0.1, negatives=7, mining_margin=None, step_tokens=4096,
-    eval_top_k=20, save_every=None, seed=0, show_progress="never",
+    epochs=2,
+    learning_rate=1e-3,
+    warmup_ratio=0.1,
+    negatives=7,
+    mining_margin=None,
+    step_tokens=4096,
+    eval_top_k=20,
+    save_every=None,
+    seed=0,
+    show_progress="never",
 )
 
 
@@ -80,8 +88,11 @@ def _documented(module_name: str) -> list[tuple[str, object]]:
             found.append((f"{module_name}.{name}", value))
         elif inspect.isclass(value):
             found.append((f"{module_name}.{name}", value))
-            found += [(f"{module_name}.{name}.{attr}", member) for attr, member in sorted(vars(value).items())
-                      if not attr.startswith("_") and inspect.isroutine(member)]
+            found += [
+                (f"{module_name}.{name}.{attr}", member)
+                for attr, member in sorted(vars(value).items())
+                if not attr.startswith("_") and inspect.isroutine(member)
+            ]
     return found
 
 
@@ -109,8 +120,9 @@ def docstring_pairs() -> list[tuple[str, str, str]]:
     return sorted(pair for pair in pairs if counts[pair[1]] == 1)
 
 
-def write_docstring_dataset(directory: str | os.PathLike[str], *, test_queries: int = DOCSTRING_TEST_QUERIES,
-                            seed: int = 0) -> tuple[Path, Path]:
+def write_docstring_dataset(
+    directory: str | os.PathLike[str], *, test_queries: int = DOCSTRING_TEST_QUERIES, seed: int = 0
+) -> tuple[Path, Path]:
     """Write the docstring task as two BEIR-layout datasets, ``train/`` and ``test/``; returns their folders.
 
     ``test_queries`` summaries (drawn with ``seed``) and their documents form ``test`` (split ``test``), the
@@ -123,8 +135,10 @@ def write_docstring_dataset(directory: str | os.PathLike[str], *, test_queries: 
     for split, members in (("train", [i for i in range(len(pairs)) if i not in test]), ("test", sorted(test))):
         root = Path(directory) / split
         (root / "qrels").mkdir(parents=True, exist_ok=True)
-        with (root / "corpus.jsonl").open("w", encoding="utf-8") as corpus, \
-                (root / "queries.jsonl").open("w", encoding="utf-8") as queries:
+        with (
+            (root / "corpus.jsonl").open("w", encoding="utf-8") as corpus,
+            (root / "queries.jsonl").open("w", encoding="utf-8") as queries,
+        ):
             for index in members:
                 name, summary, rest = pairs[index]
                 document = {"_id": f"d{index}", "title": "", "text": f"{summary}\n\n{rest}"}
@@ -150,14 +164,21 @@ def train_docstring_reranker(
     Python and torch gives the same model.
     """
     with tempfile.TemporaryDirectory(prefix="docstring-task-") as scratch:
-        train, test = write_docstring_dataset(Path(dataset) if dataset is not None else Path(scratch) / "dataset",
-                                              seed=config.seed)
+        train, test = write_docstring_dataset(
+            Path(dataset) if dataset is not None else Path(scratch) / "dataset", seed=config.seed
+        )
         start = write_random_checkpoint(Path(scratch) / "random-init", DOCSTRING_SHAPE, seed=config.seed)
         options = RerankerOptions(model=str(start), device=device, max_length=DOCSTRING_MAX_LENGTH)
-        trainer = Trainer(options, train=train, eval=test, output=directory, config=config,
-                          state_dir=Path(scratch) / "state", overwrite=True)
+        trainer = Trainer(
+            options,
+            train=train,
+            eval=test,
+            output=directory,
+            config=config,
+            state_dir=Path(scratch) / "state",
+            overwrite=True,
+        )
         return trainer.fit()
-
 
 
 def held_out_queries(test: str | os.PathLike[str], top_k: int = DOCSTRING_CONFIG.eval_top_k) -> list[EvalQuery]:

@@ -1,18 +1,15 @@
-"""The JinaBERT configuration, read from a checkpoint's ``config.json`` and checked for the reranker family."""
+"""The JinaBERT configuration: the fields of a checkpoint's ``config.json`` the model reads, checked for the reranker
+family (reading the file is :func:`~jina_local_rerank.checkpoint.files.read_config`)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .checkpoint_files import read_json
-from .errors import CheckpointError, UnsupportedModelError
+from ..errors import CheckpointError, UnsupportedModelError
 
-SUPPORTED_ARCHITECTURES = frozenset(
-    {"JinaBertModel", "JinaBertForSequenceClassification", "JinaBertForReranking"}
-)
+SUPPORTED_ARCHITECTURES = frozenset({"JinaBertModel", "JinaBertForSequenceClassification", "JinaBertForReranking"})
 FAMILY_SETTINGS = {"position_embedding_type": "alibi", "feed_forward_type": "geglu"}
 # The integer keys the model reads, with their defaults (None: required).
 INTEGER_FIELDS: dict[str, int | None] = {
@@ -45,15 +42,7 @@ class JinaBertConfig:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_json_file(cls, path: Path) -> "JinaBertConfig":
-        """Read ``config.json``; raise ``UnsupportedModelError`` if it is not a JinaBERT reranker."""
-        raw = read_json(path)
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{path}: config.json must hold a JSON object, got {_shown(raw)}")
-        return cls.from_dict(raw, source=str(path))
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> "JinaBertConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> JinaBertConfig:
         """Check a parsed ``config.json`` (``source`` names it in errors) and keep the fields the model uses.
 
         Every key the model reads is checked for its type and range; a problem raises ``CheckpointError``
@@ -63,21 +52,23 @@ class JinaBertConfig:
         if architectures is None:
             architectures = []
         if not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures):
-            raise CheckpointError(f"{source}: architectures must be a list of strings, got {_shown(architectures)}")
+            raise CheckpointError(
+                f"{source}: architectures must be a list of strings, got {shown_value(architectures)}"
+            )
         if not SUPPORTED_ARCHITECTURES.intersection(architectures):
             raise UnsupportedModelError(
-                f"{source}: architectures {_shown(architectures)} is not a JinaBERT model "
+                f"{source}: architectures {shown_value(architectures)} is not a JinaBERT model "
                 f"(expected one of {sorted(SUPPORTED_ARCHITECTURES)})"
             )
         for key, expected in FAMILY_SETTINGS.items():
             if raw.get(key) != expected:
                 raise UnsupportedModelError(
-                    f"{source}: {key} is {_shown(raw.get(key))}, but the Jina reranker v1 family uses {expected!r}"
+                    f"{source}: {key} is {shown_value(raw.get(key))}, but the Jina reranker v1 family uses {expected!r}"
                 )
         id2label = raw.get("id2label")
         if id2label is not None:
             if not isinstance(id2label, dict):
-                raise CheckpointError(f"{source}: id2label must be an object, got {_shown(id2label)}")
+                raise CheckpointError(f"{source}: id2label must be an object, got {shown_value(id2label)}")
             if len(id2label) != 1:
                 raise UnsupportedModelError(
                     f"{source}: id2label has {len(id2label)} labels; a reranker has exactly one logit"
@@ -90,7 +81,7 @@ class JinaBertConfig:
             )
         eps = raw.get("layer_norm_eps", 1e-12)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
-            raise CheckpointError(f"{source}: layer_norm_eps must be a finite number > 0, got {_shown(eps)}")
+            raise CheckpointError(f"{source}: layer_norm_eps must be a finite number > 0, got {shown_value(eps)}")
         return cls(**sizes, layer_norm_eps=float(eps))
 
 
@@ -99,11 +90,11 @@ def _positive_integer(raw: dict[str, Any], key: str, default: int | None, source
         raise CheckpointError(f"{source}: {key} is missing")
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"{source}: {key} must be an integer >= 1, got {_shown(value)}")
+        raise CheckpointError(f"{source}: {key} must be an integer >= 1, got {shown_value(value)}")
     return value
 
 
-def _shown(value: Any) -> str:
+def shown_value(value: Any) -> str:
     """``value`` for an error message: the repr of a short scalar, else its JSON type (never a deep repr)."""
     if isinstance(value, str):
         return repr(value) if len(value) <= 80 else f"a string of {len(value)} characters"

@@ -14,7 +14,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
+from ..model.config import JinaBertConfig, shown_value
 
 MAX_JSON_BYTES = 64 * 2**20  # per JSON file; the real tokenizer.json is about 2 MB, config.json about 1 kB
 
@@ -65,6 +66,14 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: {path.name} is nested too deeply to be read as JSON") from None
     except ValueError as exc:
         raise CheckpointError(f"{path}: {path.name} is not valid JSON ({exc})") from None
+
+
+def read_config(path: Path) -> JinaBertConfig:
+    """Read a checkpoint's ``config.json``; ``UnsupportedModelError`` if it is not a JinaBERT reranker."""
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: config.json must hold a JSON object, got {shown_value(raw)}")
+    return JinaBertConfig.from_dict(raw, source=str(path))
 
 
 def _kind(mode: int) -> str:

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attention import PackedAttention, default_attention
+from ..checkpoint.hub import resolve_model_dir
+from ..checkpoint.loading import load_checkpoint
+from ..model.attention import PackedAttention, default_attention
+from ..model.jinabert import JinaBertForReranking
+from ..progress import Progress, progress_bar
 from .batching import pack_batches
-from .checkpoint import load_checkpoint, resolve_model_dir
 from .cpu_workers import cpu_worker_count, cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
-from .model import JinaBertForReranking
-from .progress import Progress, progress_bar
 from .tokenization import PairTokenizer
 
 # CPU workers take batches of the input split in CPU_WORKER_BATCHES per thread (more pieces balance the threads'
@@ -41,7 +42,7 @@ class ScoringEngine:
     """A JinaBERT cross-encoder ready to score: model weights on a device plus the pair tokenizer.
 
     Thread-safe: forward passes do not mutate state. Shared by every [`Reranker`][jina_local_rerank.Reranker]
-    (and every framework adapter) that asks for the same [`EngineKey`][jina_local_rerank.engine.EngineKey].
+    (and every framework adapter) that asks for the same [`EngineKey`][jina_local_rerank.engine.scoring_engine.EngineKey].
     """
 
     def __init__(

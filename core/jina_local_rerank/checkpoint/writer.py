@@ -4,7 +4,7 @@ The published repositories hold ``config.json`` (the original implementation's k
 ``model.safetensors`` with every tensor in bf16 under the original names and ``{"format": "pt"}`` metadata, and
 the RoBERTa tokenizer files. Folders written here have exactly that format, so they load in this engine, in the
 original remote code, in TEI and in llama.cpp's converter. Tensor names and shapes come from
-:func:`~jina_local_rerank.checkpoint.expected_shapes`, the one source the loader checks against.
+:func:`~jina_local_rerank.checkpoint.format.expected_shapes`, the one source the loader checks against.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import SAFETENSORS_FILE, TOKENIZER_FILES, expected_shapes
-from .config import JinaBertConfig
-from .errors import CheckpointError
-from .files import atomic_directory
+from ..errors import CheckpointError
+from ..files.user_files import atomic_directory
+from ..model.config import JinaBertConfig
+from .files import read_config
+from .format import SAFETENSORS_FILE, TOKENIZER_FILES, expected_shapes
 
 SAFETENSORS_METADATA = {"format": "pt"}
 WEIGHTS_DTYPE = torch.bfloat16
@@ -72,7 +73,7 @@ def source_config(directory: Path) -> dict[str, Any]:
     """The raw ``config.json`` of the checkpoint in ``directory`` (checked to be a JinaBERT reranker's), every key
     kept, for writing a checkpoint derived from it in the same format."""
     path = directory / "config.json"
-    JinaBertConfig.from_json_file(path)  # the loader's checks and messages
+    read_config(path)  # the loader's checks and messages
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -94,8 +95,9 @@ def save_weights(path: Path, tensors: Mapping[str, torch.Tensor], config: JinaBe
         if tuple(tensor.shape) != shape:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {list(tensor.shape)}, expected {list(shape)}")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values; a checkpoint is never "
-                                  "written with them")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} holds NaN or infinite values; a checkpoint is never written with them"
+            )
         ready[name] = tensor.detach().to(device="cpu", dtype=WEIGHTS_DTYPE).contiguous()
     save_file(ready, os.fspath(path), metadata=SAFETENSORS_METADATA)
 

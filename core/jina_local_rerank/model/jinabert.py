@@ -3,7 +3,7 @@
 Module names mirror the checkpoint's tensor names (``bert.encoder.layer.0.mlp.gated_layers.weight`` is
 ``model.bert.encoder.layer[0].mlp.gated_layers.weight``), so loading is a straight key match. The model knows
 nothing of tokenization, batching or files: it maps packed ``input_ids`` to one logit per sequence, attending as
-the :class:`~jina_local_rerank.attention.PackedAttention` it is given says (how attention is computed lives in
+the :class:`~jina_local_rerank.model.attention.PackedAttention` it is given says (how attention is computed lives in
 ``attention.py``, CPU row blocking in ``row_blocks.py``).
 """
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import SAFETENSORS_FILE, expected_shapes
-from .checkpoint_writer import config_json, save_weights
-from .config import JinaBertConfig
+from ..checkpoint.format import SAFETENSORS_FILE, expected_shapes
+from ..checkpoint.writer import config_json, save_weights
+from ..model.config import JinaBertConfig
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -63,16 +63,32 @@ def write_tokenizer(directory: Path, vocab_size: int = 2000) -> int:
     tokenizer.model.save(str(directory))  # vocab.json and merges.txt
     (directory / "special_tokens_map.json").write_text(
         json.dumps(
-            {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>",
-             "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"},
+            {
+                "bos_token": "<s>",
+                "cls_token": "<s>",
+                "eos_token": "</s>",
+                "mask_token": "<mask>",
+                "pad_token": "<pad>",
+                "sep_token": "</s>",
+                "unk_token": "<unk>",
+            },
             indent=2,
         )
     )
     (directory / "tokenizer_config.json").write_text(
         json.dumps(
-            {"tokenizer_class": "RobertaTokenizer", "model_max_length": 8192, "add_prefix_space": False,
-             "bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "mask_token": "<mask>",
-             "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"},
+            {
+                "tokenizer_class": "RobertaTokenizer",
+                "model_max_length": 8192,
+                "add_prefix_space": False,
+                "bos_token": "<s>",
+                "cls_token": "<s>",
+                "eos_token": "</s>",
+                "mask_token": "<mask>",
+                "pad_token": "<pad>",
+                "sep_token": "</s>",
+                "unk_token": "<unk>",
+            },
             indent=2,
         )
     )

@@ -27,7 +27,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(f"device {device!r} is not a known device (use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps')") from None
+        raise ValueError(
+            f"device {device!r} is not a known device (use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps')"
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but CUDA is not available on this machine")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():

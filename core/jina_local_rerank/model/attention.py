@@ -233,7 +233,9 @@ class PaddedAttention(PackedAttention):
         for sequence, length in enumerate(self.lengths):
             self._key_mask[sequence, length:] = torch.finfo(torch.float32).min
         # Packed row of every real token, and its slot in the padded [sequences * width] layout.
-        self._packed_rows = torch.cat([torch.arange(o, o + n, device=device) for o, n in zip(self.offsets, self.lengths)])
+        self._packed_rows = torch.cat(
+            [torch.arange(o, o + n, device=device) for o, n in zip(self.offsets, self.lengths)]
+        )
         self._padded_rows = torch.cat(
             [torch.arange(s * self.width, s * self.width + n, device=device) for s, n in enumerate(self.lengths)]
         )
@@ -397,9 +399,7 @@ class FlexAttention(PackedAttention):
         self.bucket = flex_bucket(tokens)
         padding = self.bucket - tokens
         sequences = torch.arange(len(self.lengths), device=device, dtype=torch.int32)
-        document = torch.repeat_interleave(
-            sequences, torch.tensor(self.lengths, device=device), output_size=tokens
-        )
+        document = torch.repeat_interleave(sequences, torch.tensor(self.lengths, device=device), output_size=tokens)
         position = torch.arange(tokens, device=device, dtype=torch.int32) - self.cls_rows.to(torch.int32)[document]
         # Padding queries (id -1) and padding keys (id -2) match nothing. Every tensor the masks read is its own
         # (none shared between queries and keys), so both calls meet one compiled kernel per bucket.

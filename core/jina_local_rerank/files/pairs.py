@@ -11,19 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from .extras import extra_imports
-from .files import atomic_output, check_input_file, check_output_path
-from .progress import progress_bar
-
+from ..install_hints import extra_imports
+from ..progress import progress_bar
+from .user_files import atomic_output, check_input_file, check_output_path
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .reranker import Reranker
+    from ..reranker import Reranker
 
 FORMATS = ("jsonl", "parquet")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -68,7 +68,7 @@ def file_format(path: str | os.PathLike[str], given: str | None = None) -> str:
     return fmt
 
 
-def check_schema(names: Sequence[str], types: Sequence["pa.DataType"], columns: PairColumns) -> None:
+def check_schema(names: Sequence[str], types: Sequence[pa.DataType], columns: PairColumns) -> None:
     """Raise ``ValueError`` unless the query and document columns exist as strings and the score column does not.
 
     ``names`` and ``types`` are the input's column names and Arrow types, in the same order.
@@ -86,8 +86,8 @@ def check_schema(names: Sequence[str], types: Sequence["pa.DataType"], columns: 
 
 
 def add_scores(
-    table: "pa.Table", reranker: "Reranker", columns: PairColumns, *, raw: bool = False, first_row: int | None = None
-) -> "pa.Table":
+    table: pa.Table, reranker: Reranker, columns: PairColumns, *, raw: bool = False, first_row: int | None = None
+) -> pa.Table:
     """``table`` with a float64 score column appended: sigmoid scores (logits if ``raw``) of its pairs.
 
     ``first_row`` is the file row of the table's first row, to name a bad row in errors (None: unknown).
@@ -105,7 +105,7 @@ def add_scores(
     return table.append_column(pa.field(columns.score, pa.float64()), pa.array(scores, pa.float64()))
 
 
-def read_tables(path: str | os.PathLike[str], fmt: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator["pa.Table"]:
+def read_tables(path: str | os.PathLike[str], fmt: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
     """The file's rows as consecutive tables of at most ``batch_rows`` rows, read as they are needed.
 
     A file Arrow cannot parse (bad JSON, not UTF-8, not Parquet) raises ``ValueError`` naming it.
@@ -132,7 +132,7 @@ class TableWriter:
     """Writes tables to one JSONL or Parquet file in the order given (a context manager).
 
     Rows go to a temporary file that replaces ``path`` only when the ``with`` block ends without an error (see
-    :func:`~jina_local_rerank.files.atomic_output`): a failed run leaves an existing file untouched.
+    :func:`~jina_local_rerank.files.user_files.atomic_output`): a failed run leaves an existing file untouched.
     """
 
     def __init__(self, path: str | os.PathLike[str], fmt: str) -> None:
@@ -143,13 +143,13 @@ class TableWriter:
         self._temporary: Path | None = None
         self._stack = contextlib.ExitStack()
 
-    def __enter__(self) -> "TableWriter":
+    def __enter__(self) -> TableWriter:
         self._temporary = self._stack.enter_context(atomic_output(self.path))
         if self.format == "jsonl":
             self._jsonl = self._stack.enter_context(open(self._temporary, "w", encoding="utf-8"))
         return self
 
-    def write(self, table: "pa.Table") -> None:
+    def write(self, table: pa.Table) -> None:
         """Append ``table``'s rows to the output file."""
         if self._temporary is None:
             raise RuntimeError("TableWriter must be used in a with block")
@@ -181,7 +181,7 @@ def score_pairs_file_local(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
-    reranker: "Reranker",
+    reranker: Reranker,
     columns: PairColumns = PairColumns(),
     raw: bool = False,
     input_format: str | None = None,

@@ -6,7 +6,7 @@
   become :class:`Bf16ViaFp32Linear`: the same bf16 weights, multiplied by fp32 kernels. A product of two bf16
   numbers is exact in fp32 and both paths sum in fp32, so they compute the same numbers to summation order.
 - ``int8``: FBGEMM (x86) with 8-bit activations where AVX512_VNNI adds the products in 32 bits, 7-bit
-  without; ``torch._int_mm`` elsewhere (see :mod:`~jina_local_rerank.quantization`).
+  without; ``torch._int_mm`` elsewhere (see :mod:`~jina_local_rerank.model.quantization`).
 
 Each mode logs once per process, at INFO on the ``jina_local_rerank`` logger, which path it took and why.
 """

@@ -19,10 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-
-class FileProblem(ValueError):
-    """An input file cannot be read, or an output file cannot be written; the message names the file."""
-
+from ..errors import FileProblem
 
 # The most bytes a command reads from one input file or standard input (a device such as /dev/zero never ends).
 MAX_INPUT_BYTES = 256 * 2**20
@@ -83,8 +80,9 @@ def text_lines(path: Path, what: str = "") -> Iterator[tuple[int, str]]:
             while line := lines.readline(MAX_LINE_CHARS + 1):
                 number += 1
                 if len(line) > MAX_LINE_CHARS:
-                    raise FileProblem(f"{name} line {number}: longer than {MAX_LINE_CHARS:,} characters, "
-                                      "the limit for one line")
+                    raise FileProblem(
+                        f"{name} line {number}: longer than {MAX_LINE_CHARS:,} characters, the limit for one line"
+                    )
                 yield number, line
     except UnicodeDecodeError as exc:
         raise FileProblem(f"{name} line {number + 1}: not UTF-8 ({exc.reason})") from None
@@ -221,8 +219,10 @@ def check_output_folder(
                 f"{what} {path} exists and is not empty; choose another folder or overwrite it (--overwrite)"
             )
         if marker is not None and not (path / marker).is_file():
-            raise FileProblem(f"{what} {path} is not empty and has no {marker}: not a folder this command wrote; "
-                              "choose another (overwrite replaces only those)")
+            raise FileProblem(
+                f"{what} {path} is not empty and has no {marker}: not a folder this command wrote; "
+                "choose another (overwrite replaces only those)"
+            )
     return path
 
 

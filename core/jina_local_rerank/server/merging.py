@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .tokenization import EncodedPairs
+from ..engine.tokenization import EncodedPairs
 
 # How many recent scoring calls the counters remember (GET /stats, tests).
 CALL_HISTORY = 1000
