@@ -20,7 +20,7 @@ own precision measured in the same rounds. W3 (the model card's example through 
 score the same ten pairs) takes 30 interleaved rounds. W2 (1 query x 4 documents of ~4,700 tokens) runs the engine's
 modes, with the peak memory of a fresh process per mode.
 
-Agreement: bf16 and int8 against fp32 on the docstring reranker (``training.docstring_task``, trained in the run: a
+Agreement: bf16 and int8 against fp32 on the docstring reranker (``testing.docstring_task``, trained in the run: a
 model whose rankings mean something), over its held-out queries x BM25 candidates, with each mode's held-out
 NDCG@10; and batch-mate independence (each pair alone against the same pair among W1's, on the tiny shape).
 """

@@ -15,7 +15,7 @@ each implementation and workload is that of a fresh process that loads it and sc
 
 Agreement: int8 against fp32 per query, onnxruntime's (the export's two graphs: jina_local_rerank.export.int8_agreement)
 and the engine's for comparison. First on the docstring reranker (trained in the run by
-training.docstring_task.train_docstring_reranker: a model whose rankings mean something), over its 100 held-out
+testing.docstring_task.train_docstring_reranker: a model whose rankings mean something), over its 100 held-out
 queries x 20 BM25 candidates, with the held-out NDCG@10 of each; then on the parity checkpoints (random weights)
 and any --model, over 10 queries x 50 passages, W1, and the parity golden cases with 3+ documents.
 """

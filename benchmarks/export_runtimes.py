@@ -11,7 +11,8 @@ Workloads: "10 docs" is the card's example query with 10 product descriptions; "
 "20k call" the card's single call on 10 documents, one of 20,000 tokens (truncated to 8,192, padded batch
 [10, 8192]). Each runtime runs in a fresh process (Python: onnxruntime; Node.js: the card's code; browser: the
 browser example in headless Chromium): load time (model + tokenizer; in Chromium also the page's own example call),
-the workload's call time, the largest |score - engine score| (sigmoid), and the process's peak memory (VmHWM; in the browser the sum over Chromium's processes at the end, as a bound).
+the workload's call time, the largest |score - engine score| (sigmoid), and the process's peak memory (VmHWM; in
+the browser the sum over Chromium's processes at the end, as a bound).
 """
 
 from __future__ import annotations
@@ -25,19 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(Path(__file__).parent), str(REPO_ROOT / "tests")]
 import workloads  # noqa: E402
+from transformers_js import BROWSER_SCRIPT, CHROMIUM, RUNTIMES, card_code  # noqa: E402
 
 from jina_local_rerank import Reranker  # noqa: E402
 from jina_local_rerank.export import export_onnx  # noqa: E402
 from jina_local_rerank.testing.random_checkpoint import TINY_SHAPE, write_random_checkpoint  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNTIMES = {  # name -> (package in --node-modules, fp32 options, int8 options)
-    "@xenova/transformers 2.17.2": ("@xenova/transformers", "{ quantized: false }", "{ quantized: true }"),
-    "@huggingface/transformers 3.8.1": ("transformers3", "{ dtype: 'fp32' }", "{ dtype: 'q8' }"),
-    "@huggingface/transformers 4.3.2": ("transformers4", "{ dtype: 'fp32' }", "{ dtype: 'q8' }"),
-}
 
 PYTHON_PROCESS = """
 import json, sys, time
@@ -69,14 +65,6 @@ for (const [query, documents] of JSON.parse(readFileSync(process.argv[2], "utf8"
 const seconds = (performance.now() - scoring) / 1000;
 console.log(JSON.stringify({ load, seconds, scores, peak_mb: peakMb() }));
 """
-
-
-def card_code(package: str, model: Path, options: str) -> str:
-    """docs/export.md's example up to rank(), for ``package``, the exported folder and load options (as the tests)."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from test_export_js import card_code as documented
-
-    return documented(package, model.parent, model.name, options)
 
 
 def peak_of_tree(pid: int) -> float:
@@ -119,9 +107,8 @@ def main() -> None:
         }
         selected = [name for name in args.workloads.split(",") if name]
         expected = {name: [sigmoid(x) for x in engine.score(*rankings[name], raw=True).logits] for name in selected}
-        print(
-            f"model: full tiny shape, random weights; onnx/model.onnx {export.joinpath('onnx/model.onnx').stat().st_size >> 20} MB"
-        )
+        size_mb = export.joinpath("onnx/model.onnx").stat().st_size >> 20
+        print(f"model: full tiny shape, random weights; onnx/model.onnx {size_mb} MB")
         print(
             "\n| runtime | where | dtype | workload | max abs score diff vs engine fp32 | load s | call s | peak MB |"
         )
@@ -152,18 +139,18 @@ def main() -> None:
                     )
                     continue
                 report("onnxruntime 1.32 (Python)", "-", dtype, name, json.loads(out.stdout))
-            for runtime, (package, fp32, int8) in RUNTIMES.items():
-                for dtype, options in (("fp32", fp32), ("q8", int8)):
+            for js in RUNTIMES.values():
+                runtime, package = js.label, js.package
+                for dtype, options in (("fp32", js.fp32), ("q8", js.int8)):
                     if "node" not in args.where or (name != "10 docs" and dtype == "q8"):
                         continue
                     script = args.node_modules / "bench-runtime.mjs"
-                    script.write_text(NODE_PROCESS.replace("CARD", card_code(package, export, options)))
+                    code = card_code(package, export.parent, export.name, options)
+                    script.write_text(NODE_PROCESS.replace("CARD", code))
                     out = subprocess.run(["node", str(script), str(file)], capture_output=True, text=True)
                     if out.returncode:
-                        print(
-                            f"| {runtime} | Node.js | {dtype} | {name} | failed: "
-                            f"{out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else out.returncode} | | | |"
-                        )
+                        error = out.stderr.strip().splitlines()[-1][:200] if out.stderr.strip() else out.returncode
+                        print(f"| {runtime} | Node.js | {dtype} | {name} | failed: {error} | | | |")
                         continue
                     report(runtime, "Node.js", dtype, name, json.loads(out.stdout.strip().splitlines()[-1]))
                 if "browser" in args.where:
@@ -172,9 +159,6 @@ def main() -> None:
 
 def browser(args, runtime, package, export, file, name, report) -> None:  # noqa: ANN001
     """The browser example with ``package`` in headless Chromium, as tests/test_export_js.py drives it."""
-    sys.path.insert(0, str(REPO_ROOT / "tests"))
-    from test_export_js import BROWSER_SCRIPT, CHROMIUM
-
     server = subprocess.Popen(
         [
             sys.executable,

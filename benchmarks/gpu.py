@@ -284,7 +284,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         for impl, seconds in (medians or {}).items():
             is_bert = impl.startswith("CrossEncoder")
             flops = sum(pair_flops(bert_config, n, 2) if is_bert else pair_flops(config, n) for n in lengths)
-            peak_mib = table.attempt(f"{workload} {impl} memory", lambda: peak_memory_mib(runs[impl], device))
+            peak_mib = table.attempt(f"{workload} {impl} memory", lambda impl=impl: peak_memory_mib(runs[impl], device))
             table.add(workload, impl, seconds, sum(lengths), flops, peak_mib)
 
     def engine_runs(pairs: list[list[str]], target: Reranker, pre_tokenized: bool) -> dict[str, Callable[[], object]]:
@@ -371,7 +371,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
             f"{device} bf16, default mode": (device, "bfloat16", None),
         }.items():
             errors = table.attempt(
-                f"parity {label}", lambda: golden_errors(args.parity_dir, parity_device, parity_dtype, mode)
+                f"parity {label}",
+                lambda run=(parity_device, parity_dtype, mode): golden_errors(args.parity_dir, *run),
             )
             if errors is not None:
                 parity[f"{label}: {errors[0]}"] = errors[1]

@@ -9,6 +9,10 @@ from pathlib import Path
 
 # W3 is the model card's example, as examples/quickstart.py runs it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import quickstart  # noqa: E402
+
+SEED_QUERY: str = quickstart.QUERY
+SEED_DOCUMENTS: list[str] = quickstart.DOCUMENTS
 
 
 def _words() -> list[str]:

@@ -79,7 +79,7 @@ def onnx_export(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def docstring_task(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The docstring retrieval task: its ``train`` and ``test`` BEIR folders (see ``training.docstring_task``)."""
+    """The docstring retrieval task: its ``train`` and ``test`` BEIR folders (see ``testing.docstring_task``)."""
     from jina_local_rerank.testing.docstring_task import write_docstring_dataset
 
     return write_docstring_dataset(tmp_path_factory.mktemp("docstring-task"))

@@ -15,7 +15,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and the API docs
     from .engine.scoring_engine import ScoringEngine, cached_engines, clear_engine_cache
     from .errors import CheckpointError, JinaLocalRerankError, ModelNotFoundError, UnsupportedModelError
     from .options import RerankerOptions
-    from .reranker import Reranker, ScoreResult, reranker_for
+    from .reranker import Reranker, ScoreResult
+    from .reranker_registry import reranker_for
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,7 @@ _EXPORTS = {
     "UnsupportedModelError": ".errors",
     "cached_engines": ".engine.scoring_engine",
     "clear_engine_cache": ".engine.scoring_engine",
-    "reranker_for": ".reranker",
+    "reranker_for": ".reranker_registry",
 }
 
 __all__ = sorted(_EXPORTS)

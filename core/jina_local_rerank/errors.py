@@ -36,7 +36,8 @@ class FileProblem(JinaLocalRerankError, ValueError):
 
 
 class DatasetError(JinaLocalRerankError, ValueError):
-    """A dataset, run or training file is missing or malformed; the message names the file and the line."""
+    """A dataset, run, training or pairs file is missing or malformed; the message names the file and the line
+    (in a pairs file, the column or the row)."""
 
 
 class InputError(JinaLocalRerankError, ValueError):

@@ -38,7 +38,7 @@ def _direct_url() -> dict | None:
 
 def install_command(extra: str) -> str:
     """The pip command that adds ``extra`` to this installation of jina-local-rerank."""
-    checkout = Path(__file__).resolve().parents[2]  # core/jina_local_rerank/extras.py
+    checkout = Path(__file__).resolve().parents[2]  # core/jina_local_rerank/install_hints.py
     in_checkout = (checkout / "pyproject.toml").is_file()  # a source tree: an editable install, or on the path
     return pip_command(extra, checkout if in_checkout else None, None if in_checkout else _direct_url())
 

@@ -22,10 +22,14 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_QUERY_LENGTH = 512
 LONG_DOCUMENT_MODES = ("truncate", "chunk")
 CHUNK_AGGREGATIONS = ("max", "mean_top2")
-DEVICE_HELP = "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'"
-# Canonical dtype names and their short aliases; devices.py maps the canonical names to torch dtypes.
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The one wording of the devices and dtypes there are, for the flags' help and every error about them
+# (engine/devices.py resolves them to torch objects).
+_EXPLICIT_DEVICES = "'cpu', 'cuda', 'cuda:N' or 'mps'"
+DEVICE_NAMES = f"'auto', {_EXPLICIT_DEVICES}"
+DEVICE_HELP = f"'auto' (cuda, then mps, then cpu), {_EXPLICIT_DEVICES}"
+# Canonical dtype names and their short aliases.
 DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # The options that add text around every query and document before scoring.
 TEXT_AFFIXES = ("query_prefix", "query_suffix", "document_prefix", "document_suffix")
 
@@ -37,12 +41,25 @@ def _torch_name(value: Any) -> Any:
     return value
 
 
+def dtype_name(dtype: Any) -> str:
+    """``dtype`` as one of ``DTYPES``: None is ``"auto"``, a short name (``"bf16"``) or a torch dtype
+    (``torch.float16``, ``torch.qint8``) its canonical name, in any case; else ``ValueError`` listing them."""
+    name = _torch_name(dtype)
+    if name is None:
+        name = "auto"
+    if isinstance(name, str):
+        name = DTYPE_ALIASES.get(name.lower(), name.lower())
+    if name == "qint8":
+        name = "int8"
+    return check_choice(name, DTYPES, "dtype")
+
+
 @dataclass(frozen=True)
 class RerankerOptions:
     """Everything that decides a :class:`~jina_local_rerank.Reranker`'s scores; lengths are in tokens.
 
     Frozen and hashable: equal options mean the same reranker (see
-    :func:`~jina_local_rerank.reranker.reranker_for`). Invalid values raise ``TypeError``/``ValueError`` naming
+    :func:`~jina_local_rerank.reranker_for`). Invalid values raise ``TypeError``/``ValueError`` naming
     the option at construction.
     """
 
@@ -103,13 +120,7 @@ class RerankerOptions:
         if not isinstance(device, str) or not device:
             raise TypeError(f"device must be a string such as {DEVICE_HELP}, got {type(self.device).__name__}")
         set_(self, "device", device)
-        dtype = _torch_name(self.dtype)
-        dtype = "auto" if dtype is None else dtype
-        if isinstance(dtype, str):
-            dtype = DTYPE_ALIASES.get(dtype.lower(), dtype.lower())
-        if dtype == "qint8":
-            dtype = "int8"
-        set_(self, "dtype", check_choice(dtype, DTYPES, "dtype"))
+        set_(self, "dtype", dtype_name(self.dtype))
         for name in ("max_length", "max_query_length", "chunk_stride", "max_batch_size"):
             check_optional_positive_int(getattr(self, name), name)
         for name in TEXT_AFFIXES:

@@ -6,14 +6,14 @@ while a long one (a huge chunked document, a big pairs file) shows that it is al
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
 PROGRESS_DELAY_SECONDS = 2.0
 
 # True or "auto": after the delay; "always": from the start; False or "never": no bar.
-Progress = Union[bool, Literal["auto", "always", "never"]]
+Progress = bool | Literal["auto", "always", "never"]
 
 
 def progress_bar(desc: str, unit: str, show: Progress, total: int | None = None, **extra: Any) -> tqdm:

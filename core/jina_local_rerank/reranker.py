@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .engine.scoring_engine import ScoringEngine, get_engine, is_cached, release_engine
+from .engine.scoring_engine import ScoringEngine, get_engine, release_engine
 from .engine.tokenization import SPECIAL_TOKENS_PER_PAIR, EncodedPairs
 from .options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
 from .progress import Progress
-from .ranking import ranked_indices
-from .validation import check_documents, check_query
+from .ranking import cross_encoder_results, jina_results
+from .validation import check_documents, check_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +47,6 @@ class ScoreResult:
     def num_truncated(self) -> int:
         """How many documents were cut to fit the window."""
         return sum(self.truncated)
-
-
-def jina_results(
-    result: ScoreResult, documents: Sequence[str], *, top_n: int | None, return_documents: bool
-) -> list[dict[str, Any]]:
-    """Shape ``result`` like the Jina Reranker API's ``results``: best first, at most ``top_n``."""
-    ranked = []
-    for index in ranked_indices(result.logits, top_n=top_n):
-        entry: dict[str, Any] = {"index": index, "relevance_score": result.scores[index]}
-        if return_documents:
-            entry["document"] = {"text": documents[index]}
-        ranked.append(entry)
-    return ranked
 
 
 class Reranker:
@@ -144,10 +130,10 @@ class Reranker:
 
     def release(self) -> None:
         """Drop the shared weights from the process cache; they are freed once no object holds them."""
+        from .reranker_registry import forget_engine  # the registry builds Rerankers: it imports this module
+
         release_engine(self.engine)
-        with _rerankers_lock:
-            for options in [key for key, value in _rerankers.items() if value.engine is self.engine]:
-                del _rerankers[options]
+        forget_engine(self.engine)
 
     def score(
         self, query: str, documents: Sequence[str], *, raw: bool = False, show_progress: Progress = False
@@ -157,7 +143,7 @@ class Reranker:
         ``show_progress``: True (or ``"auto"``) shows a progress bar on stderr once scoring has run a few seconds,
         ``"always"`` from the start (the same in :meth:`score_pairs`, :meth:`rank` and :meth:`rerank`).
         """
-        query = check_query(query)
+        query = check_text(query, "query")
         documents = check_documents(documents)
         return self._score([query], [(0, doc) for doc in documents], raw=raw, show_progress=show_progress)
 
@@ -172,8 +158,8 @@ class Reranker:
         for index, pair in enumerate(pairs):
             if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
                 raise TypeError(f"pairs[{index}] must be a [query, document] pair of two strings")
-            query = check_query(pair[0], f"pairs[{index}][0]")
-            doc = check_query(pair[1], f"pairs[{index}][1]")
+            query = check_text(pair[0], f"pairs[{index}][0]")
+            doc = check_text(pair[1], f"pairs[{index}][1]")
             indexed.append((queries.setdefault(query, len(queries)), doc))
         return self._score(list(queries), indexed, raw=raw, show_progress=show_progress)
 
@@ -195,13 +181,7 @@ class Reranker:
     ) -> list[dict[str, Any]]:
         """sentence-transformers ``CrossEncoder.rank`` output: ``[{"corpus_id", "score", "text"?}]``, best first."""
         result = self.score(query, documents, raw=raw, show_progress=show_progress)
-        ranked = []
-        for index in ranked_indices(result.logits, top_n=top_k, top_name="top_k"):
-            entry: dict[str, Any] = {"corpus_id": index, "score": result.scores[index]}
-            if return_documents:
-                entry["text"] = documents[index]
-            ranked.append(entry)
-        return ranked
+        return cross_encoder_results(result, documents, top_k=top_k, return_documents=return_documents)
 
     def rerank(
         self,
@@ -268,7 +248,7 @@ class Reranker:
         ``truncation_side="left"`` keeps the end of a document that does not fit; ``max_document_length`` cuts
         every document to that many tokens first (both count as truncation).
         """
-        query = check_query(query)
+        query = check_text(query, "query")
         documents = check_documents(documents)
         return self._encode(
             [query],
@@ -303,23 +283,3 @@ class Reranker:
         if self.chunk_aggregation == "max":
             return [max(values) for values in per_pair]
         return [sum(best := sorted(values, reverse=True)[:2]) / len(best) for values in per_pair]
-
-
-_rerankers: dict[RerankerOptions, Reranker] = {}
-_rerankers_lock = threading.Lock()
-
-
-def reranker_for(options: RerankerOptions) -> Reranker:
-    """The process-wide ``Reranker`` for ``options``, built on first use (adapters call this on every use).
-
-    Equal options give the same object, so a component whose settings change simply gets another one; the weights
-    behind it are shared per (model, revision, device, dtype) either way.
-    """
-    with _rerankers_lock:
-        reranker = _rerankers.get(options)
-    if reranker is None or not is_cached(reranker.engine):  # a released engine is loaded again
-        # Built outside the lock: loading takes a while, and two racing builds share the cached engine anyway.
-        reranker = Reranker(options)
-        with _rerankers_lock:
-            reranker = _rerankers[options] = reranker
-    return reranker

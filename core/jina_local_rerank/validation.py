@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def check_query(query: Any, name: str = "query") -> str:
-    """Return ``query`` if it is a string, else raise ``TypeError`` naming ``name``."""
-    if not isinstance(query, str):
-        raise TypeError(f"{name} must be a string, got {type(query).__name__}")
-    return query
+def check_text(value: Any, name: str) -> str:
+    """Return ``value`` if it is a string (a query or a document), else raise ``TypeError`` naming ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    return value
 
 
 def check_documents(documents: Any, name: str = "documents") -> list[str]:

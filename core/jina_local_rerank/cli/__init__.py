@@ -56,10 +56,14 @@ def _error(message: object, status: int) -> int:
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C's ``KeyboardInterrupt`` would be, so a command cleans up the same way (no
-    partial output folder, no state of a run that saved nothing)."""
+    partial output folder, no state of a run that saved nothing).
+
+    Control flow, not an error: it is no :class:`~jina_local_rerank.errors.JinaLocalRerankError`, so that it
+    passes every ``except Exception`` (and ``except JinaLocalRerankError``) on its way out, as Ctrl-C does."""
 
 
-def _terminate(signum: int, frame: object) -> None:
+def raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler: raise :class:`Terminated` in the main thread."""
     raise Terminated
 
 
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
     args = build_parser().parse_args(argv)
     out = stdout or sys.stdout
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
     try:
         return _run(args, stdin, out)
     finally:

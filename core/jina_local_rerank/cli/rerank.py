@@ -11,9 +11,11 @@ import json
 from typing import Any, TextIO
 
 from ..errors import InputError
+from ..files.json_input import decode_json, parse_json
 from ..files.user_files import MAX_INPUT_BYTES, read_bounded, read_text_file
 from ..flags import positive_int
 from ..options import add_option_arguments, options_from_args
+from ..ranking import jina_results
 from .arguments import add_progress_argument
 
 EXPECTED_INPUT = 'a JSON object {"query": ..., "documents": [...]}, a JSON list of documents, or JSON lines'
@@ -27,34 +29,19 @@ def _document_text(item: Any, where: str) -> str:
     raise InputError(f"{where}: a document must be a string or an object with a string 'text'")
 
 
-def _loads(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise
-    except RecursionError:
-        raise InputError(f"{where}: JSON nested too deeply") from None
-    except ValueError as exc:  # an integer of more digits than Python converts
-        raise InputError(f"{where}: not JSON we accept ({exc})") from None
-
-
 def parse_input(text: str, source: str) -> tuple[str | None, list[str]]:
     """Read ``{"query", "documents"}`` JSON, a JSON list of documents, or JSONL (one document per line)."""
     stripped = text.strip()
     if not stripped:
         return None, []
     try:
-        data = _loads(stripped, source)
-    except json.JSONDecodeError:
-        data = None
+        data = decode_json(stripped, source, InputError)
+    except json.JSONDecodeError:  # JSON lines, one document per line
         lines = [line for line in stripped.splitlines() if line.strip()]
         documents = []
         for number, line in enumerate(lines, start=1):
-            try:
-                item = _loads(line, f"{source} line {number}")
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{source} line {number}: not JSON ({exc.msg})") from None
-            documents.append(_document_text(item, f"{source} line {number}"))
+            where = f"{source} line {number}"
+            documents.append(_document_text(parse_json(line, where, InputError), where))
         return None, documents
     if isinstance(data, dict):
         if "documents" not in data:
@@ -104,7 +91,7 @@ def _read_request(args: argparse.Namespace, stdin: TextIO) -> tuple[str, list[st
 
 
 def _run_rerank(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
-    from ..reranker import Reranker, jina_results  # torch: only once the command runs
+    from ..reranker import Reranker  # torch: only once the command runs
 
     query, documents = _read_request(args, stdin)
     reranker = Reranker(options_from_args(args))

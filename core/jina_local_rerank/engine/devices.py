@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import torch
 
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+from ..options import DEVICE_NAMES, dtype_name
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -27,9 +20,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(
-            f"device {device!r} is not a known device (use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps')"
-        ) from None
+        raise ValueError(f"device {device!r} is not a known device (use {DEVICE_NAMES})") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but CUDA is not available on this machine")
     if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
@@ -37,27 +28,24 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {device!r} was requested but MPS is not available on this machine")
     if resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r} is not supported (use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps')")
+        raise ValueError(f"device {device!r} is not supported (use {DEVICE_NAMES})")
     return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``"auto"``/None: bf16 on CUDA where supported (else fp16), fp32 elsewhere; or an explicit float dtype.
+    """``"auto"``/None: bf16 on CUDA where supported (else fp16), fp32 elsewhere; or an explicit dtype (any name
+    :func:`~jina_local_rerank.options.dtype_name` accepts).
 
-    ``"int8"`` (CPU only) gives ``torch.qint8``: linear layers dynamically quantized, the rest in fp32.
+    ``"int8"`` (CPU only) gives ``torch.qint8``: the encoder's linear layers in int8
+    (:mod:`~jina_local_rerank.model.quantization`), the rest in fp32.
     """
-    if dtype in ("int8", torch.qint8):
+    name = dtype_name(dtype)
+    if name == "int8":
         if device.type != "cpu":
-            raise ValueError(f"dtype 'int8' (dynamic quantization) runs on the CPU only, not on {device}")
+            raise ValueError(f"dtype 'int8' runs on the CPU only, not on {device}")
         return torch.qint8
-    if dtype is None or dtype == "auto":
+    if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPE_NAMES.values():
-            raise ValueError(f"dtype {dtype} is not supported (use float32, bfloat16, float16 or int8)")
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPE_NAMES:
-        return DTYPE_NAMES[dtype.lower()]
-    raise ValueError(f"dtype {dtype!r} is not supported (use 'auto', 'float32', 'bfloat16', 'float16' or 'int8')")
+    return getattr(torch, name)

@@ -42,7 +42,8 @@ class ScoringEngine:
     """A JinaBERT cross-encoder ready to score: model weights on a device plus the pair tokenizer.
 
     Thread-safe: forward passes do not mutate state. Shared by every [`Reranker`][jina_local_rerank.Reranker]
-    (and every framework adapter) that asks for the same [`EngineKey`][jina_local_rerank.engine.scoring_engine.EngineKey].
+    (and every framework adapter) that asks for the same
+    [`EngineKey`][jina_local_rerank.engine.scoring_engine.EngineKey].
     """
 
     def __init__(
@@ -58,7 +59,7 @@ class ScoringEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        self.dtype = dtype  # torch.qint8 for a dynamically quantized model
+        self.dtype = dtype  # torch.qint8 for int8 linear layers (model/quantization.py)
         # Per-sequence exact-length attention on CPUs, one fused flex call per layer on CUDA (see
         # ``default_attention``); assignable, e.g. to compare modes.
         self.attention: type[PackedAttention] = default_attention(self.device)
@@ -174,7 +175,8 @@ def get_engine(
 
 
 def release_engine(engine: ScoringEngine) -> bool:
-    """Drop ``engine`` from the process-wide cache; its memory is freed once no object holds it. True if it was cached."""
+    """Drop ``engine`` from the process-wide cache; its memory is freed once no object holds it. True if it was
+    cached."""
     with _cache_lock:
         if _cache.get(engine.key) is engine:
             del _cache[engine.key]

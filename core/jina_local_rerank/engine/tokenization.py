@@ -126,7 +126,8 @@ def first_cut(text: str, start: int, added: Sequence[str] = ()) -> int | None:
 
 
 def window_starts(length: int, room: int, stride: int) -> list[int]:
-    """Start offsets of windows of ``room`` tokens over ``length`` tokens, ``stride`` apart; the last ends at the end."""
+    """Start offsets of windows of ``room`` tokens over ``length`` tokens, ``stride`` apart; the last ends at the
+    end."""
     if length <= room:
         return [0]
     starts = list(range(0, length - room, stride))

@@ -1,4 +1,5 @@
-"""How closely one set of logits ranks like another (int8 against fp32): rank correlation and top-k overlap per query."""
+"""How closely one set of logits ranks like another (int8 against fp32): rank correlation and top-k overlap per
+query."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ optional header line. Errors name the file and the line.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError, FileProblem
+from ..files.json_input import parse_json
 from ..files.user_files import text_lines
 
 # The largest relevance grade a qrels file may hold (real ones are 0 to 3 or so); metrics and training stay finite.
@@ -53,14 +53,7 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         for number, line in text_lines(path):
             if not line.strip():
                 continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path} line {number}: not JSON ({exc.msg})") from None
-            except RecursionError:
-                raise DatasetError(f"{path} line {number}: JSON nested too deeply") from None
-            except ValueError as exc:  # an integer of more digits than Python converts
-                raise DatasetError(f"{path} line {number}: not JSON we accept ({exc})") from None
+            item = parse_json(line, f"{path} line {number}", DatasetError)
             if not isinstance(item, dict):
                 raise DatasetError(f"{path} line {number}: expected a JSON object, got {type(item).__name__}")
             yield number, item

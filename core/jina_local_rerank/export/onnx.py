@@ -10,8 +10,8 @@ transformers.js loads for ``dtype: "q8"``).
 The graph is traced from the project's own model (:mod:`~jina_local_rerank.export.padded_batch`) with
 ``torch.export`` and written by torch's ONNX exporter; the ALiBi bias is computed from the attention mask inside
 the graph, per block of query rows (:mod:`~jina_local_rerank.export.blocked_attention`), so no table of the
-8,192-token window is stored and no ``[batch, heads, length, length]`` tensor is ever held. The folder is written beside its destination and
-renamed into place only when complete.
+8,192-token window is stored and no ``[batch, heads, length, length]`` tensor is ever held. The folder is written
+beside its destination and renamed into place only when complete.
 """
 
 from __future__ import annotations

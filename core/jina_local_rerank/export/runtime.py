@@ -13,6 +13,7 @@ from pathlib import Path
 from ..checkpoint.files import read_config
 from ..engine.batching import pack_batches
 from ..engine.tokenization import PairTokenizer
+from ..install_hints import extra_imports
 from ..options import DEFAULT_MAX_QUERY_LENGTH
 from .layout import MODEL_FILE, ONNX_FOLDER
 
@@ -34,7 +35,8 @@ class OnnxReranker:
         threads: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
     ) -> None:
-        import onnxruntime
+        with extra_imports("scoring an ONNX export", "export"):
+            import onnxruntime
 
         self.directory = Path(directory)
         config = read_config(self.directory / "config.json")

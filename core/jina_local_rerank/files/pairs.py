@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import DatasetError, FileProblem
 from ..install_hints import extra_imports
 from ..progress import progress_bar
 from .user_files import atomic_output, check_input_file, check_output_path
@@ -61,7 +62,7 @@ def file_format(path: str | os.PathLike[str], given: str | None = None) -> str:
         return given
     fmt = _SUFFIX_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise ValueError(
+        raise FileProblem(
             f"cannot tell the format of {os.fspath(path)!r} from its suffix; name a .jsonl or .parquet file or "
             f"pass the format ({', '.join(FORMATS)})"
         )
@@ -69,7 +70,7 @@ def file_format(path: str | os.PathLike[str], given: str | None = None) -> str:
 
 
 def check_schema(names: Sequence[str], types: Sequence[pa.DataType], columns: PairColumns) -> None:
-    """Raise ``ValueError`` unless the query and document columns exist as strings and the score column does not.
+    """Raise ``DatasetError`` unless the query and document columns exist as strings and the score column does not.
 
     ``names`` and ``types`` are the input's column names and Arrow types, in the same order.
     """
@@ -77,12 +78,12 @@ def check_schema(names: Sequence[str], types: Sequence[pa.DataType], columns: Pa
     names = list(names)
     for role, name in (("query", columns.query), ("document", columns.document)):
         if name not in names:
-            raise ValueError(f"no {role} column {name!r} in the input; its columns are {names}")
+            raise DatasetError(f"no {role} column {name!r} in the input; its columns are {names}")
         column_type = types[names.index(name)]
         if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
-            raise ValueError(f"{role} column {name!r} must hold strings, got {column_type}")
+            raise DatasetError(f"{role} column {name!r} must hold strings, got {column_type}")
     if columns.score in names:
-        raise ValueError(f"the input already has a {columns.score!r} column; choose another score column name")
+        raise DatasetError(f"the input already has a {columns.score!r} column; choose another score column name")
 
 
 def add_scores(
@@ -100,7 +101,7 @@ def add_scores(
         if query is None or document is None:
             where = f"row {first_row + offset} (0-based)" if first_row is not None else "a row"
             missing = columns.query if query is None else columns.document
-            raise ValueError(f"{where} has no {missing!r} value (null)")
+            raise DatasetError(f"{where} has no {missing!r} value (null)")
     scores = reranker.score_pairs(list(zip(queries, documents)), raw=raw).scores
     return table.append_column(pa.field(columns.score, pa.float64()), pa.array(scores, pa.float64()))
 
@@ -108,7 +109,7 @@ def add_scores(
 def read_tables(path: str | os.PathLike[str], fmt: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
     """The file's rows as consecutive tables of at most ``batch_rows`` rows, read as they are needed.
 
-    A file Arrow cannot parse (bad JSON, not UTF-8, not Parquet) raises ``ValueError`` naming it.
+    A file Arrow cannot parse (bad JSON, not UTF-8, not Parquet) raises ``FileProblem`` naming it.
     """
     pa = _pyarrow()
     try:
@@ -125,7 +126,7 @@ def read_tables(path: str | os.PathLike[str], fmt: str, batch_rows: int = DEFAUL
                 for start in range(0, block.num_rows, batch_rows):
                     yield pa.Table.from_batches([block.slice(start, batch_rows)])
     except pa.ArrowException as exc:
-        raise ValueError(f"{os.fspath(path)} cannot be read as {fmt}: {exc}") from None
+        raise FileProblem(f"{os.fspath(path)} cannot be read as {fmt}: {exc}") from None
 
 
 class TableWriter:

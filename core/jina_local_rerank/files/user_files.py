@@ -89,8 +89,8 @@ def text_lines(path: Path, what: str = "") -> Iterator[tuple[int, str]]:
 
 
 def read_text_file(path: str | os.PathLike[str], what: str, max_bytes: int | None = None) -> str:
-    """The UTF-8 text of ``path`` (at most ``max_bytes``, default ``MAX_INPUT_BYTES``); ``what`` names the file's role in errors (``--input``,
-    ``RUN_FILE``...)."""
+    """The UTF-8 text of ``path`` (at most ``max_bytes``, default ``MAX_INPUT_BYTES``); ``what`` names the file's
+    role in errors (``--input``, ``RUN_FILE``...)."""
     path = Path(path)
     if path.is_dir():
         raise FileProblem(f"{what} {path} is a directory, not a file")

@@ -18,11 +18,9 @@ from .config import JinaBertConfig
 from .row_blocks import blocked_linear, blocked_rows
 
 
-def fp32_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` in fp32 whatever the weights' dtype: for the small head, where a bf16 logit would keep only
-    three significant digits. (A dynamically quantized layer computes in fp32 already.)"""
-    if not isinstance(layer, nn.Linear):
-        return layer(x.float())
+def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in fp32 whatever the weights' dtype: for the small head (pooler and classifier, never
+    quantized), where a bf16 logit would keep only three significant digits."""
     bias = None if layer.bias is None else layer.bias.float()
     return F.linear(x.float(), layer.weight.float(), bias)
 
@@ -107,7 +105,7 @@ class JinaBertGLUMLP(nn.Module):
             weight = self.gated_layers.weight
             gated = F.linear(x, weight[: self.intermediate_size])
             non_gated = F.linear(x, weight[self.intermediate_size :])
-        else:  # int8 (Int8Linear): its packed weight cannot be sliced
+        else:  # Int8Linear, Bf16ViaFp32Linear (CPU int8, bf16): one call, then split (packed int8 cannot be sliced)
             gated, non_gated = self.gated_layers(x).split(self.intermediate_size, dim=-1)
         return self.layernorm(self.wo(F.gelu(gated).mul_(non_gated)) + x)
 

@@ -37,7 +37,7 @@ def blocked_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for rows in blocks:
         if isinstance(layer, nn.Linear):
             torch.addmm(layer.bias, x[rows], layer.weight.t(), out=out[rows])
-        else:  # int8 (Int8Linear)
+        else:  # Int8Linear or Bf16ViaFp32Linear, which write into out= themselves
             layer(x[rows], out=out[rows])
     return out
 

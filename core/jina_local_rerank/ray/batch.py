@@ -13,6 +13,7 @@ import ray
 import ray.data
 from ray.data.expressions import col
 
+from ..errors import DatasetError
 from ..files.pairs import DEFAULT_BATCH_ROWS, PairColumns, TableWriter, add_scores, check_schema, file_format
 from ..files.user_files import check_input_file, check_output_path
 from ..options import RerankerOptions
@@ -87,14 +88,14 @@ def read_pairs(path: str | os.PathLike[str], fmt: str) -> ray.data.Dataset:
 
 
 def _check_no_nulls(dataset: ray.data.Dataset, columns: PairColumns) -> None:
-    """Raise ``ValueError`` if a row has no query or document.
+    """Raise ``DatasetError`` if a row has no query or document.
 
     One read pass before scoring, so that a bad row fails the job in seconds, not when an actor reaches it.
     """
     if dataset.filter(expr=col(columns.query).is_null() | col(columns.document).is_null()).count():
         counts = {name: dataset.filter(expr=col(name).is_null()).count() for name in (columns.query, columns.document)}
         found = ", ".join(f"{name!r} in {count}" for name, count in counts.items() if count)
-        raise ValueError(f"null values in the input: {found} row(s); drop or fill them first")
+        raise DatasetError(f"null values in the input: {found} row(s); drop or fill them first")
 
 
 def score_pairs_file(

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from ..cli import raise_terminated
 from ..flags import non_negative_float, positive_int
 from ..install_hints import extra_imports
 from . import DEFAULT_MAX_ONGOING_REQUESTS
@@ -122,13 +123,6 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     _add_cluster_argument(ray)
 
 
-def _stop_on_sigterm() -> None:
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def run_serve_on_ray(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     """``serve --ray``: deploy the app on Ray Serve at ``--host``/``--port`` and block; Ctrl-C or SIGTERM deletes
     it again."""
@@ -156,7 +150,7 @@ def run_serve_on_ray(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) ->
     )
     # http_options only take effect where Serve is not running yet on the cluster.
     serve.start(http_options={"host": args.host, "port": args.port})
-    _stop_on_sigterm()
+    signal.signal(signal.SIGTERM, raise_terminated)  # again: ray.init installs a handler of its own
     try:
         serve.run(app, name=APP_NAME, route_prefix="/")
         print(

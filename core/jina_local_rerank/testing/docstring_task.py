@@ -55,8 +55,9 @@ MODULES = (
 MIN_SUMMARY_WORDS = 4
 MIN_DOCUMENT_WORDS = 15
 
-# The trained reranker: small enough to train in under a minute on two CPU cores, deep enough to distill. No mining margin: each
-# query has exactly one answer by construction, so BM25's best candidates are the hard negatives to learn from.
+# The trained reranker: small enough to train in under a minute on two CPU cores, deep enough to distill. No mining
+# margin: each query has exactly one answer by construction, so BM25's best candidates are the hard negatives to
+# learn from.
 DOCSTRING_SHAPE = CheckpointShape(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, intermediate_size=128)
 DOCSTRING_MAX_LENGTH = 64
 DOCSTRING_TEST_QUERIES = 100

@@ -11,7 +11,7 @@ from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
 from jina_local_rerank import Reranker, RerankerOptions, reranker_for
 from jina_local_rerank.ranking import ranked_indices
-from jina_local_rerank.validation import check_optional_positive_int, check_query, check_threshold
+from jina_local_rerank.validation import check_optional_positive_int, check_text, check_threshold
 
 # SentenceTransformersSimilarityRanker arguments that have no meaning for this engine, and what to use instead.
 REFUSED_ARGUMENTS = {
@@ -179,7 +179,7 @@ class JinaLocalRanker:
         :raises TypeError: ``query`` is not a string, or ``documents`` is not a list of Documents.
         :raises ValueError: ``top_k`` < 1.
         """
-        query = check_query(query)
+        query = check_text(query, "query")
         documents = _unique_by_id(_check_documents(documents))
         top_k = self.top_k if top_k is None else check_optional_positive_int(top_k, "top_k")
         score_threshold = self.score_threshold if score_threshold is None else check_threshold(score_threshold)
