@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, Field, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from .validation import check_number, check_positive_int
+
+T = TypeVar("T")
 
 NO_FLAG = "no flag"  # a field's ``flag`` for settings only set in Python
 
@@ -50,14 +52,17 @@ def add_field_arguments(
     only: Collection[str] | None = None,
     help: Mapping[str, str] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    sections: Mapping[str | None, Any] | None = None,
 ) -> dict[str | None, Any]:
     """Register one flag per field of ``settings`` (``--max-batch-tokens`` for ``max_batch_tokens``), each in
     the help section its field names (else ``title``), with the field's name as its destination.
 
     ``only`` limits the flags to those fields; ``help`` and ``defaults`` replace a field's help or default where
-    a command gives it another meaning. Returns the help sections by title, for flags a command adds beside.
+    a command gives it another meaning; ``sections`` are help sections (argument groups) by title that the
+    command made already, for flags it lists first. Returns the help sections by title, for flags a command adds
+    beside.
     """
-    sections: dict[str | None, Any] = {}
+    sections = dict(sections or {})
     for option in flag_fields(settings):
         if only is not None and option.name not in only:
             continue
@@ -121,3 +126,25 @@ def positive_int(text: str) -> int:
 
 
 non_negative_float = number(0.0)
+
+
+def checked_int(check: Callable[[int, str], int]) -> Callable[[str], int]:
+    """An ``argparse`` type for an integer judged by ``check(value, name)``, a rule that raises ``TypeError`` or
+    ``ValueError`` naming the value (a settings class's own range, such as a seed's)."""
+
+    def parse(text: str) -> int:
+        try:
+            return check(_integer_text(text), "value")
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(_unnamed(str(exc))) from None
+
+    return parse
+
+
+def none_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    """An ``argparse`` type: the text ``none`` (any case) for None, else what ``parse`` makes of the text."""
+
+    def parse_or_none(text: str) -> T | None:
+        return None if text.lower() == "none" else parse(text)
+
+    return parse_or_none

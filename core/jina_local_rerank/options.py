@@ -196,3 +196,39 @@ def options_from_args(args: argparse.Namespace) -> RerankerOptions:
     """The options a subcommand's flags (registered by :func:`add_option_arguments`) describe; an option the
     command has no flag for keeps its default."""
     return RerankerOptions(**values_from_args(RerankerOptions, args))
+
+
+# The options that name the checkpoint: its weights decide the logits.
+CHECKPOINT_NAME_OPTIONS = ("model", "revision")
+# The options that say where a checkpoint's files come from and where it runs: the same checkpoint gives the same
+# logits whatever they are.
+LOGIT_NEUTRAL_OPTIONS = ("cache_dir", "token", "device")
+
+
+def logit_options(options: RerankerOptions, *, checkpoint_name: bool = True) -> dict[str, Any]:
+    """The options that decide the logits of scoring with ``options``, by name (JSON values): all but the
+    :data:`LOGIT_NEUTRAL_OPTIONS`, and without the :data:`CHECKPOINT_NAME_OPTIONS` unless ``checkpoint_name``
+    (for a caller that knows the checkpoint otherwise: by its content, or as the folder it exports)."""
+    left_out = LOGIT_NEUTRAL_OPTIONS + (() if checkpoint_name else CHECKPOINT_NAME_OPTIONS)
+    return {name: value for name, value in options.to_dict().items() if name not in left_out}
+
+
+def pair_lengths(options: RerankerOptions, window: int, default_max_length: int | None = None) -> tuple[int, int]:
+    """``(max_length, max_query_length)`` in tokens of scoring with ``options`` on a model of a ``window``-token
+    window: ``max_length`` as set (at most the window), else ``default_max_length`` (default: the window) capped
+    at the window; ``max_query_length`` as set, else ``min(DEFAULT_MAX_QUERY_LENGTH, max_length // 2)``.
+
+    ``ValueError`` naming them where ``max_length`` exceeds the window or the query cap leaves the document no
+    token of the pair.
+    """
+    from .engine.tokenization import SPECIAL_TOKENS_PER_PAIR  # loads the tokenizer library: not for --help
+
+    if options.max_length is not None and options.max_length > window:
+        raise ValueError(f"max_length {options.max_length} exceeds the model's window of {window} tokens")
+    max_length = options.max_length or min(default_max_length or window, window)
+    max_query_length = options.max_query_length or min(DEFAULT_MAX_QUERY_LENGTH, max_length // 2)
+    if max_query_length > max_length - SPECIAL_TOKENS_PER_PAIR - 1:
+        raise ValueError(
+            f"max_query_length {max_query_length} leaves no room for the document within max_length {max_length}"
+        )
+    return max_length, max_query_length

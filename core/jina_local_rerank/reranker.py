@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from .engine.scoring_engine import ScoringEngine, get_engine, release_engine
-from .engine.tokenization import SPECIAL_TOKENS_PER_PAIR, EncodedPairs
-from .options import DEFAULT_MAX_QUERY_LENGTH, RerankerOptions
+from .engine.tokenization import EncodedPairs
+from .options import RerankerOptions, pair_lengths
 from .progress import Progress
 from .ranking import cross_encoder_results, jina_results
 from .validation import check_documents, check_text
@@ -89,16 +89,7 @@ class Reranker:
             cache_dir=opts.cache_dir,
             token=opts.token,
         )
-        window = self.engine.max_length
-        if opts.max_length is not None and opts.max_length > window:
-            raise ValueError(f"max_length {opts.max_length} exceeds the model's window of {window} tokens")
-        self.max_length = opts.max_length or window
-        self.max_query_length = opts.max_query_length or min(DEFAULT_MAX_QUERY_LENGTH, self.max_length // 2)
-        if self.max_query_length > self.max_length - SPECIAL_TOKENS_PER_PAIR - 1:
-            raise ValueError(
-                f"max_query_length {self.max_query_length} leaves no room for the document within "
-                f"max_length {self.max_length}"
-            )
+        self.max_length, self.max_query_length = pair_lengths(opts, self.engine.max_length)
         if opts.max_batch_tokens < self.max_length:
             raise ValueError(
                 f"max_batch_tokens {opts.max_batch_tokens} is smaller than one pair of max_length {self.max_length} "

@@ -21,7 +21,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,9 +33,9 @@ from ..errors import CheckpointError
 from ..files.user_files import atomic_directory, check_output_folder
 from ..install_hints import extra_imports
 from ..model.jinabert import JinaBertForReranking
-from ..options import RerankerOptions
+from ..options import RerankerOptions, logit_options
 from .blocked_attention import expand_blocked_attention, translation_table
-from .layout import EXPORT_OPTIONS, INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
+from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
 from .padded_batch import PaddedBatchReranker
 from .tokenizer_file import write_portable_tokenizer
 
@@ -74,11 +74,12 @@ def _export_options(options_or_model: RerankerOptions | str | os.PathLike[str]) 
         raise ValueError(
             f"device {options.device!r}: export runs on the CPU (the graph runs wherever onnxruntime does)"
         )
+    # The graph holds the checkpoint and nothing of how the engine scores: every option that changes the logits
+    # (but the dtype, checked above) must keep its default.
     changed = [
-        option.name
-        for option in fields(RerankerOptions)
-        if option.name not in (*EXPORT_OPTIONS, "dtype", "device")
-        and getattr(options, option.name) != getattr(defaults, option.name)
+        name
+        for name, value in logit_options(options, checkpoint_name=False).items()
+        if name != "dtype" and value != getattr(defaults, name)
     ]
     if changed:
         raise ValueError(

@@ -3,7 +3,7 @@
 Each epoch every group contributes one list: one positive and up to ``negatives`` documents labelled below it (an
 unlabelled list: ``1 + negatives`` documents at random). Lists are shuffled and packed into optimizer steps of
 at most ``step_tokens`` tokens, the sequences laid end to end with no padding (a list longer than the budget is a
-step of its own); a step runs as forward passes of at most ``max_batch_tokens`` tokens whose gradients add up.
+step of its own); a step runs as forward passes of at most ``batch_tokens`` tokens whose gradients add up.
 A list never straddles two passes: listwise losses need all of its logits. Everything is drawn from
 ``(seed, epoch)``, so the same settings give the same batches, which is what makes resuming exact.
 """
@@ -98,11 +98,9 @@ def plan_epoch(
     return _packed(lists, [list_tokens(groups, item) for item in lists], step_tokens)
 
 
-def micro_batches(
-    groups: list[EncodedGroup], step: list[TrainingList], max_batch_tokens: int
-) -> list[list[TrainingList]]:
-    """A step's lists as forward passes of at most ``max_batch_tokens`` tokens (a longer list alone)."""
-    return _packed(step, [list_tokens(groups, item) for item in step], max_batch_tokens)
+def micro_batches(groups: list[EncodedGroup], step: list[TrainingList], batch_tokens: int) -> list[list[TrainingList]]:
+    """A step's lists as forward passes of at most ``batch_tokens`` tokens (a longer list alone)."""
+    return _packed(step, [list_tokens(groups, item) for item in step], batch_tokens)
 
 
 def _packed(items: list[TrainingList], tokens: list[int], budget: int) -> list[list[TrainingList]]:

@@ -55,6 +55,12 @@ class QueryGroup:
     where: str
 
     @property
+    def evaluable(self) -> bool:
+        """Whether a held-out evaluation can judge a ranking of it: a document is labelled relevant, or it is
+        unlabelled (a teacher's logits are then the reference)."""
+        return self.labels is None or any(label > 0 for label in self.labels)
+
+    @property
     def num_negatives(self) -> int:
         """Documents ranked below the best: labelled lower than the top label, or for unlabelled lists all but one."""
         if self.labels is None:

@@ -14,14 +14,15 @@ import logging
 import math
 import os
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..checkpoint.format import PYTORCH_BIN_FILE, SAFETENSORS_FILE
 from ..files.user_files import atomic_output
-from ..options import RerankerOptions
+from ..options import RerankerOptions, logit_options
 from ..progress import Progress, progress_bar
 from .data import TARGET_LIMIT, QueryGroup
 
@@ -88,9 +89,7 @@ class TeacherScorer:
         self.options = options
         self.directory = options.checkpoint_dir()
         self.content_hash = checkpoint_hash(self.directory)
-        settings = options.to_dict()
-        for name in ("model", "revision", "device", "cache_dir"):  # where it comes from and runs: not its logits
-            settings.pop(name)
+        settings = logit_options(options, checkpoint_name=False)  # the checkpoint is known by its content hash
         fingerprint = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:12]
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_file = cache / f"{self.content_hash[:24]}-{fingerprint}.npz"
@@ -174,15 +173,21 @@ class TeacherScorer:
         report = TeacherReport(scored=len(missing), cached=len(set(keys)) - len(missing), cache_file=self.cache_file)
         return [cache[key] for key in keys], report
 
+    def score_lists(
+        self, lists: Sequence[tuple[str, Sequence[str]]], show_progress: Progress = False
+    ) -> tuple[list[tuple[float, ...]], TeacherReport]:
+        """The teacher's raw logits for the documents of every ``(query, documents)`` list, list by list."""
+        pairs = [(query, document) for query, documents in lists for document in documents]
+        logits, report = self.score_pairs(pairs, show_progress)
+        scored, start = [], 0
+        for _, documents in lists:
+            scored.append(tuple(logits[start : start + len(documents)]))
+            start += len(documents)
+        return scored, report
+
     def score_groups(
         self, groups: tuple[QueryGroup, ...] | list[QueryGroup], show_progress: Progress = False
     ) -> tuple[list[QueryGroup], TeacherReport]:
         """``groups`` with ``teacher`` set to this teacher's logits for every document."""
-        pairs = [(group.query, document) for group in groups for document in group.documents]
-        logits, report = self.score_pairs(pairs, show_progress)
-        scored, start = [], 0
-        for group in groups:
-            end = start + len(group.documents)
-            scored.append(QueryGroup(group.query, group.documents, group.labels, tuple(logits[start:end]), group.where))
-            start = end
-        return scored, report
+        logits, report = self.score_lists([(group.query, group.documents) for group in groups], show_progress)
+        return [replace(group, teacher=scores) for group, scores in zip(groups, logits)], report

@@ -1,11 +1,13 @@
 """``Trainer``: fine-tuning and distillation of a JinaBERT reranker; :meth:`Trainer.fit` is the whole run.
 
-``fit`` reads top to bottom like nanoGPT's ``train.py``: the starting checkpoint (for distillation, a student built
-from its teacher), the data (read, hard negatives mined, teacher-scored), the steps of every epoch, AdamW with
-warmup and linear decay, then the loop: packed forward passes (bf16 autocast on CUDA) whose gradients add up to
-one step, clipping, the optimizer step, periodic evaluation keeping the best checkpoint as the output, and saves
-of the resumable state. The output folder holds only the checkpoint and its model card; what resuming needs
-(weights in fp32, optimizer, schedule, step, random states) and the log live in ``<output>.training/``.
+A run reads like nanoGPT's ``train.py``, one screen per stage. :meth:`Trainer._prepare`: the starting checkpoint
+(for distillation, a student built from its teacher), the data (read, hard negatives mined, teacher-scored), the
+steps of every epoch, AdamW with warmup and linear decay. :meth:`Trainer._train`, the loop: packed forward passes
+(bf16 autocast on CUDA) whose gradients add up to one step, clipping, the optimizer step, periodic evaluation
+keeping the best checkpoint as the output, and saves of the resumable state. :meth:`Trainer._finish`: the output
+evaluated as saved. :class:`RunState` is where the run stands. The output folder holds only the checkpoint and its
+model card; what resuming needs (weights in fp32, optimizer, schedule, step, random states) and the log live in
+``<output>.training/``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +37,12 @@ from ..checkpoint.loading import load_checkpoint
 from ..checkpoint.writer import source_config, write_checkpoint
 from ..engine.devices import resolve_device
 from ..engine.scoring_engine import EngineKey, ScoringEngine
-from ..engine.tokenization import SPECIAL_TOKENS_PER_PAIR, PairTokenizer
+from ..engine.tokenization import PairTokenizer
 from ..errors import DatasetError, FileProblem, TrainingDivergedError
 from ..files.user_files import atomic_output, check_output_folder, write_text_atomically
-from ..options import DEFAULT_MAX_QUERY_LENGTH, TEXT_AFFIXES, RerankerOptions
-from ..progress import progress_bar
-from .batches import collate, encode_groups, micro_batches, plan_epoch
+from ..options import TEXT_AFFIXES, RerankerOptions, logit_options, pair_lengths
+from ..progress import Progress, progress_bar
+from .batches import EncodedGroup, TrainingList, collate, encode_groups, micro_batches, plan_epoch
 from .config import DEFAULT_TRAINING_MAX_LENGTH, TrainingConfig
 from .data import QueryGroup, TrainingData, load_training_data
 from .evaluator import RerankingEvaluator
@@ -92,10 +95,151 @@ class TrainingResult:
     best_step: int | None = None
 
 
+# The RunState fields a state file holds, under the names every release has written (the log file holds the history).
+_SAVED_FIELDS = ("step", "tokens", "seconds", "before", "best", "best_step")
+
+
+@dataclass
+class RunState:
+    """Where a run stands: the steps done, the tokens and seconds they took, the evaluation before training, the
+    best one and its step, the evaluation of the saved output (at the end), and the log's entries (one per step,
+    one per evaluation). The state file holds all but the log and ``after``; the log file holds the log."""
+
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    before: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    best_step: int | None = None
+    after: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def saved(self) -> dict[str, Any]:
+        """What the state file holds of it, under the keys every release has written."""
+        return {name: getattr(self, name) for name in _SAVED_FIELDS}
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any], history: list[dict[str, Any]]) -> RunState:
+        """The state :meth:`saved` wrote, with the log's entries up to its step."""
+        step = saved["step"]
+        return cls(
+            **{name: saved[name] for name in _SAVED_FIELDS},
+            history=[entry for entry in history if entry["step"] <= step],
+        )
+
+    def record_step(
+        self, epoch: int, loss: float, learning_rate: float, tokens: int, seconds: float, total_steps: int
+    ) -> StepReport:
+        """Count the next step done (its mean loss per list, learning rate, tokens and seconds) and log it."""
+        self.step += 1
+        self.tokens += tokens
+        self.seconds += seconds
+        self.history.append(
+            {"step": self.step, "loss": loss, "lr": learning_rate, "tokens": tokens, "seconds": seconds}
+        )
+        return StepReport(self.step, total_steps, epoch, loss, learning_rate, tokens, tokens / seconds)
+
+
+@dataclass
+class _Run:
+    """What a run prepares before its first step and holds to its end; lengths are in tokens."""
+
+    directory: Path  # the starting checkpoint, whose format and files the output copies
+    raw_config: dict[str, Any]  # its config.json
+    device: torch.device
+    engine: ScoringEngine  # the model being trained, for evaluation
+    autocast: torch.dtype | None  # the compute dtype of training
+    max_length: int
+    max_query_length: int
+    eval_batch_tokens: int
+    show_progress: Progress
+    loss: ListLoss
+    train: TrainingData
+    evaluator: RerankingEvaluator | None
+    encoded: list[EncodedGroup]
+    data_summary: dict[str, Any]
+    fingerprint: str  # of the training data, which a resumed run must find unchanged
+    plan: list[tuple[int, list[TrainingList]]]  # every step's epoch and lists
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.plan)
+
+    @functools.cached_property
+    def epoch_ends(self) -> set[int]:
+        """The steps (1-based) that end an epoch."""
+        plan = self.plan
+        return {i + 1 for i in range(len(plan)) if i + 1 == len(plan) or plan[i + 1][0] != plan[i][0]}
+
+    def evaluate(self, engine: ScoringEngine, description: str) -> dict[str, float]:
+        """The evaluator's metrics of ``engine`` at the run's lengths."""
+        assert self.evaluator is not None
+        return self.evaluator(
+            engine,
+            max_length=self.max_length,
+            max_query_length=self.max_query_length,
+            max_batch_tokens=self.eval_batch_tokens,
+            show_progress=self.show_progress,
+            description=description,
+        )
+
+
+# How the Trainer's messages name the models of a run; a command passes its flags instead.
+MODEL_ARGUMENTS = {"model": "model", "teacher": "teacher", "student_layers": "student_layers"}
+
+
+def check_run_models(
+    model: str | None,
+    teacher: str | RerankerOptions | None,
+    student_layers: int | Sequence[int] | None,
+    names: Mapping[str, str] = MODEL_ARGUMENTS,
+) -> None:
+    """The models given make a run: a model to train (distilling ``teacher`` into it, if given), or a teacher and
+    the ``student_layers`` of it that make a new student. Else ``ValueError``, naming the arguments by ``names``."""
+    if student_layers is not None:
+        if model is not None:
+            raise ValueError(
+                f"give {names['model']} (the student) or {names['student_layers']} (a student made of the "
+                "teacher's layers), not both"
+            )
+        if teacher is None:
+            raise ValueError(
+                f"{names['student_layers']} builds the student from the teacher's layers: give {names['teacher']}"
+            )
+    elif model is None and teacher is not None:
+        raise ValueError(
+            f"give {names['student_layers']} to build the student from the teacher's layers, or {names['model']} "
+            "to train one"
+        )
+    elif model is None:
+        raise ValueError(
+            f"give {names['model']}, the model to train (or {names['teacher']} and {names['student_layers']} to "
+            "distill into a new one)"
+        )
+
+
 def _options(value: str | os.PathLike[str] | RerankerOptions | None, base: RerankerOptions) -> RerankerOptions:
     if isinstance(value, RerankerOptions):
         return value
     return base.replace(model=None if value is None else os.fspath(value))
+
+
+def _adamw(
+    model: torch.nn.Module, cfg: TrainingConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on biases and norms) with linear warmup then linear decay over ``total_steps``."""
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    vectors = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    try:  # the fused kernel: 7x faster than the loop of tensor operations on a CPU (and faster on GPUs)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
+    except RuntimeError:  # a device without the fused kernel
+        optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    warmup = round(cfg.warmup_ratio * total_steps)
+    schedule = functools.partial(_lr_factor, warmup=warmup, total=total_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def _lr_factor(step: int, *, warmup: int, total: int) -> float:
@@ -192,10 +336,7 @@ class Trainer:
                 "the data itself (these options are for scoring)"
             )
         self.teacher = None if teacher is None else _options(teacher, self.options)
-        if student_layers is not None and (self.teacher is None or self.options.model is not None):
-            raise ValueError("student_layers builds the student from the teacher: give a teacher and no model")
-        if self.options.model is None and student_layers is None:
-            raise ValueError("give the model to train (or a teacher and student_layers to distill into a new one)")
+        check_run_models(self.options.model, self.teacher, student_layers)
         self.student_layers = student_layers
         self.layers_kept: list[int] | None = None  # the teacher layers a new student keeps, once chosen
         self.train_source = train
@@ -267,50 +408,38 @@ class Trainer:
             random.setstate(python_random)
 
     def _run(self, on_step: Callable[[StepReport], None] | None) -> TrainingResult:
-        cfg, options = self.config, self.options
-        random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-        device = resolve_device(options.device)
-        autocast = _autocast_dtype(options.dtype, device)
-        if self.overwrite and not self.resume:  # what an earlier run left, and nothing else of the folder
-            for name in (STATE_FILE, LOG_FILE, RUN_FILE):
-                (self.state_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(self.state_dir / STUDENT_FOLDER, ignore_errors=True)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / STATE_MARKER).touch()
-
-        # The starting checkpoint: the model, or a student made of its teacher's layers.
-        directory = self._starting_checkpoint()
-        if self.output.resolve() == directory.resolve():
-            raise FileProblem(f"output {self.output} is the starting checkpoint; choose another folder")
-        if self.teacher is not None:  # replacing the output must never delete the teacher
-            check_output_folder(self.output, overwrite=True, keep=[self._teacher_dir()], what="output")
-        raw_config = source_config(directory)
-        model = trainable_model(directory, device)
-        if cfg.activation_checkpointing:
-            enable_activation_checkpointing(model)
-        tokenizer = PairTokenizer.from_directory(directory, model.config.vocab_size)
-        max_length, max_query_length = self._lengths(model.config.max_position_embeddings)
-        engine = ScoringEngine(
-            EngineKey(f"training:{self.output}", None, str(device), "float32"),
-            directory,
-            model,
-            tokenizer,
-            torch.float32,
+        random.seed(self.config.seed)
+        torch.manual_seed(self.config.seed)
+        run = self._prepare()
+        state = self._restore(run) if self.resume else self._start(run)
+        self._train(run, state, on_step)
+        self._finish(run, state)
+        return TrainingResult(
+            self.output,
+            state.step,
+            run.total_steps,
+            state.tokens,
+            state.seconds,
+            run.data_summary,
+            state.before,
+            state.best,
+            state.after,
+            state.best_step,
         )
 
-        def evaluate(scoring: ScoringEngine, description: str) -> dict[str, float]:
-            assert evaluator is not None
-            return evaluator(
-                scoring,
-                max_length=max_length,
-                max_query_length=max_query_length,
-                max_batch_tokens=max(options.max_batch_tokens, max_length),
-                show_progress=cfg.show_progress,
-                description=description,
-            )
-
-        # The data: read, mined, teacher-scored, checked for the loss; then every epoch's steps.
+    def _prepare(self) -> _Run:
+        """The state folder, the starting model, the data tokenized, every step planned and the optimizer."""
+        cfg = self.config
+        device = resolve_device(self.options.device)
+        autocast = _autocast_dtype(self.options.dtype, device)
+        self._prepare_state_folder()
+        directory, model = self._starting_model(device)
+        tokenizer = PairTokenizer.from_directory(directory, model.config.vocab_size)
+        max_length, max_query_length = pair_lengths(
+            self.options, model.config.max_position_embeddings, DEFAULT_TRAINING_MAX_LENGTH
+        )
+        engine_key = EngineKey(f"training:{self.output}", None, str(device), "float32")
+        engine = ScoringEngine(engine_key, directory, model, tokenizer, torch.float32)
         loss = make_loss(cfg.loss, temperature=cfg.temperature)
         train, evaluator = self._data(loss, max_length, max_query_length)
         encoded, truncated = encode_groups(
@@ -320,158 +449,151 @@ class Trainer:
             max_query_length=max_query_length,
             show_progress=cfg.show_progress,
         )
-        data_summary = {**train.summary(), "documents truncated to max_length": truncated}
         plan = [
-            (epoch, step)
+            (epoch, lists)
             for epoch in range(cfg.epochs)
-            for step in plan_epoch(
+            for lists in plan_epoch(
                 encoded, negatives=cfg.negatives, step_tokens=cfg.step_tokens, seed=cfg.seed, epoch=epoch
             )
         ]
-        total_steps = len(plan)
-        epoch_ends = {i + 1 for i in range(total_steps) if i + 1 == total_steps or plan[i + 1][0] != plan[i][0]}
-        fingerprint = _fingerprint(train.groups)
-
-        # AdamW (no decay on biases and norms), linear warmup then linear decay.
-        matrices = [p for p in model.parameters() if p.ndim >= 2]
-        vectors = [p for p in model.parameters() if p.ndim < 2]
-        groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
-        try:  # the fused kernel: 7x faster than the loop of tensor operations on a CPU (and faster on GPUs)
-            optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, fused=True)
-        except RuntimeError:  # a device without the fused kernel
-            optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-        warmup = round(cfg.warmup_ratio * total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, functools.partial(_lr_factor, warmup=warmup, total=total_steps)
+        optimizer, scheduler = _adamw(model, cfg, len(plan))
+        return _Run(
+            directory=directory,
+            raw_config=source_config(directory),
+            device=device,
+            engine=engine,
+            autocast=autocast,
+            max_length=max_length,
+            max_query_length=max_query_length,
+            eval_batch_tokens=max(self.options.max_batch_tokens, max_length),
+            show_progress=cfg.show_progress,
+            loss=loss,
+            train=train,
+            evaluator=evaluator,
+            encoded=encoded,
+            data_summary={**train.summary(), "documents truncated to max_length": truncated},
+            fingerprint=_fingerprint(train.groups),
+            plan=plan,
+            optimizer=optimizer,
+            scheduler=scheduler,
         )
 
-        run: dict[str, Any] = {
-            "step": 0,
-            "tokens": 0,
-            "seconds": 0.0,
-            "before": {},
-            "best": {},
-            "best_step": None,
-            "history": [],
-        }
-        if self.resume:
-            run = self._restore(model, optimizer, scheduler, fingerprint)
-        else:
-            self._write_run_file(directory, data_summary, total_steps)
-            if evaluator is not None:
-                run["before"] = run["best"] = evaluate(engine, "evaluating the starting model")
-                run["best_step"] = 0
-                run["history"].append({"step": 0, "eval": run["before"]})
-                self._write_output(model, raw_config, directory, self._card(run, data_summary, evaluator, total_steps))
+    def _prepare_state_folder(self) -> None:
+        if self.overwrite and not self.resume:  # what an earlier run left, and nothing else of the folder
+            for name in (STATE_FILE, LOG_FILE, RUN_FILE):
+                (self.state_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self.state_dir / STUDENT_FOLDER, ignore_errors=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / STATE_MARKER).touch()
 
-        def save_state() -> None:
-            self._save_state(model, optimizer, scheduler, run, fingerprint)
+    def _starting_model(self, device: torch.device) -> tuple[Path, torch.nn.Module]:
+        """The starting checkpoint's folder (the model, or a student made of its teacher's layers) and its model,
+        trainable on ``device``."""
+        directory = self._starting_checkpoint()
+        if self.output.resolve() == directory.resolve():
+            raise FileProblem(f"output {self.output} is the starting checkpoint; choose another folder")
+        if self.teacher is not None:  # replacing the output must never delete the teacher
+            check_output_folder(self.output, overwrite=True, keep=[self._teacher_dir()], what="output")
+        model = trainable_model(directory, device)
+        if self.config.activation_checkpointing:
+            enable_activation_checkpointing(model)
+        return directory, model
 
-        progress = progress_bar("training", "step", cfg.show_progress, total=total_steps, initial=run["step"])
+    def _start(self, run: _Run) -> RunState:
+        """A new run: the run file written, and the starting model evaluated (and written as the output so far)."""
+        state = RunState()
+        self._write_run_file(run)
+        if run.evaluator is not None:
+            state.before = state.best = run.evaluate(run.engine, "evaluating the starting model")
+            state.best_step = 0
+            state.history.append({"step": 0, "eval": state.before})
+            self._write_output(run, state)
+        return state
+
+    def _train(self, run: _Run, state: RunState, on_step: Callable[[StepReport], None] | None) -> None:
+        """The steps from ``state.step`` on, each followed by its evaluation or save when one is due; Ctrl-C saves
+        after the step and raises ``KeyboardInterrupt``."""
+        progress = progress_bar(
+            "training", "step", self.config.show_progress, total=run.total_steps, initial=state.step
+        )
         with progress, _stop_after_step() as request:
-            for index in range(run["step"], total_steps):
-                epoch, lists = plan[index]
+            for index in range(state.step, run.total_steps):
+                epoch, lists = run.plan[index]
                 started = time.perf_counter()
-                step_loss, step_tokens = 0.0, 0
-                for micro in micro_batches(encoded, lists, cfg.batch_tokens):
-                    batch = collate(encoded, micro, loss.needs, device)
-                    # The step's mean over lists, pass by pass.
-                    losses = forward_backward(
-                        model, batch, loss, weight=1 / len(lists), batch_tokens=cfg.batch_tokens, autocast=autocast
-                    )
-                    _require_finite(losses, "loss", index + 1, micro, train.groups)
-                    step_loss += losses.sum().item()
-                    step_tokens += batch.num_tokens
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
-                _require_finite(norm, "gradient norm", index + 1, lists, train.groups)
-                learning_rate = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                seconds = time.perf_counter() - started
-                run["step"], run["tokens"], run["seconds"] = (
-                    index + 1,
-                    run["tokens"] + step_tokens,
-                    run["seconds"] + seconds,
+                loss, tokens, learning_rate = self._optimizer_step(run, index + 1, lists)
+                report = state.record_step(
+                    epoch, loss, learning_rate, tokens, time.perf_counter() - started, run.total_steps
                 )
-                report = StepReport(
-                    index + 1,
-                    total_steps,
-                    epoch,
-                    step_loss / len(lists),
-                    learning_rate,
-                    step_tokens,
-                    step_tokens / seconds,
-                )
-                run["history"].append(
-                    {
-                        "step": report.step,
-                        "loss": report.loss,
-                        "lr": learning_rate,
-                        "tokens": step_tokens,
-                        "seconds": seconds,
-                    }
-                )
-                progress.set_postfix(loss=f"{report.loss:.4f}", tok_s=f"{run['tokens'] / run['seconds']:.0f}")
+                progress.set_postfix(loss=f"{report.loss:.4f}", tok_s=f"{state.tokens / state.seconds:.0f}")
                 progress.update(1)
-
-                due = cfg.eval_every is not None and report.step % cfg.eval_every == 0
-                if evaluator is not None and (due or report.step in epoch_ends):
-                    metrics = evaluate(engine, f"evaluating step {report.step}")
-                    run["history"].append({"step": report.step, "eval": metrics})
-                    if metrics[evaluator.metric] > run["best"][evaluator.metric]:
-                        run["best"], run["best_step"] = metrics, report.step
-                        self._write_output(
-                            model, raw_config, directory, self._card(run, data_summary, evaluator, total_steps)
-                        )
-                    save_state()
-                elif cfg.save_every is not None and report.step % cfg.save_every == 0:
-                    save_state()
+                self._evaluate_or_save(run, state, report.step)
                 if on_step is not None:
                     on_step(report)
                 if request["stop"]:
-                    save_state()
+                    self._save_state(run, state)
                     print(
-                        f"saved the run at step {report.step} of {total_steps} in {self.state_dir}; "
+                        f"saved the run at step {report.step} of {run.total_steps} in {self.state_dir}; "
                         "continue it with resume",
                         file=sys.stderr,
                     )
                     raise KeyboardInterrupt
 
-        # The output: the best checkpoint (or the last, without evaluation), evaluated as saved.
-        if evaluator is None:
-            self._write_output(model, raw_config, directory, self._card(run, data_summary, None, total_steps))
+    def _optimizer_step(self, run: _Run, step: int, lists: list[TrainingList]) -> tuple[float, int, float]:
+        """One optimizer step over ``lists``: forward and backward passes of at most ``batch_tokens`` tokens whose
+        gradients add up, clipping, AdamW and the schedule. Returns the mean loss per list, the tokens and the
+        learning rate of the step."""
+        cfg, model = self.config, run.engine.model
+        step_loss, step_tokens = 0.0, 0
+        for micro in micro_batches(run.encoded, lists, cfg.batch_tokens):
+            batch = collate(run.encoded, micro, run.loss.needs, run.device)
+            # The step's mean over lists, pass by pass.
+            losses = forward_backward(
+                model, batch, run.loss, weight=1 / len(lists), batch_tokens=cfg.batch_tokens, autocast=run.autocast
+            )
+            _require_finite(losses, "loss", step, micro, run.train.groups)
+            step_loss += losses.sum().item()
+            step_tokens += batch.num_tokens
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf)
+        _require_finite(norm, "gradient norm", step, lists, run.train.groups)
+        learning_rate = run.optimizer.param_groups[0]["lr"]
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        return step_loss / len(lists), step_tokens, learning_rate
+
+    def _evaluate_or_save(self, run: _Run, state: RunState, step: int) -> None:
+        """After ``step``: evaluate where due (writing the output on a new best) and save the state, or save it
+        where only a save is due."""
+        cfg, evaluator = self.config, run.evaluator
+        due = cfg.eval_every is not None and step % cfg.eval_every == 0
+        if evaluator is not None and (due or step in run.epoch_ends):
+            metrics = run.evaluate(run.engine, f"evaluating step {step}")
+            state.history.append({"step": step, "eval": metrics})
+            if metrics[evaluator.metric] > state.best[evaluator.metric]:
+                state.best, state.best_step = metrics, step
+                self._write_output(run, state)
+            self._save_state(run, state)
+        elif cfg.save_every is not None and step % cfg.save_every == 0:
+            self._save_state(run, state)
+
+    def _finish(self, run: _Run, state: RunState) -> None:
+        """The output: the best checkpoint (or the last, without evaluation), evaluated as saved; the log; no state
+        left to resume."""
+        if run.evaluator is None:
+            self._write_output(run, state)
         else:
-            saved = load_checkpoint(self.output, torch.float32, device)
-            run["after"] = evaluate(
-                ScoringEngine(engine.key, self.output, saved, tokenizer, torch.float32),
-                "evaluating the saved checkpoint",
-            )
-            write_text_atomically(
-                self.output / "README.md", self._card(run, data_summary, evaluator, total_steps), "model card"
-            )
-        self._write_log(run)
-        (self.state_dir / STATE_FILE).unlink(missing_ok=True)  # finished: nothing to resume
-        return TrainingResult(
-            self.output,
-            run["step"],
-            total_steps,
-            run["tokens"],
-            run["seconds"],
-            data_summary,
-            run["before"],
-            run["best"],
-            run.get("after", {}),
-            run["best_step"],
-        )
+            saved = load_checkpoint(self.output, torch.float32, run.device)
+            engine = ScoringEngine(run.engine.key, self.output, saved, run.engine.tokenizer, torch.float32)
+            state.after = run.evaluate(engine, "evaluating the saved checkpoint")
+            write_text_atomically(self.output / "README.md", self._card(run, state), "model card")
+        self._write_log(state)
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
     # --- the pieces ---------------------------------------------------------------------------------------------
 
     def _starting_checkpoint(self) -> Path:
-        options = self.options
         if self.options.model is not None:
-            return options.checkpoint_dir()
+            return self.options.checkpoint_dir()
         assert self.teacher is not None and self.student_layers is not None
         teacher_dir = self._teacher_dir()
         if isinstance(self.student_layers, int):
@@ -486,15 +608,6 @@ class Trainer:
     def _teacher_dir(self) -> Path:
         assert self.teacher is not None
         return self.teacher.checkpoint_dir()
-
-    def _lengths(self, window: int) -> tuple[int, int]:
-        max_length = self.options.max_length or min(DEFAULT_TRAINING_MAX_LENGTH, window)
-        if max_length > window:
-            raise ValueError(f"max_length {max_length} exceeds the model's window of {window} tokens")
-        max_query_length = self.options.max_query_length or min(DEFAULT_MAX_QUERY_LENGTH, max_length // 2)
-        if max_query_length > max_length - SPECIAL_TOKENS_PER_PAIR - 1:
-            raise ValueError(f"max_query_length {max_query_length} leaves no room for documents in {max_length}")
-        return max_length, max_query_length
 
     def _data(
         self, loss: ListLoss, max_length: int, max_query_length: int
@@ -517,12 +630,8 @@ class Trainer:
             groups, _ = scorer.score_groups(train.groups, show_progress=cfg.show_progress)
             train = train.with_groups(groups)
             if evaluator is not None:
-                pairs = [(query.query, doc) for query in evaluator.queries for doc in query.documents]
-                logits, _ = scorer.score_pairs(pairs, show_progress=cfg.show_progress)
-                teacher, start = [], 0
-                for query in evaluator.queries:
-                    teacher.append(tuple(logits[start : start + len(query.documents)]))
-                    start += len(query.documents)
+                lists = [(query.query, query.documents) for query in evaluator.queries]
+                teacher, _ = scorer.score_lists(lists, show_progress=cfg.show_progress)
                 evaluator = evaluator.with_teacher(teacher)
         if evaluator is not None and not evaluator.judged and any(q.teacher is None for q in evaluator.queries):
             raise DatasetError(
@@ -540,7 +649,7 @@ class Trainer:
             else load_training_data(source, teacher_column=cfg.teacher_column)
         )
         if self.teacher is not None:
-            data = data.with_groups([QueryGroup(g.query, g.documents, g.labels, None, g.where) for g in data.groups])
+            data = data.with_groups([replace(group, teacher=None) for group in data.groups])
         return mine_hard_negatives(
             data, cfg.negatives, margin=cfg.mining_margin, seed=cfg.seed, show_progress=cfg.show_progress
         )
@@ -559,14 +668,12 @@ class Trainer:
                 source, top_k=cfg.eval_top_k, max_queries=cfg.eval_max_queries, show_progress=cfg.show_progress
             )
         data = self._read(source)
-        groups = [g for g in data.groups if g.labels is None or any(label > 0 for label in g.labels)]
+        groups = [group for group in data.groups if group.evaluable]
         return RerankingEvaluator.from_groups(groups[: cfg.eval_max_queries], data.source)
 
-    def _card(
-        self, run: dict[str, Any], data: dict[str, Any], evaluator: RerankingEvaluator | None, total_steps: int
-    ) -> str:
-        settings = {**self.config.to_dict(), **{k: v for k, v in self.options.to_dict().items() if k != "model"}}
-        settings.pop("show_progress")
+    def _card(self, run: _Run, state: RunState) -> str:
+        options = {name: value for name, value in self.options.to_dict().items() if name != "model"}
+        evaluator = run.evaluator
         return model_card(
             RunDescription(
                 name=self.output.name,
@@ -574,106 +681,95 @@ class Trainer:
                 command="distill" if self.teacher is not None else "train",
                 teacher=None if self.teacher is None else public_model_name(self.teacher.model),
                 student_layers=self.layers_kept,
-                data=data,
-                settings=settings,
-                steps=run["step"],
-                total_steps=total_steps,
-                tokens=run["tokens"],
-                seconds=run["seconds"],
+                data=run.data_summary,
+                settings={**self.config.run_settings(), **options},
+                steps=state.step,
+                total_steps=run.total_steps,
+                tokens=state.tokens,
+                seconds=state.seconds,
                 evaluation=None if evaluator is None else f"{evaluator.name}, {len(evaluator.queries)} queries",
                 metric=None if evaluator is None else evaluator.metric,
-                before=run["before"],
-                after=run.get("after") or run["best"],
-                best_step=run["best_step"],
-                history=[(entry["step"], entry["eval"]) for entry in run["history"] if "eval" in entry],
+                before=state.before,
+                after=state.after or state.best,
+                best_step=state.best_step,
+                history=[(entry["step"], entry["eval"]) for entry in state.history if "eval" in entry],
             )
         )
 
-    def _write_output(self, model: torch.nn.Module, raw_config: dict, directory: Path, card: str) -> None:
-        write_checkpoint(self.output, raw_config, model.state_dict(), directory, {"README.md": card})
+    def _write_output(self, run: _Run, state: RunState) -> None:
+        files = {"README.md": self._card(run, state)}
+        write_checkpoint(self.output, run.raw_config, run.engine.model.state_dict(), run.directory, files)
 
-    def _write_run_file(self, directory: Path, data: dict[str, Any], total_steps: int) -> None:
-        run = {
-            "model": str(directory),
+    def _write_run_file(self, run: _Run) -> None:
+        description = {
+            "model": str(run.directory),
             "teacher": None if self.teacher is None else self.teacher.model,
             "options": self.options.to_dict(),
             "config": self.config.to_dict(),
-            "data": data,
-            "total_steps": total_steps,
+            "data": run.data_summary,
+            "total_steps": run.total_steps,
         }
-        write_text_atomically(self.state_dir / RUN_FILE, json.dumps(run, indent=2, default=str) + "\n", "run file")
+        text = json.dumps(description, indent=2, default=str) + "\n"
+        write_text_atomically(self.state_dir / RUN_FILE, text, "run file")
 
-    def _write_log(self, run: dict[str, Any]) -> None:
-        text = "".join(json.dumps(entry) + "\n" for entry in run["history"])
+    def _write_log(self, state: RunState) -> None:
+        text = "".join(json.dumps(entry) + "\n" for entry in state.history)
         write_text_atomically(self.state_dir / LOG_FILE, text, "training log")
 
-    def _save_state(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        run: dict[str, Any],
-        fingerprint: str,
-    ) -> None:
-        state = {
+    def _save_state(self, run: _Run, state: RunState) -> None:
+        saved = {
             "format": STATE_FORMAT,
             "config": self._resumable_config(),
-            "data": fingerprint,
-            "run": {key: value for key, value in run.items() if key != "history"},
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "data": run.fingerprint,
+            "run": state.saved(),
+            "model": run.engine.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
             "python_random": random.getstate(),
             "torch_random": torch.get_rng_state(),
         }
         with atomic_output(self.state_dir / STATE_FILE, "training state") as temporary:
-            torch.save(state, temporary)
-        self._write_log(run)
+            torch.save(saved, temporary)
+        self._write_log(state)
 
     def _resumable_config(self) -> dict[str, Any]:
-        settings = {**self.config.to_dict(), **self.options.to_dict()}
-        for name in ("show_progress", "device", "cache_dir"):  # where it runs, not what it computes
-            settings.pop(name)
+        """What must not change between a run and its resumption: everything that decides what it computes."""
+        settings = {**self.config.run_settings(), **logit_options(self.options)}
         settings["teacher"] = None if self.teacher is None else self.teacher.model
         settings["student_layers"] = (
             self.student_layers if isinstance(self.student_layers, (int, type(None))) else list(self.student_layers)
         )
         return settings
 
-    def _restore(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, fingerprint: str
-    ) -> dict[str, Any]:
+    def _restore(self, run: _Run) -> RunState:
+        """The saved run: its weights, optimizer, schedule and random states put back, and where it stood."""
         path = self.state_dir / STATE_FILE
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            saved = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises pickle's, zipfile's and its own errors for a damaged file
             raise FileProblem(
                 f"{path}: cannot read the saved training state ({type(exc).__name__}); overwrite to start over"
             ) from None
-        if not isinstance(state, dict):
+        if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
             raise FileProblem(f"{path}: not a training state this version can resume")
-        if state.get("format") != STATE_FORMAT:
-            raise FileProblem(f"{path}: not a training state this version can resume")
-        saved, now = state["config"], self._resumable_config()
-        changed = [name for name in now if saved.get(name) != now[name]]
+        then, now = saved["config"], self._resumable_config()
+        changed = [name for name in now if then.get(name) != now[name]]
         if changed:
             name = changed[0]
             raise ValueError(
-                f"cannot resume {path}: {name} was {saved.get(name)!r}, now {now[name]!r} "
+                f"cannot resume {path}: {name} was {then.get(name)!r}, now {now[name]!r} "
                 "(resume with the same settings, or overwrite to start over)"
             )
-        if state["data"] != fingerprint:
+        if saved["data"] != run.fingerprint:
             raise ValueError(f"cannot resume {path}: the training data changed since the run was saved")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        random.setstate(state["python_random"])
-        torch.set_rng_state(state["torch_random"])
-        run = dict(state["run"])
+        run.engine.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        random.setstate(saved["python_random"])
+        torch.set_rng_state(saved["torch_random"])
         log = self.state_dir / LOG_FILE
         history = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
-        run["history"] = [entry for entry in history if entry["step"] <= run["step"]]
-        return run
+        return RunState.from_saved(saved["run"], history)
 
 
 def _require_finite(
@@ -701,18 +797,15 @@ def _hold_out(data: TrainingData, fraction: float, seed: int) -> tuple[TrainingD
     queries = sorted({group.query for group in data.groups})
     held = set(random.Random(f"hold-out:{seed}").sample(queries, max(1, round(fraction * len(queries)))))
     kept = [group for group in data.groups if group.query not in held]
-    held_out = [
-        group
-        for group in data.groups
-        if group.query in held and (group.labels is None or any(label > 0 for label in group.labels))
-    ]
+    held_out = [group for group in data.groups if group.query in held and group.evaluable]
     return data.with_groups(kept, {"queries held out for evaluation": len(data.groups) - len(kept)}), held_out
 
 
 def _usable(data: TrainingData, loss: ListLoss) -> TrainingData:
     """The groups ``loss`` can learn from; a group missing what it needs is an error naming its row, groups that
     cannot contribute (nothing relevant, a single document) are set aside and counted."""
-    kept, skipped = [], {}
+    kept: list[QueryGroup] = []
+    skipped: Counter = Counter()
     for group in data.groups:
         if loss.needs == LABELS:
             if group.labels is None:
@@ -727,9 +820,7 @@ def _usable(data: TrainingData, loss: ListLoss) -> TrainingData:
                     "'lambda' or 'softmax')"
                 )
             if not any(label > 0 for label in group.labels):
-                skipped["queries without a relevant document"] = (
-                    skipped.get("queries without a relevant document", 0) + 1
-                )
+                skipped["queries without a relevant document"] += 1
                 continue
         elif group.teacher is None:
             raise DatasetError(
@@ -737,7 +828,7 @@ def _usable(data: TrainingData, loss: ListLoss) -> TrainingData:
                 "column of teacher logits ('scores', or 'score' on labelled pairs)"
             )
         if len(group.documents) < 2 and not isinstance(loss, BinaryCrossEntropyLoss):
-            skipped["queries with a single document"] = skipped.get("queries with a single document", 0) + 1
+            skipped["queries with a single document"] += 1
             continue
         kept.append(group)
     if not kept:
