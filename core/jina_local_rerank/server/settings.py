@@ -97,10 +97,6 @@ def _is_utf8_encodable(text: str) -> bool:
     return True
 
 
-def _spoken_list(names: Sequence[str]) -> str:
-    return ", ".join(names[:-1]) + " and " + names[-1]
-
-
 @dataclass(frozen=True)
 class ServerSettings:
     """How a server treats requests: who may ask (served model names, the API key, allowed hosts), the limits
@@ -128,7 +124,8 @@ class ServerSettings:
     )
     allowed_hosts: tuple[str, ...] = setting(
         (),
-        f"a Host name served without an API key besides {_spoken_list(LOCAL_HOSTS)}; repeatable; '{ANY_HOST}' for any",
+        f"a Host name served without an API key besides {', '.join(LOCAL_HOSTS[:-1])} and {LOCAL_HOSTS[-1]}; "
+        f"repeatable; '{ANY_HOST}' for any",
         flag="--allowed-host",
         group=HTTP_SECTION,
         action="append",
