@@ -557,11 +557,11 @@ class GatedBatcher(MicroBatcher):
         self.gate = threading.Event()
         self.slices_started = threading.Event()
 
-    def _forward(self, sequences: Any) -> list[float]:
+    def _logits(self, sequences: Any) -> list[float]:
         if sum(len(ids) for ids in sequences) > self.slice_tokens // 2:
             self.slices_started.set()
             assert self.gate.wait(timeout=120), "the gate was never opened"
-        return super()._forward(sequences)
+        return super()._logits(sequences)
 
 
 async def test_small_requests_are_answered_while_a_large_one_is_scored(reranker: Reranker) -> None:

@@ -421,9 +421,9 @@ class HeldBatcher(MicroBatcher):
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
 
-    def _forward(self, sequences: Any) -> list[float]:
+    def _logits(self, sequences: Any) -> list[float]:
         assert self.gate.wait(timeout=120), "the gate was never opened"
-        return super()._forward(sequences)
+        return super()._logits(sequences)
 
 
 @contextlib.contextmanager

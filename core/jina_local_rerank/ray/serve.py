@@ -23,7 +23,7 @@ from ..engine.tokenization import EncodedPairs
 from ..options import DEFAULT_MAX_BATCH_TOKENS, RerankerOptions
 from ..reranker import Reranker, ScoreResult
 from ..server.app import create_app
-from ..server.batcher import forward
+from ..server.batcher import sequence_logits
 from ..server.merging import CALL_HISTORY, BatchCounters, ScoringCall, encoded_tokens, merge_sequences, split_logits
 from ..server.settings import ServerSettings, default_served_names
 from . import DEFAULT_MAX_ONGOING_REQUESTS
@@ -79,7 +79,7 @@ class ServeBatchScorer:
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_TOKENS, batch_size_fn=_batch_size)
     async def _merged(self, requests: list[_Request]) -> list[list[float]]:
         sequences, sizes = merge_sequences([request.encoded.input_ids for request in requests])
-        logits = await asyncio.to_thread(forward, self.reranker, sequences)
+        logits = await asyncio.to_thread(sequence_logits, self.reranker, sequences)
         tokens = sum(encoded_tokens(request.encoded) for request in requests)
         self.counters.record_call(ScoringCall("merged", tuple(r.id for r in requests), len(sequences), tokens))
         return split_logits(logits, sizes)

@@ -18,7 +18,16 @@ from typing import Protocol
 
 from ..engine.tokenization import EncodedPairs
 from ..reranker import Reranker, ScoreResult
-from .merging import BatchCounters, ScoringCall, cut_slices, encoded_tokens, merge_sequences, split_logits
+from ..validation import check_number, check_optional_positive_int, check_positive_int
+from .merging import (
+    BatchCounters,
+    ScoringCall,
+    cut_slices,
+    encoded_tokens,
+    merge_sequences,
+    sequence_tokens,
+    split_logits,
+)
 from .settings import DEFAULT_BATCH_SLICE_TOKENS, DEFAULT_BATCH_WAIT_MS, DEFAULT_CONCURRENT_BATCHES
 
 
@@ -41,7 +50,7 @@ class Scorer(Protocol):
         """Scores (sigmoid) of the pairs of ``encoded``, in input order."""
 
 
-def forward(reranker: Reranker, sequences: Sequence[Sequence[int]]) -> list[float]:
+def sequence_logits(reranker: Reranker, sequences: Sequence[Sequence[int]]) -> list[float]:
     """Raw logits of token sequences, in forward passes of at most the reranker's ``max_batch_tokens``."""
     return reranker.engine.logits(sequences, reranker.max_batch_tokens, max_batch_size=reranker.max_batch_size)
 
@@ -64,7 +73,7 @@ class DirectScorer:
 
     async def score(self, encoded: EncodedPairs) -> ScoreResult:
         """Scores (sigmoid) of the pairs of ``encoded``, in input order."""
-        logits = await asyncio.to_thread(forward, self.reranker, encoded.input_ids)
+        logits = await asyncio.to_thread(sequence_logits, self.reranker, encoded.input_ids)
         self.counters.record_call(
             ScoringCall("direct", (next(self._ids),), len(encoded.input_ids), encoded_tokens(encoded))
         )
@@ -110,14 +119,10 @@ class MicroBatcher:
         max_concurrent_batches: int = DEFAULT_CONCURRENT_BATCHES,
         slice_tokens: int = DEFAULT_BATCH_SLICE_TOKENS,
     ) -> None:
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
-        if max_batch_tokens is not None and max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
-        if max_concurrent_batches < 1:
-            raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
-        if slice_tokens < 1:
-            raise ValueError(f"slice_tokens must be >= 1, got {slice_tokens}")
+        check_number(max_wait_ms, "max_wait_ms")
+        check_optional_positive_int(max_batch_tokens, "max_batch_tokens")
+        check_positive_int(max_concurrent_batches, "max_concurrent_batches")
+        check_positive_int(slice_tokens, "slice_tokens")
         self.reranker = reranker
         self.max_concurrent_batches = max_concurrent_batches
         self.max_wait_s = max_wait_ms / 1000
@@ -184,9 +189,9 @@ class MicroBatcher:
         self.counters.record_answered(len(encoded.windows))
         return self.reranker.result_from_logits(encoded, logits)
 
-    def _forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """One scoring call (in a worker thread)."""
-        return forward(self.reranker, sequences)
+    def _logits(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """One scoring call (in a worker thread): both lanes score through it."""
+        return sequence_logits(self.reranker, sequences)
 
     # --- merged batches of small requests ------------------------------------------------------------------
 
@@ -235,7 +240,7 @@ class MicroBatcher:
     async def _score_merged(self, batch: list[_Job]) -> None:
         sequences, sizes = merge_sequences([job.encoded.input_ids for job in batch])
         try:
-            logits = await asyncio.to_thread(self._forward, sequences)
+            logits = await asyncio.to_thread(self._logits, sequences)
         except Exception as exc:
             for job in batch:
                 if not job.future.done():
@@ -260,7 +265,7 @@ class MicroBatcher:
                 continue
             piece = job.slices[job.scored_slices]
             sequences = job.encoded.input_ids[piece.start : piece.stop]
-            task = asyncio.create_task(asyncio.to_thread(self._forward, sequences))
+            task = asyncio.create_task(asyncio.to_thread(self._logits, sequences))
             self._scoring[task] = [job]
             try:
                 logits = await task
@@ -272,9 +277,7 @@ class MicroBatcher:
                 continue
             finally:
                 self._scoring.pop(task, None)
-            self.counters.record_call(
-                ScoringCall("slice", (job.id,), len(sequences), sum(len(ids) for ids in sequences))
-            )
+            self.counters.record_call(ScoringCall("slice", (job.id,), len(sequences), sequence_tokens(sequences)))
             job.logits[piece.start : piece.stop] = logits
             job.scored_slices += 1
             if job.future.done():

@@ -51,7 +51,7 @@ class _ReadDeadline:
             self.transport.close()
 
     def _peer(self) -> str:
-        return "%s:%d" % tuple(self.client) if self.client else "client"
+        return "{}:{}".format(*self.client) if self.client else "client"
 
 
 def deadline_protocol(read_timeout: float) -> type[asyncio.Protocol]:

@@ -17,9 +17,14 @@ from ..engine.tokenization import EncodedPairs
 CALL_HISTORY = 1000
 
 
+def sequence_tokens(sequences: Sequence[Sequence[int]]) -> int:
+    """Tokens of all of ``sequences``: what scoring them costs (the budgets and counters are in these)."""
+    return sum(len(ids) for ids in sequences)
+
+
 def encoded_tokens(encoded: EncodedPairs) -> int:
     """Tokens of every sequence of ``encoded``: what scoring it costs."""
-    return sum(len(ids) for ids in encoded.input_ids)
+    return sequence_tokens(encoded.input_ids)
 
 
 def cut_slices(lengths: Sequence[int], max_tokens: int) -> list[range]:

@@ -10,7 +10,7 @@ responses without any web framework, for every server that speaks these shapes.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
@@ -27,7 +27,19 @@ class TextDocument(BaseModel):
     text: StrictStr = Field(description="The document's text.")
 
 
-class JinaRerankRequest(BaseModel):
+class _DocumentsRequest(BaseModel):
+    """A request whose ``documents`` are strings or :class:`TextDocument` objects (Jina's and Cohere's); each
+    subclass declares the field itself, so its place and description in the schema are the API's."""
+
+    if TYPE_CHECKING:
+        documents: list[StrictStr | TextDocument]
+
+    def document_texts(self) -> list[str]:
+        """The documents as plain strings, in request order."""
+        return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
+
+
+class JinaRerankRequest(_DocumentsRequest):
     """Body of ``POST /v1/rerank``, as Jina's Reranker API defines it."""
 
     model: StrictStr | None = Field(
@@ -43,10 +55,6 @@ class JinaRerankRequest(BaseModel):
     )
     top_n: StrictInt | None = Field(None, ge=1, description="Return only the best N results (default: all documents).")
     return_documents: StrictBool = Field(True, description="Include each document's text in its result.")
-
-    def document_texts(self) -> list[str]:
-        """The documents as plain strings, in request order."""
-        return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
 
 
 class JinaDocument(BaseModel):
@@ -78,7 +86,7 @@ class JinaRerankResponse(BaseModel):
     results: list[JinaResult]
 
 
-class CohereRerankRequest(BaseModel):
+class CohereRerankRequest(_DocumentsRequest):
     """Body of ``POST /v2/rerank``, as Cohere's v2 API defines it."""
 
     model: StrictStr | None = Field(
@@ -93,10 +101,6 @@ class CohereRerankRequest(BaseModel):
         None, ge=1, description="Cut every document to this many tokens before scoring (default: the window)."
     )
     return_documents: StrictBool = Field(False, description="Include each document's text (Cohere v1 style).")
-
-    def document_texts(self) -> list[str]:
-        """The documents as plain strings, in request order."""
-        return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
 
 
 class CohereResult(BaseModel):

@@ -1,55 +1,46 @@
 """What a rerank server accepts: served model names, the API key, hosts, request limits, batching and timeouts.
 
 Framework-free, so every server (FastAPI here, a Ray Serve deployment) applies the same rules and messages. Every
-limit lives here: its default, its check at start-up (:class:`ServerSettings` refuses values that could never
-work) and its check on a request (the ``check_*`` methods raise :class:`RequestRejected` with the HTTP status).
-Messages never repeat what the client sent (a body can be megabytes): they name the field, the index and the limit.
+setting lives here: its default, its flag and help (``serve``'s flags are built from the fields), its check at
+start-up (:class:`ServerSettings` refuses values that could never work) and its check on a request (the
+``check_*`` methods raise :class:`RequestRejected` with the HTTP status). Messages never repeat what the client
+sent (a body can be megabytes): they name the field, the index and the limit.
 """
 
 from __future__ import annotations
 
+import argparse
 import hmac
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
 from ..engine.tokenization import EncodedPairs
 from ..errors import RequestRejected
+from ..flags import number, positive_int, setting
+from ..validation import check_number, check_positive_int
+from .merging import encoded_tokens
 
 API_KEY_ENV_VAR = "JINA_LOCAL_RERANK_API_KEY"
-DEFAULT_MAX_DOCUMENTS = 1000
-DEFAULT_MAX_CLIENT_BATCH_SIZE = 32  # TEI's default for its /rerank 'texts'
-DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
-# No cap on a document's characters by default: a document of any length up to the body limit is scored
-# truncated (or chunked), and only the window's worth of its text is tokenized. Operators may set one.
-DEFAULT_MAX_DOCUMENT_CHARS: int | None = None
-DEFAULT_MAX_REQUEST_TOKENS = 65_536
-DEFAULT_MAX_QUEUED_REQUESTS = 512  # TEI's default max_concurrent_requests
+# Defaults the micro-batcher shares with the settings.
 DEFAULT_BATCH_WAIT_MS = 2.0
-MAX_BATCH_WAIT_MS = 1000.0
 DEFAULT_CONCURRENT_BATCHES = 1
-# A request of more tokens than this is scored in slices of at most this many tokens (whole sequences).
 DEFAULT_BATCH_SLICE_TOKENS = 4096
-DEFAULT_REQUEST_READ_TIMEOUT_S = 30.0
+MAX_BATCH_WAIT_MS = 1000.0
 MAX_REQUEST_READ_TIMEOUT_S = 3600.0
 RETRY_AFTER_S = 1
+# At most this many validation errors, or indices of over-long documents, are listed in one answer.
 MAX_REPORTED_ERRORS = 10
 # Host names a server without an API key answers for (a page on another site that rebinds its DNS name to
 # 127.0.0.1 sends its own name in Host, so it is refused).
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 ANY_HOST = "*"
-# TEI's error_type for each status (its ErrorType enum, lowercased as TEI serializes it).
-TEI_ERROR_TYPES = {
-    400: "empty",
-    413: "validation",
-    422: "validation",
-    424: "backend",
-    429: "overloaded",
-    503: "unhealthy",
-}
+# The help sections of ``serve`` the settings are listed under.
+HTTP_SECTION = "HTTP"
+LIMITS_SECTION = "limits (each answered with a 4xx JSON error)"
+BATCHING_SECTION = "batching"
 
 
 def default_served_names(model: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -106,69 +97,111 @@ def _is_utf8_encodable(text: str) -> bool:
     return True
 
 
-def validation_errors(errors: Sequence[dict[str, Any]], limit: int = MAX_REPORTED_ERRORS) -> list[dict[str, Any]]:
-    """Validation errors as reported: ``type``, ``loc`` and ``msg`` of at most ``limit`` of them (never the input
-    they were about), then one entry counting the rest."""
-    reported = []
-    for error in errors[:limit]:
-        message = str(error.get("msg", ""))
-        reason = (error.get("ctx") or {}).get("error")
-        if error.get("type") == "json_invalid" and isinstance(reason, str):
-            message = f"{message}: {reason}"
-        reported.append({"type": error.get("type"), "loc": list(error.get("loc", ())), "msg": message[:500]})
-    if len(errors) > limit:
-        reported.append(
-            {"type": "too_many_errors", "loc": ["body"], "msg": f"{len(errors) - limit} more errors not reported"}
-        )
-    return reported
-
-
-def describe_errors(errors: Sequence[dict[str, Any]]) -> str:
-    """One line for validation errors (TEI's ``error`` field): the first few as ``loc: msg``."""
-    parts = []
-    for error in errors:
-        where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
-        parts.append(error["msg"] if error["type"] == "too_many_errors" else f"{where}: {error['msg']}")
-    return "; ".join(parts)
-
-
 @dataclass(frozen=True)
 class ServerSettings:
-    """How a server treats requests.
+    """How a server treats requests: who may ask (served model names, the API key, allowed hosts), the limits
+    on what they send, and how requests are batched.
 
-        ``served_model_names``: the names a request's ``model`` may take (the first is reported when a request names
-        none). ``api_key``: the bearer token every scoring request must carry (None: no auth). ``allowed_hosts``:
-        the ``Host`` names answered when there is no API key (default: this machine's names; ``"*"``: any).
-
-        Limits: ``max_documents`` per request (``max_client_batch_size`` for TEI's ``texts``), ``max_request_bytes``
-        of request body, ``max_document_chars`` characters per document and for the query (None, the default: no cap
-    beyond the body's; long documents are truncated or chunked as the model's window needs), ``max_request_tokens``
-        tokens of all of a request's sequences (counted by the tokenizer before any scoring),
-        ``max_queued_requests`` requests admitted at once (more get 429). ``auto_truncate``: what TEI's ``truncate``
-        means when a request leaves it out. ``request_read_timeout_s``: seconds a client has to send a whole request
-        (headers and body) once it connects or starts one.
-
-        Batching: merge concurrent requests into shared scoring calls, waiting at most ``batch_wait_ms``
-        milliseconds for more requests to join a batch, with at most ``batch_concurrency`` batches scored at a time;
-        a request over ``batch_slice_tokens`` tokens (default 4096) is scored that many tokens at a time,
-        beside the merged batches, so it never holds up small requests.
+    Each field's help says what it means (``jina-local-rerank serve --help`` lists them as flags). Sizes are in
+    documents, characters, bytes or tokens as the name says; ``request_read_timeout_s`` is in seconds and
+    ``batch_wait_ms`` in milliseconds. ``api_key`` None means no authentication. Invalid values raise
+    ``ValueError`` naming the field.
     """
 
-    served_model_names: tuple[str, ...]
-    api_key: str | None = field(default=None, repr=False)
-    allowed_hosts: tuple[str, ...] = ()
-    max_documents: int = DEFAULT_MAX_DOCUMENTS
-    max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS
-    max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS
-    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
-    auto_truncate: bool = True
-    request_read_timeout_s: float = DEFAULT_REQUEST_READ_TIMEOUT_S
-    batching: bool = True
-    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
-    batch_concurrency: int = DEFAULT_CONCURRENT_BATCHES
-    batch_slice_tokens: int = DEFAULT_BATCH_SLICE_TOKENS
+    served_model_names: tuple[str, ...] = setting(
+        MISSING,
+        "a name requests may pass as 'model'; repeatable (default: the model's name, and a Hub id as given)",
+        flag="--served-model-name",
+        group=HTTP_SECTION,
+        action="append",
+        metavar="NAME",
+    )
+    api_key: str | None = setting(
+        None,
+        f"require 'Authorization: Bearer KEY', KEY visible ASCII (default: ${API_KEY_ENV_VAR}; unset: no auth)",
+        group=HTTP_SECTION,
+        secret=True,
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        (),
+        f"a Host name served without an API key besides {', '.join(LOCAL_HOSTS[:-1])} and {LOCAL_HOSTS[-1]}; "
+        f"repeatable; '{ANY_HOST}' for any",
+        flag="--allowed-host",
+        group=HTTP_SECTION,
+        action="append",
+        metavar="NAME",
+    )
+    request_read_timeout_s: float = setting(
+        30.0,
+        "close a connection whose request (headers and body) has not arrived whole within this many seconds",
+        flag="--request-read-timeout",
+        group=HTTP_SECTION,
+        type=number(0.0, MAX_REQUEST_READ_TIMEOUT_S, open_low=True),
+        metavar="SECONDS",
+    )
+    max_documents: int = setting(
+        1000, "documents per Jina or Cohere request; 413 over it", group=LIMITS_SECTION, type=positive_int
+    )
+    max_client_batch_size: int = setting(
+        32,
+        "texts per TEI /rerank request, as TEI's --max-client-batch-size; 413 over it",
+        group=LIMITS_SECTION,
+        type=positive_int,
+    )
+    max_request_bytes: int = setting(
+        8 * 1024 * 1024, "request body bytes; 413 over it", group=LIMITS_SECTION, type=positive_int
+    )
+    max_document_chars: int | None = setting(
+        None,
+        "characters per document and query, 413 over it (default: no cap besides --max-request-bytes; long "
+        "documents are scored truncated, tokenizing only the window's worth of text)",
+        group=LIMITS_SECTION,
+        type=positive_int,
+    )
+    max_request_tokens: int = setting(
+        65_536,
+        "tokens of all of a request's sequences, counted before scoring; 413 over it",
+        group=LIMITS_SECTION,
+        type=positive_int,
+    )
+    max_queued_requests: int = setting(
+        512,  # TEI's default max_concurrent_requests
+        "scoring requests in flight at once; 429 with Retry-After over it",
+        group=LIMITS_SECTION,
+        type=positive_int,
+    )
+    auto_truncate: bool = setting(
+        True,
+        "what TEI's 'truncate' means when absent or null (default: on, as TEI)",
+        group=LIMITS_SECTION,
+        action=argparse.BooleanOptionalAction,
+    )
+    batch_wait_ms: float = setting(
+        DEFAULT_BATCH_WAIT_MS,
+        f"how long a batch waits for more requests, in milliseconds, 0 to {MAX_BATCH_WAIT_MS:g}",
+        group=BATCHING_SECTION,
+        type=number(0.0, MAX_BATCH_WAIT_MS),
+    )
+    batch_concurrency: int = setting(
+        DEFAULT_CONCURRENT_BATCHES,
+        "merged batches scored at the same time, each in its own thread",
+        group=BATCHING_SECTION,
+        type=positive_int,
+    )
+    batch_slice_tokens: int = setting(
+        DEFAULT_BATCH_SLICE_TOKENS,
+        "a request of more tokens is scored this many at a time beside the merged batches, so it never holds up "
+        "small ones",
+        group=BATCHING_SECTION,
+        type=positive_int,
+    )
+    batching: bool = setting(
+        True,
+        "score each request on its own (no merging)",
+        flag="--no-batching",
+        group=BATCHING_SECTION,
+        action="store_false",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.served_model_names, str) or not self.served_model_names:
@@ -177,7 +210,7 @@ class ServerSettings:
         if isinstance(self.allowed_hosts, str):
             raise ValueError("allowed_hosts must be a sequence of host names, not one string")
         object.__setattr__(self, "allowed_hosts", tuple(host.lower() for host in self.allowed_hosts))
-        names = (
+        counts = [
             "max_documents",
             "max_client_batch_size",
             "max_request_bytes",
@@ -185,15 +218,23 @@ class ServerSettings:
             "max_queued_requests",
             "batch_concurrency",
             "batch_slice_tokens",
-        )
-        for name in names:
-            _check_count(getattr(self, name), name)
+        ]
         if self.max_document_chars is not None:
-            _check_count(self.max_document_chars, "max_document_chars")
-        _check_number(self.batch_wait_ms, "batch_wait_ms", 0.0, MAX_BATCH_WAIT_MS)
-        _check_number(self.request_read_timeout_s, "request_read_timeout_s", 0.0, MAX_REQUEST_READ_TIMEOUT_S)
-        if not self.request_read_timeout_s > 0:
-            raise ValueError(f"request_read_timeout_s must be > 0, got {self.request_read_timeout_s}")
+            counts.append("max_document_chars")
+        for name in counts:
+            value = getattr(self, name)
+            try:
+                check_positive_int(value, name)
+            except (TypeError, ValueError):
+                # Settings refuse any bad value with ValueError; this one message says both rules at once.
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}") from None
+        try:
+            check_number(self.batch_wait_ms, "batch_wait_ms", high=MAX_BATCH_WAIT_MS)
+            check_number(
+                self.request_read_timeout_s, "request_read_timeout_s", high=MAX_REQUEST_READ_TIMEOUT_S, open_low=True
+            )
+        except TypeError as exc:  # a number that is not finite: a bad setting like any other
+            raise ValueError(str(exc)) from None
         if self.api_key is not None:
             check_api_key_value(self.api_key, "api_key")
 
@@ -201,7 +242,7 @@ class ServerSettings:
 
     def check_host(self, host_header: str | None) -> None:
         """Raise 400 unless auth is on, any host is allowed, or ``host_header`` names an allowed host."""
-        if self.api_key is not None or ANY_HOST in self.allowed_hosts:
+        if self.keyed or ANY_HOST in self.allowed_hosts:
             return
         host = _host_name(host_header or "")
         if host not in LOCAL_HOSTS and host not in self.allowed_hosts:
@@ -231,9 +272,13 @@ class ServerSettings:
         if not hmac.compare_digest(token.encode("utf-8", "replace"), self.api_key.encode()):
             raise RequestRejected(401, "invalid API key", challenge)
 
+    def has_capacity(self, in_flight: int) -> bool:
+        """Whether another request may be admitted beside ``in_flight`` admitted ones."""
+        return in_flight < self.max_queued_requests
+
     def check_capacity(self, in_flight: int) -> None:
         """Raise 429 (with ``Retry-After``) when ``in_flight`` admitted requests already fill the queue."""
-        if in_flight >= self.max_queued_requests:
+        if not self.has_capacity(in_flight):
             raise RequestRejected(
                 429,
                 f"the server is at its limit of {self.max_queued_requests} requests in flight; retry shortly",
@@ -299,7 +344,7 @@ class ServerSettings:
     ) -> None:
         """Checks on a request's token sequences, before any scoring: 413 over ``max_request_tokens``, and 413
         for documents longer than the ``max_length``-token window when ``truncation`` is not allowed."""
-        tokens = sum(len(ids) for ids in encoded.input_ids)
+        tokens = encoded_tokens(encoded)
         if tokens > self.max_request_tokens:
             raise RequestRejected(
                 413,
@@ -324,15 +369,3 @@ def _host_name(header: str) -> str:
     if header.startswith("["):
         return header[1:].split("]", 1)[0]
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
-def _check_count(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def _check_number(value: Any, name: str, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
