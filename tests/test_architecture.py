@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "core" / "jina_local_rerank"
 # Bottom to top. A module may import from its own layer and the layers below it; "shared" imports only "shared".
 LAYERS = ("shared", "model", "checkpoint", "engine", "api", "applications", "testing")
 SHARED = {"errors", "validation", "flags", "install_hints", "progress", "lazy", "files"}
-API = {"reranker", "registry", "ranking", "options", "pydantic_options", ""}
+API = {"reranker", "reranker_registry", "ranking", "options", "pydantic_options", ""}
 APPLICATIONS = {"cli", "server", "training", "evaluation", "export", "ray"}
 # The one import that points up: the docstring reranker stays exported where it was first documented.
 EXCEPTIONS = {("training", "testing.docstring_task")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import threading
@@ -247,7 +248,7 @@ UNAUTHORIZED_BODIES = {
     "not-json": b'{"query": ',
     "wrong-types": b'{"query": 1, "documents": "a", "top_n": "x"}',
     "empty-query": b'{"query": " ", "documents": ["a"]}',
-    "too-many-documents": ('{"query": "q", "documents": [%s]}' % ",".join(['"a"'] * (MAX_DOCUMENTS + 1))).encode(),
+    "too-many-documents": json.dumps({"query": "q", "documents": ["a"] * (MAX_DOCUMENTS + 1)}).encode(),
     "over-the-body-limit": b'{"query": "q", "documents": ["' + b"a" * MAX_REQUEST_BYTES + b'"]}',
     "nested": b"[" * 100_000,
     "unknown-model": b'{"model": "gpt-4", "query": "q", "documents": ["a"]}',

@@ -888,7 +888,7 @@ def test_a_list_over_the_pass_budget_runs_in_chunks_with_the_same_gradients(chec
     for budget in (1000, 64):
         model = trainable_model(checkpoint_dir, torch.device("cpu"))
         passes: list[int] = []
-        model.register_forward_hook(lambda module, args, output: passes.append(len(args[0])))
+        model.register_forward_hook(lambda module, args, output, passes=passes: passes.append(len(args[0])))
         losses = forward_backward(
             model, batch, SoftmaxCrossEntropyLoss(), weight=0.5, batch_tokens=budget, autocast=None
         )

@@ -16,42 +16,24 @@ from pathlib import Path
 from typing import Any
 
 from .flags import add_field_arguments, positive_int, setting, values_from_args
-from .validation import check_choice, check_optional_positive_int, check_optional_text, check_positive_int
+from .validation import (
+    DEVICE_HELP,
+    DTYPE_ALIASES,
+    DTYPES,
+    check_choice,
+    check_optional_positive_int,
+    check_optional_text,
+    check_positive_int,
+    dtype_name,
+    torch_name,
+)
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_QUERY_LENGTH = 512
 LONG_DOCUMENT_MODES = ("truncate", "chunk")
 CHUNK_AGGREGATIONS = ("max", "mean_top2")
-# The one wording of the devices and dtypes there are, for the flags' help and every error about them
-# (engine/devices.py resolves them to torch objects).
-_EXPLICIT_DEVICES = "'cpu', 'cuda', 'cuda:N' or 'mps'"
-DEVICE_NAMES = f"'auto', {_EXPLICIT_DEVICES}"
-DEVICE_HELP = f"'auto' (cuda, then mps, then cpu), {_EXPLICIT_DEVICES}"
-# Canonical dtype names and their short aliases.
-DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # The options that add text around every query and document before scoring.
 TEXT_AFFIXES = ("query_prefix", "query_suffix", "document_prefix", "document_suffix")
-
-
-def _torch_name(value: Any) -> Any:
-    """``torch.device``/``torch.dtype`` objects as the strings the options hold (``torch.float16`` -> ``float16``)."""
-    if type(value).__module__ == "torch" and type(value).__name__ in ("device", "dtype"):
-        return str(value).removeprefix("torch.")
-    return value
-
-
-def dtype_name(dtype: Any) -> str:
-    """``dtype`` as one of ``DTYPES``: None is ``"auto"``, a short name (``"bf16"``) or a torch dtype
-    (``torch.float16``, ``torch.qint8``) its canonical name, in any case; else ``ValueError`` listing them."""
-    name = _torch_name(dtype)
-    if name is None:
-        name = "auto"
-    if isinstance(name, str):
-        name = DTYPE_ALIASES.get(name.lower(), name.lower())
-    if name == "qint8":
-        name = "int8"
-    return check_choice(name, DTYPES, "dtype")
 
 
 @dataclass(frozen=True)
@@ -114,7 +96,7 @@ class RerankerOptions:
         set_(self, "model", check_optional_text(self.model, "model"))
         set_(self, "revision", check_optional_text(self.revision, "revision"))
         set_(self, "cache_dir", check_optional_text(self.cache_dir, "cache_dir"))
-        device = _torch_name(self.device)
+        device = torch_name(self.device)
         if device is None:
             device = "auto"
         if not isinstance(device, str) or not device:

@@ -88,3 +88,33 @@ def check_optional_text(value: Any, name: str) -> str | None:
     if not value:
         raise ValueError(f"{name} must not be empty (pass None for the default)")
     return value
+
+
+# The one wording of the devices and dtypes there are, for the flags' help and every error about them
+# (engine/devices.py resolves them to torch objects; no torch here).
+_EXPLICIT_DEVICES = "'cpu', 'cuda', 'cuda:N' or 'mps'"
+DEVICE_NAMES = f"'auto', {_EXPLICIT_DEVICES}"
+DEVICE_HELP = f"'auto' (cuda, then mps, then cpu), {_EXPLICIT_DEVICES}"
+# Canonical dtype names and their short aliases.
+DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def torch_name(value: Any) -> Any:
+    """``torch.device``/``torch.dtype`` objects as the strings the options hold (``torch.float16`` -> ``float16``)."""
+    if type(value).__module__ == "torch" and type(value).__name__ in ("device", "dtype"):
+        return str(value).removeprefix("torch.")
+    return value
+
+
+def dtype_name(dtype: Any) -> str:
+    """``dtype`` as one of ``DTYPES``: None is ``"auto"``, a short name (``"bf16"``) or a torch dtype
+    (``torch.float16``, ``torch.qint8``) its canonical name, in any case; else ``ValueError`` listing them."""
+    name = torch_name(dtype)
+    if name is None:
+        name = "auto"
+    if isinstance(name, str):
+        name = DTYPE_ALIASES.get(name.lower(), name.lower())
+    if name == "qint8":
+        name = "int8"
+    return check_choice(name, DTYPES, "dtype")

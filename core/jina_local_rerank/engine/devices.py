@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..options import DEVICE_NAMES, dtype_name
+from ..validation import DEVICE_NAMES, dtype_name
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -34,7 +34,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``"auto"``/None: bf16 on CUDA where supported (else fp16), fp32 elsewhere; or an explicit dtype (any name
-    :func:`~jina_local_rerank.options.dtype_name` accepts).
+    :func:`~jina_local_rerank.validation.dtype_name` accepts).
 
     ``"int8"`` (CPU only) gives ``torch.qint8``: the encoder's linear layers in int8
     (:mod:`~jina_local_rerank.model.quantization`), the rest in fp32.

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import DatasetError, FileProblem
 from ..install_hints import extra_imports
@@ -24,7 +24,12 @@ from .user_files import atomic_output, check_input_file, check_output_path
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..reranker import Reranker
+
+class PairScorer(Protocol):
+    """What scores the pairs of a file: :class:`~jina_local_rerank.Reranker` (files know nothing of the engine)."""
+
+    def score_pairs(self, pairs: Sequence[Sequence[str]], *, raw: bool = False) -> Any: ...
+
 
 FORMATS = ("jsonl", "parquet")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -87,7 +92,7 @@ def check_schema(names: Sequence[str], types: Sequence[pa.DataType], columns: Pa
 
 
 def add_scores(
-    table: pa.Table, reranker: Reranker, columns: PairColumns, *, raw: bool = False, first_row: int | None = None
+    table: pa.Table, reranker: PairScorer, columns: PairColumns, *, raw: bool = False, first_row: int | None = None
 ) -> pa.Table:
     """``table`` with a float64 score column appended: sigmoid scores (logits if ``raw``) of its pairs.
 
@@ -182,7 +187,7 @@ def score_pairs_file_local(
     input: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
-    reranker: Reranker,
+    reranker: PairScorer,
     columns: PairColumns = PairColumns(),
     raw: bool = False,
     input_format: str | None = None,

@@ -45,11 +45,11 @@ def register(commands: Any) -> None:
         "Ctrl-C or SIGTERM: requests in flight finish first.",
     )
     add_option_arguments(serve)
-    # A repeated flag appends to a copy of its default, which must be a list or None (not the field's tuple).
-    sections = add_field_arguments(serve, ServerSettings, defaults={"allowed_hosts": None})
-    http = sections[HTTP_SECTION]
+    http = serve.add_argument_group(HTTP_SECTION)
     http.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     http.add_argument("--port", type=port_number, default=8080, help="port, 1-65535 (default: %(default)s)")
+    # A repeated flag appends to a copy of its default, which must be a list or None (not the field's tuple).
+    add_field_arguments(serve, ServerSettings, defaults={"allowed_hosts": None}, sections={HTTP_SECTION: http})
     http.add_argument(
         "--log-level",
         default="info",

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
-from ..ranking import ranked_indices
-from ..reranker import ScoreResult, jina_results
+from ..ranking import jina_results, ranked_indices
+from ..reranker import ScoreResult
 
 # Cohere bills one search unit per query and up to this many documents.
 COHERE_DOCUMENTS_PER_SEARCH_UNIT = 100

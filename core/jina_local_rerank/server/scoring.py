@@ -58,6 +58,6 @@ async def score(
         counters.in_flight -= 1
 
 
-def dtype_name(reranker: Reranker) -> str:
+def reported_dtype(reranker: Reranker) -> str:
     """The reranker's dtype as the API reports it (``bfloat16``, not ``torch.bfloat16``)."""
     return str(reranker.dtype).removeprefix("torch.")

@@ -12,7 +12,7 @@ from ..dependencies import authorize
 from ..error_responses import ERROR_RESPONSES
 from ..metrics import ServerMetrics
 from ..schemas import BatchingStats, Health, ModelCard, ModelList, Ready
-from ..scoring import dtype_name
+from ..scoring import reported_dtype
 from ..settings import ServerSettings
 
 router = APIRouter()
@@ -36,7 +36,7 @@ async def health(request: Request) -> Health:
     return Health(
         model=settings.served_model_names[0],
         device=str(reranker.device),
-        dtype=dtype_name(reranker),
+        dtype=reported_dtype(reranker),
         max_length=reranker.max_length,
         batching=BatchingStats(
             enabled=scorer.batching,
