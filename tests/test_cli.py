@@ -302,3 +302,22 @@ def test_help_and_version_load_no_torch() -> None:
     from jina_local_rerank import __version__
 
     assert done.stdout.split() == ["jina-local-rerank", __version__, "False"]
+
+
+def test_a_sigterm_that_surfaces_as_another_error_still_exits_143(monkeypatch, capsys):
+    """SIGTERM raised inside a native call (safetensors' reader) can come out as that call's own error."""
+    from jina_local_rerank.cli import rerank as rerank_command
+
+    def handler(args: argparse.Namespace, stdin: object, stdout: object) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises Terminated here
+        except KeyboardInterrupt:
+            raise ValueError("not a readable safetensors file (the native call's own error)") from None
+
+    monkeypatch.setattr(rerank_command, "_run_rerank", handler)
+    assert main(["rerank", "query", "document"]) == 143
+    assert capsys.readouterr().err == "jina-local-rerank: terminated\n"
+    # The next run in the same process starts afresh: a plain error is an error again.
+    monkeypatch.setattr(rerank_command, "_run_rerank", lambda *_: (_ for _ in ()).throw(ValueError("bad input")))
+    assert main(["rerank", "query", "document"]) == 2
+    assert capsys.readouterr().err == "jina-local-rerank: error: bad input\n"

@@ -132,9 +132,15 @@ def test_huggingface_hub_get_endpoint_info(server: Server, monkeypatch: pytest.M
     hub = pytest.importorskip("huggingface_hub")
     # The tests run with the Hub offline; this client only calls our loopback URL.
     from huggingface_hub import constants
+    from huggingface_hub.utils import reset_sessions
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    info = hub.InferenceClient(model=server.url, provider="hf-inference", token=API_KEY).get_endpoint_info()
+    # The Hub client keeps one HTTP session per thread, made offline-only if an earlier test used the Hub offline.
+    reset_sessions()
+    try:
+        info = hub.InferenceClient(model=server.url, provider="hf-inference", token=API_KEY).get_endpoint_info()
+    finally:
+        reset_sessions()  # the next test gets an offline session again
     assert info["model_id"] == MODEL
     assert info["max_input_length"] == MAX_LENGTH and info["auto_truncate"] is True
     assert "reranker" in info["model_type"]

@@ -50,8 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: object, status: int) -> int:
+    if _sigterm.is_set():
+        # SIGTERM raised inside a native call (safetensors' reader calls back into Python) can come out as that
+        # call's own error, not as Terminated: it is still a termination, and was cleaned up on the way out.
+        return _terminated()
     print(f"jina-local-rerank: error: {message}", file=sys.stderr)
     return status
+
+
+def _terminated() -> int:
+    print("jina-local-rerank: terminated", file=sys.stderr)
+    return 143
 
 
 class Terminated(KeyboardInterrupt):
@@ -62,8 +71,12 @@ class Terminated(KeyboardInterrupt):
     passes every ``except Exception`` (and ``except JinaLocalRerankError``) on its way out, as Ctrl-C does."""
 
 
+_sigterm = threading.Event()  # set by the handler: the run ends in 143 whichever exception carried it out
+
+
 def raise_terminated(signum: int, frame: object) -> None:
     """The SIGTERM handler: raise :class:`Terminated` in the main thread."""
+    _sigterm.set()
     raise Terminated
 
 
@@ -75,6 +88,7 @@ def main(argv: Sequence[str] | None = None, stdin: TextIO | None = None, stdout:
     out = stdout or sys.stdout
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
+    _sigterm.clear()
     try:
         return _run(args, stdin, out)
     finally:
@@ -103,8 +117,7 @@ def _run(args: argparse.Namespace, stdin: TextIO | None, out: TextIO) -> int:
     except RecursionError:
         return _error("input nested too deeply", 2)
     except Terminated:
-        print("jina-local-rerank: terminated", file=sys.stderr)
-        return 143
+        return _terminated()
     except KeyboardInterrupt:
         print("jina-local-rerank: interrupted", file=sys.stderr)
         return 130
