@@ -132,10 +132,12 @@ def test_huggingface_hub_get_endpoint_info(server: Server, monkeypatch: pytest.M
     hub = pytest.importorskip("huggingface_hub")
     # The tests run with the Hub offline; this client only calls our loopback URL.
     from huggingface_hub import constants
-    from huggingface_hub.utils import reset_sessions
+    from huggingface_hub import utils as hub_utils
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    # The Hub client keeps one HTTP session per thread, made offline-only if an earlier test used the Hub offline.
+    # huggingface_hub before 1.0 keeps one HTTP session per thread, made offline-only if an earlier test used the Hub
+    # offline (later versions check offline mode on each request and have no reset_sessions).
+    reset_sessions = getattr(hub_utils, "reset_sessions", lambda: None)
     reset_sessions()
     try:
         info = hub.InferenceClient(model=server.url, provider="hf-inference", token=API_KEY).get_endpoint_info()
