@@ -26,9 +26,10 @@ with open("pyproject.toml", "rb") as file:
     extras = tomllib.load(file)["project"]["optional-dependencies"]
 for extra in sys.argv[1:]:
     for requirement in extras[extra]:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?>=([^,;\s]+)", requirement.replace(" ", ""))
+        # A lower bound is pinned; a pin (the linter, whose output must not change under CI) is kept.
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?(?:>=|==)([^,;\s]+)", requirement.replace(" ", ""))
         if match is None:
-            sys.exit(f"pyproject.toml: extra {extra!r}: {requirement!r} has no plain '>=' lower bound to pin")
+            sys.exit(f"pyproject.toml: extra {extra!r}: {requirement!r} has no plain '>=' lower bound or '==' pin")
         print(f"{match[1]}=={match[3]}")
 EOF
 install() { "$VENV/bin/python" -m pip install -q -c "$VENV/constraints.txt" "$@"; }
