@@ -400,3 +400,32 @@ def test_a_failed_folder_write_leaves_the_old_folder_and_no_trace(tmp_path):
         (staging / "new.txt").write_text("new")
     assert [path.name for path in tmp_path.iterdir()] == ["out"]
     assert [path.name for path in target.iterdir()] == ["new.txt"]
+
+
+def test_whole_attention_scores_like_the_blocked_graph_without_a_loop(checkpoint_dir, reranker, tmp_path):
+    """``--attention whole`` (for OpenVINO and NNCF): the same logits as the engine, and no ONNX Loop in the graph."""
+    import onnx
+
+    output = tmp_path / "whole"
+    command = ["export", "onnx", "--model", str(checkpoint_dir), "--output", str(output), "--attention", "whole"]
+    assert main(command, stdout=io.StringIO()) == 0
+    nodes = onnx.load(str(output / "onnx" / "model.onnx")).graph.node
+    operators = {node.op_type for node in nodes}
+    assert "Loop" not in operators and "Softmax" in operators
+    layers = reranker.engine.model.config.num_hidden_layers
+    assert sum(node.op_type == "Softmax" for node in nodes) == layers
+    graph = session(output)
+    rng = random.Random(1)
+    vocabulary = reranker.engine.model.config.vocab_size
+    sequences = [[0] + [rng.randrange(5, vocabulary) for _ in range(n - 1)] for n in (3, 300, 17, 64)]
+    reference = reranker.engine.logits(sequences, max_batch_tokens=1 << 20)
+    for left in (False, True):
+        assert max_error(onnx_logits(graph, padded(sequences, 1, left)), reference) < ATOL
+
+
+def test_an_unknown_attention_layout_is_refused(checkpoint_dir, tmp_path):
+    from jina_local_rerank.export import export_onnx
+
+    with pytest.raises(ValueError, match="attention must be one of 'blocked', 'whole', got 'loop'"):
+        export_onnx(checkpoint_dir, tmp_path / "out", attention="loop")
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,7 @@
 A plain graph of attention holds ``[batch, heads, length, length]`` scores (and bias, and probabilities) at once:
 32 GB for the model card's padded ``[10, 8192]`` call. Here the export's attention is one operator,
 ``jina_local_rerank::alibi_attention`` (a torch custom op the tracer keeps whole), which the exporter writes as a
-placeholder node and :func:`expand_blocked_attention` then replaces with a standard ONNX ``Loop`` over blocks of
+placeholder node and :func:`expand_attention` then replaces with a standard ONNX ``Loop`` over blocks of
 query rows: each iteration builds its rows' ALiBi bias from the token positions and computes
 ``softmax(q k^T + bias) v`` for them, so a call holds about ``BLOCK_ELEMENTS`` scores per tensor whatever its
 shape. ``Loop`` (opset 1+) and the operators in its body run in every onnxruntime release transformers.js ships
@@ -11,6 +11,10 @@ shape. ``Loop`` (opset 1+) and the operators in its body run in every onnxruntim
 ``MultiHeadAttention`` would not help: their bias input is itself a ``[batch, heads, length, length]`` tensor. Nor
 would a key window shared by all heads (the engine skips keys beyond each head's ALiBi reach): the smallest slope's
 reach exceeds the 8,192-token window.
+
+Graph optimizers and post-training quantizers that look for the usual attention pattern cannot see into the
+``Loop`` (OpenVINO's NNCF fails on it): for them the export writes the same computation for all rows at once
+(``attention="whole"``), at ``[batch, heads, length, length]`` memory.
 """
 
 from __future__ import annotations
@@ -75,6 +79,36 @@ def translation_table() -> dict:
         return getattr(opset, PLACEHOLDER)(q, k, v, positions, key_mask, neg_slopes)
 
     return {torch.ops.jina_local_rerank.alibi_attention.default: placeholder}
+
+
+def _whole_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
+    """The standard ONNX nodes computing one placeholder ``node`` for all query rows at once: the attention pattern
+    graph optimizers and quantizers (OpenVINO's NNCF) recognise, at ``[batch, heads, length, length]`` memory."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    q, k, v, positions, key_mask, neg_slopes = node.input
+    (output,) = node.output
+    nodes = []
+
+    def add(op: str, inputs: list[str], label: str, **attributes) -> str:  # type: ignore[no-untyped-def]
+        nodes.append(helper.make_node(op, inputs, [f"{prefix}/{label}"], name=f"{prefix}/{label}", **attributes))
+        return f"{prefix}/{label}"
+
+    def axes(label: str, values: list[int]) -> str:
+        return add("Constant", [], label, value=numpy_helper.from_array(np.array(values, dtype=np.int64), label))
+
+    query_positions = add("Unsqueeze", [positions, axes(f"{prefix}/axes_13", [1, 3])], "query_positions")
+    key_positions = add("Unsqueeze", [positions, axes(f"{prefix}/axes_12", [1, 2])], "key_positions")
+    mask = add("Unsqueeze", [key_mask, axes(f"{prefix}/axes_12b", [1, 2])], "mask")  # [B, 1, 1, L]
+    slopes = add("Unsqueeze", [neg_slopes, axes(f"{prefix}/axes_023", [0, 2, 3])], "slopes")  # [1, H, 1, 1]
+    distance = add("Abs", [add("Sub", [query_positions, key_positions], "offset")], "distance")  # [B, 1, L, L]
+    bias = add("Add", [add("Mul", [distance, slopes], "alibi"), mask], "bias")
+    keys_t = add("Transpose", [k], "keys_t", perm=[0, 1, 3, 2])
+    scores = add("Add", [add("MatMul", [q, keys_t], "products"), bias], "scores")
+    probabilities = add("Softmax", [scores], "probabilities", axis=-1)
+    nodes.append(helper.make_node("MatMul", [probabilities, v], [output], name=f"{prefix}/context"))
+    return nodes
 
 
 def _blocked_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
@@ -188,13 +222,15 @@ def _blocked_nodes(node, prefix: str) -> list:  # type: ignore[no-untyped-def]
     return nodes
 
 
-def expand_blocked_attention(model) -> int:  # type: ignore[no-untyped-def]
-    """Replace every placeholder node of ``model`` (an ``onnx.ModelProto``) with its ``Loop``, in place; drop the
-    placeholder's domain. Returns how many were replaced."""
+def expand_attention(model, layout: str = "blocked") -> int:  # type: ignore[no-untyped-def]
+    """Replace every placeholder node of ``model`` (an ``onnx.ModelProto``) with standard ONNX nodes, in place: a
+    ``Loop`` over blocks of query rows (``"blocked"``, bounded memory), or all rows at once (``"whole"``). Drops
+    the placeholder's domain; returns how many were replaced."""
+    expand = {"blocked": _blocked_nodes, "whole": _whole_nodes}[layout]
     replaced, nodes = 0, []
     for node in model.graph.node:
         if node.domain == DOMAIN and node.op_type == PLACEHOLDER:
-            nodes += _blocked_nodes(node, f"blocked_attention_{replaced}")
+            nodes += expand(node, f"{layout}_attention_{replaced}")
             replaced += 1
         else:
             nodes.append(node)

@@ -8,7 +8,7 @@ import time
 from typing import TextIO
 
 from ..options import add_option_arguments, options_from_args
-from .layout import EXPORT_OPTIONS, MODEL_FILE, ONNX_FOLDER, QUANTIZED_MODEL_FILE
+from .layout import ATTENTION_LAYOUTS, EXPORT_OPTIONS, MODEL_FILE, ONNX_FOLDER, QUANTIZED_MODEL_FILE
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,6 +37,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"dtype 'q8')",
     )
     onnx.add_argument(
+        "--attention",
+        choices=ATTENTION_LAYOUTS,
+        default="blocked",
+        help="blocked: in blocks of query rows inside an ONNX Loop, bounded memory at any length (transformers.js); "
+        "whole: all rows at once, the pattern OpenVINO and its NNCF int8 quantization need, memory growing with the "
+        "square of the length (default: blocked)",
+    )
+    onnx.add_argument(
         "--overwrite",
         action="store_true",
         help="replace OUTPUT if it is an earlier export or a checkpoint (holds config.json), once the export is done",
@@ -50,7 +58,13 @@ def run_export_onnx(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> 
     from .onnx import export_onnx
 
     started = time.perf_counter()
-    result = export_onnx(options_from_args(args), args.output, quantize=args.quantize, overwrite=args.overwrite)
+    result = export_onnx(
+        options_from_args(args),
+        args.output,
+        quantize=args.quantize,
+        attention=args.attention,
+        overwrite=args.overwrite,
+    )
     files = [str(path.relative_to(result.directory)) for path in result.files]
     json.dump(
         {"output": str(result.directory), "files": files, "seconds": round(time.perf_counter() - started, 1)}, stdout

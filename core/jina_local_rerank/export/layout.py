@@ -16,3 +16,5 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"  # fp32 [batch_size, 1], raw (sigmoid gives the relevance score)
 # The options an export reads; every other option decides how the engine scores, which a graph does not hold.
 EXPORT_OPTIONS = ("model", "revision", "cache_dir", "token")
+# How attention is laid out in the graph: in blocks of query rows inside a Loop (bounded memory), or all at once.
+ATTENTION_LAYOUTS = ("blocked", "whole")

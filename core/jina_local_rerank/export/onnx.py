@@ -34,8 +34,9 @@ from ..files.user_files import atomic_directory, check_output_folder
 from ..install_hints import extra_imports
 from ..model.jinabert import JinaBertForReranking
 from ..options import RerankerOptions, logit_options
-from .blocked_attention import expand_blocked_attention, translation_table
-from .layout import INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
+from ..validation import check_choice
+from .blocked_attention import expand_attention, translation_table
+from .layout import ATTENTION_LAYOUTS, INPUT_NAMES, MODEL_FILE, ONNX_FOLDER, OUTPUT_NAME, QUANTIZED_MODEL_FILE
 from .padded_batch import PaddedBatchReranker
 from .tokenizer_file import write_portable_tokenizer
 
@@ -115,8 +116,9 @@ def _quiet_exporters() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelProto:
-    """``model`` (fp32, CPU) as an ONNX graph over padded batches, batch and sequence axes dynamic."""
+def onnx_graph(model: JinaBertForReranking, opset: int = OPSET, attention: str = "blocked") -> onnx.ModelProto:
+    """``model`` (fp32, CPU) as an ONNX graph over padded batches, batch and sequence axes dynamic; ``attention``
+    as :func:`~jina_local_rerank.export.blocked_attention.expand_attention` lays it out."""
     import onnxscript.optimizer
 
     graph = PaddedBatchReranker(model).eval()
@@ -144,7 +146,7 @@ def onnx_graph(model: JinaBertForReranking, opset: int = OPSET) -> onnx.ModelPro
         largest = max(parameter.numel() for parameter in model.parameters())
         onnxscript.optimizer.optimize(exported.model, input_size_limit=largest, output_size_limit=largest)
     proto = exported.model_proto
-    expand_blocked_attention(proto)
+    expand_attention(proto, attention)
     proto.ir_version = IR_VERSION
     proto.doc_string = (
         "JinaBERT reranker (jina-local-rerank): input_ids, attention_mask [batch_size, sequence_length] "
@@ -175,6 +177,7 @@ def export_onnx(
     output_dir: str | os.PathLike[str],
     *,
     quantize: str | None = None,
+    attention: str = "blocked",
     overwrite: bool = False,
 ) -> OnnxExport:
     """Write ``output_dir`` with ``onnx/model.onnx`` (and ``onnx/model_quantized.onnx`` with ``quantize="int8"``),
@@ -185,9 +188,15 @@ def export_onnx(
     revision, cache_dir and token; scoring options do not apply to a graph and are refused). An existing non-empty
     ``output_dir`` is refused unless ``overwrite``, which replaces it once the new folder is complete, and only if it
     is a checkpoint or export folder (it holds ``config.json``); an output inside the checkpoint's folder is refused.
+
+    ``attention="blocked"`` (default) computes attention in blocks of query rows inside an ONNX ``Loop``, so memory
+    stays bounded at any length (8k tokens in transformers.js); ``"whole"`` writes it for all rows at once, the
+    pattern graph optimizers and quantizers recognise (OpenVINO and its NNCF int8 quantization need it), with
+    memory growing as batch x heads x length squared.
     """
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
+    check_choice(attention, ATTENTION_LAYOUTS, "attention")
     options = _export_options(options_or_model)
     with extra_imports("ONNX export", "export"):
         import onnx
@@ -203,7 +212,7 @@ def export_onnx(
     with atomic_directory(output, "export folder") as staging:
         model = load_checkpoint(directory, torch.float32, torch.device("cpu"))
         (staging / ONNX_FOLDER).mkdir()
-        onnx.save(onnx_graph(model), staging / ONNX_FOLDER / MODEL_FILE)
+        onnx.save(onnx_graph(model, attention=attention), staging / ONNX_FOLDER / MODEL_FILE)
         if quantize == "int8":
             quantize_int8(staging / ONNX_FOLDER / MODEL_FILE, staging / ONNX_FOLDER / QUANTIZED_MODEL_FILE)
         for source in sources:
