@@ -61,37 +61,23 @@ def write_tokenizer(directory: Path, vocab_size: int = 2000) -> int:
     )
     tokenizer.save(str(directory / "tokenizer.json"))
     tokenizer.model.save(str(directory))  # vocab.json and merges.txt
-    (directory / "special_tokens_map.json").write_text(
-        json.dumps(
-            {
-                "bos_token": "<s>",
-                "cls_token": "<s>",
-                "eos_token": "</s>",
-                "mask_token": "<mask>",
-                "pad_token": "<pad>",
-                "sep_token": "</s>",
-                "unk_token": "<unk>",
-            },
-            indent=2,
-        )
-    )
-    (directory / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "RobertaTokenizer",
-                "model_max_length": 8192,
-                "add_prefix_space": False,
-                "bos_token": "<s>",
-                "cls_token": "<s>",
-                "eos_token": "</s>",
-                "mask_token": "<mask>",
-                "pad_token": "<pad>",
-                "sep_token": "</s>",
-                "unk_token": "<unk>",
-            },
-            indent=2,
-        )
-    )
+    special_tokens = {
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "mask_token": "<mask>",
+        "pad_token": "<pad>",
+        "sep_token": "</s>",
+        "unk_token": "<unk>",
+    }
+    (directory / "special_tokens_map.json").write_text(json.dumps(special_tokens, indent=2))
+    tokenizer_config = {
+        "tokenizer_class": "RobertaTokenizer",
+        "model_max_length": 8192,
+        "add_prefix_space": False,
+        **special_tokens,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
     return tokenizer.get_vocab_size()
 
 
