@@ -10,6 +10,7 @@ point. No torch: ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import MISSING, Field, field, fields
 from typing import Any, TypeVar
@@ -104,41 +105,33 @@ def _unnamed(message: str) -> str:
     return message.removeprefix("value ")
 
 
-def number(low: float = 0.0, high: float = float("inf"), *, open_low: bool = False) -> Callable[[str], float]:
-    """An ``argparse`` type for a finite number in ``[low, high]`` (``(low, high]`` with ``open_low``), judged
-    by :func:`~jina_local_rerank.validation.check_number`."""
+def _flag_type(parse_text: Callable[[str], Any], check: Callable[[Any, str], T]) -> Callable[[str], T]:
+    """An ``argparse`` type: ``parse_text`` the flag's text, then ``check(value, name)`` it; either's
+    ``TypeError``/``ValueError`` becomes the usage error that says what was wrong."""
 
-    def parse(text: str) -> float:
+    def parse(text: str) -> T:
         try:
-            return check_number(_number_text(text), "value", low=low, high=high, open_low=open_low)
+            return check(parse_text(text), "value")
         except (TypeError, ValueError) as exc:
             raise argparse.ArgumentTypeError(_unnamed(str(exc))) from None
 
     return parse
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1, or an ``argparse`` error that says what was wrong."""
-    try:
-        return check_positive_int(_integer_text(text), "value")
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(_unnamed(str(exc))) from None
-
-
-non_negative_float = number(0.0)
+def number(low: float = 0.0, high: float = float("inf"), *, open_low: bool = False) -> Callable[[str], float]:
+    """An ``argparse`` type for a finite number in ``[low, high]`` (``(low, high]`` with ``open_low``), judged
+    by :func:`~jina_local_rerank.validation.check_number`."""
+    return _flag_type(_number_text, functools.partial(check_number, low=low, high=high, open_low=open_low))
 
 
 def checked_int(check: Callable[[int, str], int]) -> Callable[[str], int]:
     """An ``argparse`` type for an integer judged by ``check(value, name)``, a rule that raises ``TypeError`` or
     ``ValueError`` naming the value (a settings class's own range, such as a seed's)."""
+    return _flag_type(_integer_text, check)
 
-    def parse(text: str) -> int:
-        try:
-            return check(_integer_text(text), "value")
-        except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(_unnamed(str(exc))) from None
 
-    return parse
+positive_int = checked_int(check_positive_int)  # an integer >= 1
+non_negative_float = number(0.0)
 
 
 def none_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:

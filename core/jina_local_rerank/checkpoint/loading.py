@@ -16,6 +16,7 @@ from ..model.attention import alibi_slopes
 from ..model.cpu_kernels import prepare_bf16
 from ..model.jinabert import JinaBertForReranking
 from ..model.quantization import quantize_linear_layers
+from ..validation import torch_name
 from .files import check_regular_file, read_config
 from .format import PYTORCH_BIN_FILE, SAFETENSORS_FILE, SAFETENSORS_FLOAT_DTYPES, Header, check_tensors
 
@@ -37,7 +38,7 @@ def _read_weights(path: Path, check: Callable[[Header], None]) -> dict[str, torc
     check_regular_file(path)
     if path.name == PYTORCH_BIN_FILE:
         state = _read_pickle(path)
-        check({name: (tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in state.items()})
+        check({name: (tuple(t.shape), torch_name(t.dtype)) for name, t in state.items()})
         return state
     from safetensors import SafetensorError, safe_open
 

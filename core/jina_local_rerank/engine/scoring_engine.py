@@ -17,6 +17,7 @@ from ..checkpoint.loading import load_checkpoint
 from ..model.attention import PackedAttention, default_attention
 from ..model.jinabert import JinaBertForReranking
 from ..progress import Progress, progress_bar
+from ..validation import torch_name
 from .batching import pack_batches
 from .cpu_workers import cpu_worker_count, cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
@@ -148,7 +149,7 @@ def engine_key(
     """The cache key of a model on a device in a dtype; a local directory is keyed by its absolute path."""
     path = Path(model).expanduser()
     name = str(path.resolve()) if path.is_dir() else os.fspath(model)
-    return EngineKey(name, revision, str(device), str(dtype).removeprefix("torch."))
+    return EngineKey(name, revision, str(device), torch_name(dtype))
 
 
 def get_engine(

@@ -56,8 +56,3 @@ async def score(
         return await scorer.score(encoded)
     finally:
         counters.in_flight -= 1
-
-
-def reported_dtype(reranker: Reranker) -> str:
-    """The reranker's dtype as the API reports it (``bfloat16``, not ``torch.bfloat16``)."""
-    return str(reranker.dtype).removeprefix("torch.")

@@ -7,12 +7,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ...reranker import Reranker
+from ...validation import torch_name
 from ..batcher import Scorer
 from ..dependencies import authorize
 from ..error_responses import ERROR_RESPONSES
 from ..metrics import ServerMetrics
 from ..schemas import BatchingStats, Health, ModelCard, ModelList, Ready
-from ..scoring import reported_dtype
 from ..settings import ServerSettings
 
 router = APIRouter()
@@ -36,7 +36,7 @@ async def health(request: Request) -> Health:
     return Health(
         model=settings.served_model_names[0],
         device=str(reranker.device),
-        dtype=reported_dtype(reranker),
+        dtype=torch_name(reranker.dtype),
         max_length=reranker.max_length,
         batching=BatchingStats(
             enabled=scorer.batching,

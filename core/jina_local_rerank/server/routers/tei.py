@@ -8,11 +8,12 @@ from fastapi import APIRouter, Depends, Request
 from ... import __version__
 from ...errors import RequestRejected
 from ...reranker import Reranker
+from ...validation import torch_name
 from ..dependencies import authorize
 from ..error_responses import TEI_ERROR_RESPONSES
 from ..request_body import CheckedBodyRoute
 from ..schemas import TEIInfo, TEIRerankRequest, TEIRerankResult, tei_response
-from ..scoring import reported_dtype, score
+from ..scoring import score
 from ..settings import ServerSettings
 
 
@@ -63,7 +64,7 @@ async def info(request: Request) -> TEIInfo:
     reranker: Reranker = request.app.state.reranker
     return TEIInfo(
         model_id=settings.served_model_names[0],
-        model_dtype=reported_dtype(reranker),
+        model_dtype=torch_name(reranker.dtype),
         max_concurrent_requests=settings.max_queued_requests,
         max_input_length=reranker.max_length,
         max_batch_tokens=reranker.max_batch_tokens,
