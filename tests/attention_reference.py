@@ -21,15 +21,17 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch
         bias = alibi_bias(batch.slopes, range(length), length).double()
         for head in range(q.shape[1]):
             qs, ks, vs = (t[start : start + length, head].double() for t in (q, k, v))
-            weights = (qs @ ks.T / math.sqrt(HEAD_DIM) + bias[head]).softmax(-1)
+            weights = (qs @ ks.T / math.sqrt(q.shape[-1]) + bias[head]).softmax(-1)
             out[start : start + length, head] = weights @ vs
     return out
 
 
-def packed_qkv(lengths: list[int], num_heads: int, seed: int, query_scale: float = 1.0) -> list[torch.Tensor]:
-    """Standard-normal ``[sum(lengths), num_heads, HEAD_DIM]`` q, k, v (q scaled by ``query_scale``)."""
+def packed_qkv(
+    lengths: list[int], num_heads: int, seed: int, query_scale: float = 1.0, head_dim: int = HEAD_DIM
+) -> list[torch.Tensor]:
+    """Standard-normal ``[sum(lengths), num_heads, head_dim]`` q, k, v (q scaled by ``query_scale``)."""
     generator = torch.Generator().manual_seed(seed)
-    shape = (sum(lengths), num_heads, HEAD_DIM)
+    shape = (sum(lengths), num_heads, head_dim)
     q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
     return [q * query_scale, k, v]
 

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+import jina_local_rerank.engine.scoring_engine as engine_module
 from jina_local_rerank import Reranker
+from jina_local_rerank.engine.scoring_engine import clear_engine_cache
+from jina_local_rerank.model import native_kernels
 from jina_local_rerank.testing.random_checkpoint import CheckpointShape, write_random_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +47,27 @@ def parity_dir() -> Path:
     if not (PARITY_DIR / "golden.json").is_file():
         skip_unless_ci(f"parity data not found at {PARITY_DIR} (set JINA_LOCAL_RERANK_PARITY_DIR)")
     return PARITY_DIR
+
+
+@pytest.fixture
+def fresh_engines():
+    """Engines loaded inside the test (with its patches), dropped after it; the engines cached before it (the
+    session's ``reranker`` fixture among them) are cached again afterwards, so later tests still share them."""
+    before = dict(engine_module._cache)
+    clear_engine_cache()
+    yield
+    clear_engine_cache()
+    engine_module._cache.update(before)
+
+
+@pytest.fixture
+def no_native_kernels(monkeypatch, fresh_engines):
+    """The native kernels turned off as a user turns them off (``JINA_LOCAL_RERANK_NATIVE_KERNELS=0``): the
+    low-precision modes on torch's kernels, as on a CPU without AVX512_BF16 or a machine without a compiler."""
+    monkeypatch.setenv(native_kernels.SWITCH_ENV_VAR, "0")
+    native_kernels.native_kernels_problem.cache_clear()
+    yield
+    native_kernels.native_kernels_problem.cache_clear()
 
 
 def skip_unless_ci(reason: str) -> None:

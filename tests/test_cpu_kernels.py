@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from native_checks import require_native_kernels
 from sorting_texts import QUERY, documents
 
-import jina_local_rerank.engine.scoring_engine as engine_module
 import jina_local_rerank.model.cpu_kernels as cpu_kernels
 import jina_local_rerank.model.quantization as quantization
 from jina_local_rerank import Reranker
@@ -18,22 +18,12 @@ from jina_local_rerank.engine.scoring_engine import clear_engine_cache
 from jina_local_rerank.model.cpu_kernels import Bf16ViaFp32Linear
 from jina_local_rerank.model.quantization import Int8Linear
 
-# Each mode against the golden (fp32) logits of every parity case, through the engine. Measured worst cases, fast
-# path / fallback: bf16 0.150 (turbo / unicode) / 0.163 (turbo / lengths_batch), the bound of tests/test_parity.py;
-# int8 0.678 (turbo / long_3000) / 0.522 (turbo / unicode): random weights put documents within a logit or two of
-# each other and amplify rounding through the layers (docs/performance.md, agreement tables).
+# Each mode against the golden (fp32) logits of every parity case, through the engine. Measured worst cases, native
+# kernels / torch's kernels / every fallback: bf16 0.174 (turbo / lengths_batch) / 0.150 (turbo / unicode) / 0.163
+# (turbo / lengths_batch), the bound of tests/test_parity.py; int8 0.640 (turbo / empty_document) / 0.678 (turbo /
+# long_3000) / 0.522 (turbo / unicode): random weights put documents within a logit or two of each other and amplify
+# rounding through the layers (docs/performance.md, agreement tables).
 MODE_ATOL = {"bfloat16": 0.2, "int8": 0.75}
-
-
-@pytest.fixture
-def fresh_engines():
-    """Engines loaded inside the test (with its patches), dropped after it; the engines cached before it (the
-    session's ``reranker`` fixture among them) are cached again afterwards, so later tests still share them."""
-    before = dict(engine_module._cache)
-    clear_engine_cache()
-    yield
-    clear_engine_cache()
-    engine_module._cache.update(before)
 
 
 @pytest.fixture
@@ -69,12 +59,29 @@ def test_bf16_fallback_swaps_the_encoder_linears_and_computes_the_native_numbers
     assert fallback_logits == pytest.approx(fp32, abs=0.1)
 
 
+def torch_fallbacks(monkeypatch, request) -> None:
+    """Every fallback at once: no native kernels, no native bf16 matmul, no FBGEMM."""
+    request.getfixturevalue("no_native_kernels")
+    monkeypatch.setattr(cpu_kernels, "native_bf16_matmul", lambda: False)
+    monkeypatch.setattr(quantization, "_fbgemm_available", lambda: False)
+
+
+# "fast-path": what this machine picks (the native kernels where they run); "torch-kernels": the native kernels
+# off (torch's attention, FBGEMM); "fallback": every fallback.
+PATHS = ["fast-path", "torch-kernels", "fallback"]
+
+
+def take_path(path: str, monkeypatch, request) -> None:
+    if path == "torch-kernels":
+        request.getfixturevalue("no_native_kernels")
+    elif path == "fallback":
+        torch_fallbacks(monkeypatch, request)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
-@pytest.mark.parametrize("fallback", [False, True], ids=["fast-path", "fallback"])
-def test_a_logit_does_not_depend_on_its_batch_mates(checkpoint_dir, monkeypatch, fresh_engines, dtype, fallback):
-    if fallback:
-        monkeypatch.setattr(cpu_kernels, "native_bf16_matmul", lambda: False)
-        monkeypatch.setattr(quantization, "_fbgemm_available", lambda: False)
+@pytest.mark.parametrize("path", PATHS)
+def test_a_logit_does_not_depend_on_its_batch_mates(checkpoint_dir, monkeypatch, request, fresh_engines, dtype, path):
+    take_path(path, monkeypatch, request)
     reranker = Reranker(checkpoint_dir, device="cpu", dtype=dtype)
     target = "use sorted to get a new sorted list or list sort to sort in place"
     alone = reranker.score(QUERY, [target], raw=True).logits[0]
@@ -85,7 +92,7 @@ def test_a_logit_does_not_depend_on_its_batch_mates(checkpoint_dir, monkeypatch,
     assert reranker.score(QUERY, others, raw=True).logits[7] == pytest.approx(alone, abs=1e-3)
 
 
-def test_int8_without_fbgemm_runs_int_mm_close_to_fp32(checkpoint_dir, reranker, no_fbgemm):
+def test_int8_without_fbgemm_runs_int_mm_close_to_fp32(checkpoint_dir, reranker, no_native_kernels, no_fbgemm):
     int8 = Reranker(checkpoint_dir, device="cpu", dtype="int8")
     layers = encoder_linears(int8)
     assert layers and all(isinstance(m, Int8Linear) and m._packed is None for m in layers)
@@ -94,22 +101,39 @@ def test_int8_without_fbgemm_runs_int_mm_close_to_fp32(checkpoint_dir, reranker,
     assert int8.score(QUERY, docs, raw=True).logits == pytest.approx(fp32, abs=0.1)
 
 
+TORCH_ATTENTION = "torch's fp32 attention (native kernels not used: turned off by JINA_LOCAL_RERANK_NATIVE_KERNELS=0)"
+
+
 @pytest.mark.parametrize(
     ("dtype", "patch", "expected"),
     [
-        ("bfloat16", {"native_bf16_matmul": False}, "fp32 kernels"),
-        ("bfloat16", {"native_bf16_matmul": True}, "oneDNN bf16"),
-        ("int8", {"_fbgemm_available": False}, "torch._int_mm"),
-        ("int8", {"_fbgemm_available": True, "_activation_levels": 128}, "7-bit activations"),
-        ("int8", {"_fbgemm_available": True, "_activation_levels": 256}, "FBGEMM with VNNI"),
+        ("bfloat16", {"native_bf16_matmul": False}, ["fp32 kernels", TORCH_ATTENTION]),
+        ("bfloat16", {"native_bf16_matmul": True}, ["oneDNN bf16", TORCH_ATTENTION]),
+        ("int8", {"_fbgemm_available": False}, ["torch._int_mm (no FBGEMM", TORCH_ATTENTION]),
+        ("int8", {"_fbgemm_available": True, "_activation_levels": 128}, ["7-bit activations", TORCH_ATTENTION]),
+        ("int8", {"_fbgemm_available": True, "_activation_levels": 256}, ["FBGEMM with VNNI", TORCH_ATTENTION]),
+        ("bfloat16", {"native": True}, ["oneDNN bf16", "; native bf16 attention (AVX512_BF16)"]),
+        ("int8", {"native": True}, ["native per-token int8 rows", "; native bf16 attention (AVX512_BF16)"]),
     ],
-    ids=["bf16-fallback", "bf16-onednn", "int8-int-mm", "int8-fbgemm-7bit", "int8-fbgemm-vnni"],
+    ids=[
+        "bf16-fallback",
+        "bf16-onednn",
+        "int8-int-mm",
+        "int8-fbgemm-7bit",
+        "int8-fbgemm-vnni",
+        "bf16-native",
+        "int8-native",
+    ],
 )
 def test_each_mode_logs_its_kernel_path_once(
-    checkpoint_dir, monkeypatch, caplog, fresh_engines, dtype, patch, expected
+    checkpoint_dir, monkeypatch, request, caplog, fresh_engines, dtype, patch, expected
 ):
     if patch.get("_fbgemm_available") and "fbgemm" not in torch.backends.quantized.supported_engines:
         pytest.skip("torch has no FBGEMM engine here")
+    if patch.pop("native", False):
+        require_native_kernels()
+    else:
+        request.getfixturevalue("no_native_kernels")
     for name, value in patch.items():
         module = cpu_kernels if hasattr(cpu_kernels, name) else quantization
         monkeypatch.setattr(module, name, lambda value=value: value)
@@ -119,7 +143,8 @@ def test_each_mode_logs_its_kernel_path_once(
         clear_engine_cache()
         Reranker(checkpoint_dir, device="cpu", dtype=dtype)  # loaded again: not logged again
     lines = [r.getMessage() for r in caplog.records if r.name == "jina_local_rerank"]
-    assert len(lines) == 1 and lines[0].startswith(f"dtype={dtype} on this CPU: ") and expected in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(f"dtype={dtype} on this CPU: ")
+    assert all(words in lines[0] for words in expected), lines[0]
 
 
 def test_the_cpu_features_name_the_instruction_sets_the_paths_read():
@@ -140,13 +165,11 @@ def test_the_cpu_features_name_the_instruction_sets_the_paths_read():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
-@pytest.mark.parametrize("fallback", [False, True], ids=["fast-path", "fallback"])
+@pytest.mark.parametrize("path", PATHS)
 def test_low_precision_modes_stay_within_their_tolerance_of_the_golden_logits(
-    parity_dir: Path, monkeypatch, fresh_engines, dtype, fallback
+    parity_dir: Path, monkeypatch, request, fresh_engines, dtype, path
 ):
-    if fallback:
-        monkeypatch.setattr(cpu_kernels, "native_bf16_matmul", lambda: False)
-        monkeypatch.setattr(quantization, "_fbgemm_available", lambda: False)
+    take_path(path, monkeypatch, request)
     golden = json.loads((parity_dir / "golden.json").read_text())
     for name in ("tiny", "turbo", "heads8"):
         reranker = Reranker(parity_dir / name, device="cpu", dtype=dtype)

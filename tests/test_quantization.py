@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from native_checks import require_native_kernels
 from sorting_texts import QUERY, documents
 
 import jina_local_rerank.model.quantization as quantization
@@ -39,20 +40,26 @@ def test_encoder_layers_are_int8_and_the_head_stays_fp32(int8: Reranker):
 
 
 @pytest.mark.parametrize(
-    ("fbgemm", "levels"), [(True, 256), (True, 128), (False, None)], ids=["fbgemm-8bit", "fbgemm-7bit", "int_mm"]
+    ("kernels", "levels"),
+    [("native", None), ("fbgemm", 256), ("fbgemm", 128), ("int_mm", None)],
+    ids=["native", "fbgemm-8bit", "fbgemm-7bit", "int_mm"],
 )
-def test_int8_linear_rows_are_independent_and_close_to_fp32(monkeypatch, fbgemm: bool, levels: int | None):
-    if fbgemm and not quantization._fbgemm_available():
+def test_int8_linear_rows_are_independent_and_close_to_fp32(monkeypatch, request, kernels: str, levels: int | None):
+    if kernels == "native":
+        require_native_kernels()
+    else:
+        request.getfixturevalue("no_native_kernels")
+    if kernels == "fbgemm" and not quantization._fbgemm_available():
         pytest.skip("torch has no FBGEMM engine here")
     if levels == 256 and quantization._activation_levels() != 256:
         pytest.skip("8-bit activations can overflow FBGEMM's kernels without AVX512-VNNI")
-    monkeypatch.setattr(quantization, "_fbgemm_available", lambda: fbgemm)
+    monkeypatch.setattr(quantization, "_fbgemm_available", lambda: kernels == "fbgemm")
     if levels is not None:  # the width this CPU would not pick is tested too
         monkeypatch.setattr(quantization, "_activation_levels", lambda: levels)
     torch.manual_seed(0)
     linear = torch.nn.Linear(96, 40)
     layer = Int8Linear(linear)
-    assert (layer._packed is not None) == fbgemm
+    assert (layer._packed is not None) == (kernels == "fbgemm") and layer._native == (kernels == "native")
     x = torch.randn(50, 96) * torch.logspace(-3, 3, 50)[:, None]  # rows of very different magnitudes
     x[7] = 0
     with torch.inference_mode():

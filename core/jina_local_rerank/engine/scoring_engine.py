@@ -61,9 +61,9 @@ class ScoringEngine:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.dtype = dtype  # torch.qint8 for int8 linear layers (model/quantization.py)
-        # Per-sequence exact-length attention on CPUs, one fused flex call per layer on CUDA (see
-        # ``default_attention``); assignable, e.g. to compare modes.
-        self.attention: type[PackedAttention] = default_attention(self.device)
+        # Exact-length attention on CPUs (the native kernel for bf16 and int8 where it runs), one fused flex call per
+        # layer on CUDA (see ``default_attention``); assignable, e.g. to compare modes.
+        self.attention: type[PackedAttention] = default_attention(self.device, dtype)
 
     @property
     def max_length(self) -> int:

@@ -32,6 +32,11 @@ MAX_LINE_CHARS = 64 * 2**20
 _WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME/jina-local-rerank`` (``~/.cache/jina-local-rerank`` when unset): the project's caches."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jina-local-rerank"
+
+
 def _reason(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return "no space left on the device"

@@ -6,13 +6,15 @@ computes the same function (``softmax(q k^T / sqrt(d) + ALiBi) v`` within each s
 
 - :class:`ExactLengthAttention`: one kernel call per sequence at its exact length, no padding work; long
   sequences skip keys beyond each head's ALiBi reach. Suits CPUs.
+- :class:`NativeAttention`: every sequence in one call of the project's own CPU kernel, in bf16 products (the
+  low-precision CPU modes).
 - :class:`PaddedAttention`: the sequences padded into one masked batch, one kernel call.
 - :class:`FlexAttention`: every sequence in one fused ``flex_attention`` call over the packed tokens, the ALiBi
   bias computed inside the kernel. Suits GPUs (torch >= 2.5).
 
 Scores are fp32 whatever the weights' dtype: the ALiBi bias reaches ``-slope * 8191``, which fp16/bf16 cannot
-hold exactly. The first two modes pass the bias as a tensor, so they cast q, k, v to fp32; the flex kernel
-adds it to its fp32 scores itself, so q, k, v stay in the model's dtype.
+hold exactly. The exact-length and padded modes pass the bias as a tensor, so they cast q, k, v to fp32; the native
+and flex kernels add it to their fp32 scores themselves, so q, k, v stay in the model's dtype.
 """
 
 from __future__ import annotations
@@ -285,9 +287,35 @@ def flex_available(device: torch.device) -> bool:
     )
 
 
-def default_attention(device: torch.device) -> type[PackedAttention]:
-    """The attention mode for ``device``: exact-length on CPUs, flex on recent CUDA GPUs, padded elsewhere."""
+class NativeAttention(PackedAttention):
+    """Every sequence and head of a forward pass in one call of the native kernel (bf16 products, fp32 bias and
+    softmax; see ``native_kernels.py``): the CPU mode of ``dtype="bfloat16"`` and ``"int8"`` where it runs.
+
+    q, k and v stay in the model's dtype (bf16, or fp32 around int8 linear layers); the kernel rounds them to
+    bf16 for the products. Head sizes it is not built for go to :class:`ExactLengthAttention`.
+    """
+
+    HEAD_SIZES: ClassVar[tuple[int, ...]] = (32, 64)
+
+    def __init__(self, lengths: Sequence[int], slopes: torch.Tensor) -> None:
+        super().__init__(lengths, slopes)
+        self._lengths = torch.tensor(self.lengths, dtype=torch.int64)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool) -> torch.Tensor:
+        if q.shape[-1] not in self.HEAD_SIZES:
+            return ExactLengthAttention(self.lengths, self.slopes)(q, k, v, cls_only)
+        return torch.ops.jina_local_rerank_cpu.alibi_attention(q, k, v, self._lengths, self.slopes, cls_only)
+
+
+def default_attention(device: torch.device, dtype: torch.dtype = torch.float32) -> type[PackedAttention]:
+    """The attention mode for ``device`` and the weights' ``dtype`` (``torch.qint8`` for int8): on CPUs the native
+    kernel for bf16 and int8 where it runs, else exact-length; flex on recent CUDA GPUs, padded elsewhere."""
     if device.type == "cpu":
+        if dtype in (torch.bfloat16, torch.qint8):
+            from .native_kernels import native_kernels_problem
+
+            if native_kernels_problem() is None:
+                return NativeAttention
         return ExactLengthAttention
     return FlexAttention if flex_available(device) else PaddedAttention
 

@@ -50,6 +50,12 @@ def vnni() -> bool:
 
 def bf16_path() -> str:
     """The kernels ``dtype="bfloat16"`` runs on this CPU, in words."""
+    from .native_kernels import attention_path  # which builds them on first use
+
+    return f"{_bf16_linear_path()}; {attention_path()}"
+
+
+def _bf16_linear_path() -> str:
     features = cpu_features()
     if not native_bf16_matmul():
         return f"bf16 weights multiplied by fp32 kernels (no native bf16 matmul on this {features['architecture']} CPU)"

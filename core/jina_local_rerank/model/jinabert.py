@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import PackedAttention, alibi_slopes
 from .config import JinaBertConfig
+from .quantization import Int8Linear
 from .row_blocks import blocked_linear, blocked_rows
 
 
@@ -100,6 +101,9 @@ class JinaBertGLUMLP(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.gated_layers, Int8Linear) and self.gated_layers.fuses_geglu:
+            # int8 with the native kernels: GELU, product and the next layer's quantization in one pass.
+            return self.layernorm(self.wo(self.gated_layers.geglu(x)) + x)
         if isinstance(self.gated_layers, nn.Linear):
             # One GEMM per half gives contiguous outputs, so GELU and the product run without strided copies.
             weight = self.gated_layers.weight

@@ -6,17 +6,20 @@ integers, and the product is scaled back by that row's scale and the channel's. 
 quantization (one activation scale per call, taken from the whole batch), a pair's logit therefore does not
 depend on which pairs share its batch or its CPU row block.
 
-The integer product runs in FBGEMM where torch has it (x86), else in ``torch._int_mm``.
+The integer product runs in ``torch._int_mm`` (oneDNN) with the native row kernels (``native_kernels.py``) where
+they run, else in FBGEMM where torch has it (x86), else in ``torch._int_mm`` with torch's own elementwise ops.
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .cpu_kernels import log_path_once, vnni
+from .native_kernels import attention_path, native_kernels_problem
 
 WEIGHT_LEVELS = 127  # symmetric int8 weights: -127..127 times the channel's scale
 
@@ -39,11 +42,24 @@ def _activation_levels() -> int:
 
 def int8_path() -> str:
     """The kernels ``dtype="int8"`` runs on this CPU, in words."""
+    return f"{_linear_path()}; {attention_path()}"
+
+
+def _linear_path() -> str:
+    if native_kernels_problem() is None:
+        return "torch._int_mm (oneDNN) with native per-token int8 rows, 8-bit activations"
     if not _fbgemm_available():
         return "torch._int_mm (no FBGEMM in this torch build or on this CPU), 8-bit activations"
     if _activation_levels() == 256:
         return "FBGEMM with VNNI, 8-bit activations"
     return "FBGEMM without VNNI, 7-bit activations (8-bit products could overflow its 16-bit sums)"
+
+
+class QuantizedRows(NamedTuple):
+    """int8 rows and one scale per row: ``values * scales[:, None]`` approximates the fp32 rows."""
+
+    values: torch.Tensor
+    scales: torch.Tensor
 
 
 class Int8Linear(nn.Module):
@@ -57,7 +73,8 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach().float()
         self._packed = None
         self._weight_t = None
-        if _fbgemm_available():
+        self._native = native_kernels_problem() is None
+        if not self._native and _fbgemm_available():
             levels = _activation_levels()
             # The activation grid for rows scaled to [-1, 1]: `levels` steps, zero in the middle.
             self._input_scale, self._input_zero_point = 2 / (levels - 1), levels // 2
@@ -74,8 +91,31 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
-    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``[rows, in_features]`` -> ``[rows, out_features]`` (written into ``out`` if given)."""
+    @property
+    def fuses_geglu(self) -> bool:
+        """Whether :meth:`geglu` runs here: the native kernels, and an even split into multiples of 16 columns."""
+        return self._native and self.out_features % 32 == 0
+
+    def _native_product(self, x: torch.Tensor | QuantizedRows) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int32 products of ``x``'s per-row int8 values and the weights, and the rows' scales."""
+        rows = x if isinstance(x, QuantizedRows) else QuantizedRows(*torch.ops.jina_local_rerank_cpu.quantize_rows(x))
+        return torch._int_mm(rows.values, self._weight_t), rows.scales
+
+    def geglu(self, x: torch.Tensor) -> QuantizedRows:
+        """``gelu(first half) * second half`` of this layer's output (JinaBERT's feed-forward), quantized per row
+        for the next int8 layer, in one pass over the products (where :attr:`fuses_geglu`)."""
+        product, scales = self._native_product(x)
+        return QuantizedRows(*torch.ops.jina_local_rerank_cpu.geglu_rows(product, scales, self.weight_scale))
+
+    def forward(self, x: torch.Tensor | QuantizedRows, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``[rows, in_features]`` (or its :class:`QuantizedRows`, with the native kernels) ->
+        ``[rows, out_features]`` fp32 (written into ``out`` if given)."""
+        if self._native:
+            product, scales = self._native_product(x)
+            if out is None:
+                out = product.new_empty(product.shape, dtype=torch.float32)
+            torch.ops.jina_local_rerank_cpu.dequantize_rows(product, scales, self.weight_scale, self.bias, out)
+            return out
         # max(|x|) per row from two reductions: no |x| temporary.
         magnitude = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_())
         magnitude.clamp_min_(torch.finfo(torch.float32).tiny)

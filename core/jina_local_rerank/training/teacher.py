@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint.format import PYTORCH_BIN_FILE, SAFETENSORS_FILE
-from ..files.user_files import atomic_output
+from ..files.user_files import atomic_output, cache_home
 from ..options import RerankerOptions, logit_options
 from ..progress import Progress, progress_bar
 from .data import TARGET_LIMIT, QueryGroup
@@ -34,8 +34,7 @@ logger = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/jina-local-rerank/teacher-scores`` (``~/.cache/...`` when unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "jina-local-rerank" / "teacher-scores"
+    return cache_home() / "teacher-scores"
 
 
 def checkpoint_hash(directory: Path) -> str:

@@ -1,0 +1,273 @@
+// Symmetric ALiBi self-attention over packed sequences for CPUs with AVX512_BF16: the low-precision CPU modes'
+// attention (see model/native_attention.py, which builds this file on first use).
+//
+// softmax(q k^T / sqrt(d) - slope * |i - j|) v per sequence and head, with bf16 products summed in fp32
+// (vdpbf16ps), the scale, the ALiBi bias and the softmax in fp32, and the softmax weights rounded to bf16 for the
+// second product. Keys whose weight cannot reach e^-40 of the row's largest (the ALiBi penalty alone, bounded as in
+// attention.py's _key_windows) are skipped. One task per (sequence, head); no score matrix is ever held, one row of
+// scores at a time.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include "vector_math.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+using jina_local_rerank::exp_nonpositive;
+
+constexpr float kNegligibleLogit = 40.0f;  // attention.py's NEGLIGIBLE_LOGIT
+constexpr int64_t kChunk = 16;              // keys per score vector
+constexpr int kRows = 4;                    // query rows computed together
+constexpr int kCols = 4;                    // key chunks computed together
+
+inline void store(float* out, float x) { *out = x; }
+inline void store(c10::BFloat16* out, float x) { *out = c10::BFloat16(x); }
+
+// Rounds a row of D values to bf16 into `bits` (in order) and returns the row's Euclidean norm (of the inputs).
+template <int D>
+inline float bf16_row(const float* row, uint16_t* bits) {
+  __m512 squares = _mm512_setzero_ps();
+  for (int b = 0; b < D; b += 32) {
+    const __m512 lo = _mm512_loadu_ps(row + b), hi = _mm512_loadu_ps(row + b + 16);
+    _mm512_storeu_si512(bits + b, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
+  }
+  return std::sqrt(_mm512_reduce_add_ps(squares));
+}
+
+template <int D>
+inline float bf16_row(const c10::BFloat16* row, uint16_t* bits) {
+  __m512 squares = _mm512_setzero_ps();
+  for (int b = 0; b < D; b += 32) {
+    const __m512i raw = _mm512_loadu_si512(row + b);
+    _mm512_storeu_si512(bits + b, raw);
+    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));  // even elements
+    const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000))));
+    squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
+  }
+  return std::sqrt(_mm512_reduce_add_ps(squares));
+}
+
+inline __m512 dot_pairs(__m512 acc, const uint32_t* pairs, uint32_t broadcast) {
+  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(pairs), (__m512bh)_mm512_set1_epi32(broadcast));
+}
+
+// One head of one sequence. Strides count elements; the last dimension (D) is contiguous.
+template <typename T, int D>
+void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_only, const T* k, const T* v,
+                 int64_t kv_stride, int64_t length, float slope, T* out, int64_t out_stride) {
+  constexpr int kPairs = D / 2;    // (dim 2p, dim 2p + 1) pairs of a row
+  constexpr int kOutVecs = D / 16;  // output vectors of 16 dims
+  const int64_t chunks = (length + kChunk - 1) / kChunk;
+  const int64_t padded = chunks * kChunk;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  // keys[c][p][j]: dims (2p, 2p + 1) of key 16c + j; values[t][d]: dim d of keys (2t, 2t + 1). Zero past `length`.
+  std::vector<uint32_t> keys(chunks * kPairs * kChunk, 0), values(padded / 2 * D, 0);
+  alignas(64) uint16_t row[D];
+  float key_norm = 0.0f;
+  for (int64_t j = 0; j < length; ++j) {
+    key_norm = std::max(key_norm, bf16_row<D>(k + j * kv_stride, row));
+    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(row);
+    uint32_t* block = keys.data() + (j / kChunk) * kPairs * kChunk + j % kChunk;
+    for (int p = 0; p < kPairs; ++p) block[p * kChunk] = pairs[p];
+    bf16_row<D>(v + j * kv_stride, row);
+    uint16_t* pair = reinterpret_cast<uint16_t*>(values.data() + (j / 2) * D) + (j % 2);
+    for (int d = 0; d < D; ++d) pair[2 * d] = row[d];
+  }
+
+  // Query rows go kRows at a time, so each key or value vector loaded serves kRows rows. A group's keys are the
+  // union of its rows' windows (a key outside a row's own window only adds its exactly computed, negligible weight).
+  // The last group repeats its last row where rows run out; only real rows are written.
+  std::vector<float> scores(kRows * padded);
+  std::vector<uint16_t> weights(kRows * (padded + kChunk), 0);
+  const int64_t weight_stride = padded + kChunk;
+  alignas(64) uint32_t query[kRows][kPairs];
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512 neg_slope = _mm512_set1_ps(-slope);
+  const __m512i end = _mm512_set1_epi32(static_cast<int32_t>(length));
+  for (int64_t group = 0; group < num_queries; group += kRows) {
+    int64_t first = chunks, last = 0;
+    int64_t position[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      const int64_t i = std::min(group + r, num_queries - 1);
+      position[r] = cls_only ? 0 : i;
+      const float norm = bf16_row<D>(q + i * q_stride, reinterpret_cast<uint16_t*>(query[r]));
+      // Keys farther than `reach` from the query get an ALiBi penalty that alone puts them below e^-40.
+      const double reach = (2.0 * norm * key_norm * scale + kNegligibleLogit) / slope;
+      if (std::isfinite(reach) && reach < static_cast<double>(length)) {
+        const int64_t radius = static_cast<int64_t>(std::ceil(reach));
+        first = std::min(first, std::max<int64_t>(0, position[r] - radius) / kChunk);
+        last = std::max(last, std::min<int64_t>(chunks, (position[r] + radius + kChunk) / kChunk));
+      } else {
+        first = 0;
+        last = chunks;
+      }
+    }
+
+    // Scores: scale, ALiBi bias and the mask of keys past `length` added in fp32.
+    __m512 best[kRows];
+    for (auto& b : best) b = _mm512_set1_ps(-INFINITY);
+    auto finish = [&](int r, int64_t c, __m512 acc) {
+      const __m512i key = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c * kChunk)), lane);
+      const __m512i pos = _mm512_set1_epi32(static_cast<int32_t>(position[r]));
+      const __m512 distance = _mm512_cvtepi32_ps(_mm512_abs_epi32(_mm512_sub_epi32(key, pos)));
+      __m512 score = _mm512_fmadd_ps(distance, neg_slope, _mm512_mul_ps(acc, _mm512_set1_ps(scale)));
+      score = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(key, end), _mm512_set1_ps(-INFINITY), score);
+      _mm512_storeu_ps(scores.data() + r * padded + c * kChunk, score);
+      best[r] = _mm512_max_ps(best[r], score);
+    };
+    int64_t c = first;
+    for (; c + kCols <= last; c += kCols) {
+      __m512 acc[kRows][kCols];
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 16
+        for (int u = 0; u < kCols; ++u) acc[r][u] = _mm512_setzero_ps();
+      const uint32_t* block = keys.data() + c * kPairs * kChunk;
+#pragma GCC unroll 2
+      for (int p = 0; p < kPairs; ++p) {
+        __m512bh key[kCols];
+#pragma GCC unroll 16
+        for (int u = 0; u < kCols; ++u) key[u] = (__m512bh)_mm512_loadu_si512(block + (u * kPairs + p) * kChunk);
+#pragma GCC unroll 16
+        for (int r = 0; r < kRows; ++r) {
+          const __m512bh qp = (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(query[r][p]));
+#pragma GCC unroll 16
+          for (int u = 0; u < kCols; ++u) acc[r][u] = _mm512_dpbf16_ps(acc[r][u], key[u], qp);
+        }
+      }
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 16
+        for (int u = 0; u < kCols; ++u) finish(r, c + u, acc[r][u]);
+    }
+    for (; c < last; ++c) {
+      const uint32_t* block = keys.data() + c * kPairs * kChunk;
+      for (int r = 0; r < kRows; ++r) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int p = 0; p < kPairs; ++p) acc = dot_pairs(acc, block + p * kChunk, query[r][p]);
+        finish(r, c, acc);
+      }
+    }
+
+    // Softmax weights in fp32, rounded to bf16 in key order (so consecutive keys form the pairs vdpbf16ps reads).
+    float inverse[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      const float* row_scores = scores.data() + r * padded;
+      uint16_t* row_weights = weights.data() + r * weight_stride;
+      const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best[r]));
+      __m512 total = _mm512_setzero_ps();
+      for (c = first; c < last; c += 2) {
+        const __m512 lo = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row_scores + c * kChunk), top));
+        const __m512 hi = c + 1 < last
+                              ? exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row_scores + (c + 1) * kChunk), top))
+                              : _mm512_setzero_ps();
+        _mm512_storeu_si512(row_weights + c * kChunk, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        total = _mm512_add_ps(total, _mm512_add_ps(lo, hi));
+      }
+      inverse[r] = 1.0f / _mm512_reduce_add_ps(total);
+    }
+
+    // Context: the weighted sum of values over key pairs [8 first, 8 last), each value vector serving kRows rows.
+    __m512 acc[kRows][kOutVecs];
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 16
+      for (int o = 0; o < kOutVecs; ++o) acc[r][o] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int64_t t = first * (kChunk / 2); t < last * (kChunk / 2); ++t) {
+      __m512bh value[kOutVecs];
+#pragma GCC unroll 16
+      for (int o = 0; o < kOutVecs; ++o) value[o] = (__m512bh)_mm512_loadu_si512(values.data() + t * D + o * 16);
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r) {
+        const uint32_t w = reinterpret_cast<const uint32_t*>(weights.data() + r * weight_stride)[t];
+        const __m512bh wp = (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(w));
+#pragma GCC unroll 16
+        for (int o = 0; o < kOutVecs; ++o) acc[r][o] = _mm512_dpbf16_ps(acc[r][o], value[o], wp);
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) {  // constant indices keep acc in registers
+      if (group + r >= num_queries) break;
+      T* target = out + (group + r) * out_stride;
+#pragma GCC unroll 16
+      for (int o = 0; o < kOutVecs; ++o) {
+        alignas(64) float result[16];
+        _mm512_store_ps(result, _mm512_mul_ps(acc[r][o], _mm512_set1_ps(inverse[r])));
+        for (int d = 0; d < 16; ++d) store(target + o * 16 + d, result[d]);
+      }
+    }
+  }
+}
+
+template <typename T, int D>
+void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::vector<int64_t>& offsets,
+            const std::vector<int64_t>& lengths, const std::vector<float>& slopes, bool cls_only, at::Tensor& out) {
+  const int64_t heads = static_cast<int64_t>(slopes.size());
+  const int64_t sequences = static_cast<int64_t>(lengths.size());
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, sequences * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task / heads, h = task % heads;
+      const int64_t start = offsets[s], length = lengths[s];
+      const int64_t q_row = cls_only ? s : start;
+      attend_head<T, D>(qp + q_row * q.stride(0) + h * q.stride(1), q.stride(0), cls_only ? 1 : length, cls_only,
+                        kp + start * k.stride(0) + h * k.stride(1), vp + start * v.stride(0) + h * v.stride(1),
+                        k.stride(0), length, slopes[h], op + q_row * out.stride(0) + h * out.stride(1),
+                        out.stride(0));
+    }
+  });
+}
+
+at::Tensor alibi_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lengths,
+                           const at::Tensor& slopes, bool cls_only) {
+  TORCH_CHECK(q.dim() == 3 && k.sizes() == v.sizes() && k.dim() == 3, "q, k, v must be [rows, heads, d]");
+  TORCH_CHECK(q.size(1) == k.size(1) && q.size(2) == k.size(2), "q, k, v must share heads and d");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(), "q, k, v: one dtype");
+  TORCH_CHECK(k.stride(1) == v.stride(1) && k.stride(0) == v.stride(0), "k and v must share strides");
+  TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1, "the last dimension must be contiguous");
+  const int64_t d = q.size(2);
+  std::vector<int64_t> sizes(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + lengths.numel());
+  std::vector<int64_t> offsets(sizes.size(), 0);
+  for (size_t s = 1; s < sizes.size(); ++s) offsets[s] = offsets[s - 1] + sizes[s - 1];
+  TORCH_CHECK(sizes.empty() || offsets.back() + sizes.back() == k.size(0), "lengths must add up to k's rows");
+  TORCH_CHECK(q.size(0) == (cls_only ? static_cast<int64_t>(sizes.size()) : k.size(0)), "q has the wrong rows");
+  const at::Tensor slopes32 = slopes.to(at::kFloat).contiguous();
+  std::vector<float> slope(slopes32.data_ptr<float>(), slopes32.data_ptr<float>() + slopes32.numel());
+  TORCH_CHECK(static_cast<int64_t>(slope.size()) == q.size(1), "one slope per head");
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(bf16 || q.scalar_type() == at::kFloat, "q, k, v must be float32 or bfloat16");
+  if (d == 32) {
+    bf16 ? attend<c10::BFloat16, 32>(q, k, v, offsets, sizes, slope, cls_only, out)
+         : attend<float, 32>(q, k, v, offsets, sizes, slope, cls_only, out);
+  } else if (d == 64) {
+    bf16 ? attend<c10::BFloat16, 64>(q, k, v, offsets, sizes, slope, cls_only, out)
+         : attend<float, 64>(q, k, v, offsets, sizes, slope, cls_only, out);
+  } else {
+    TORCH_CHECK(false, "head size must be 32 or 64, not ", d);
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(jina_local_rerank_cpu, m) {
+  m.def("alibi_attention(Tensor q, Tensor k, Tensor v, Tensor lengths, Tensor slopes, bool cls_only) -> Tensor");
+  m.impl("alibi_attention", c10::DispatchKey::CPU, TORCH_FN(alibi_attention));
+}

@@ -1,0 +1,144 @@
+// Per-row (per-token) int8 activations around torch._int_mm: the int8 CPU mode's linear layers where the native
+// kernels run (see model/quantization.py). Each row is scaled by its own largest magnitude, so a row's result never
+// depends on the other rows of its batch.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "vector_math.h"
+
+namespace {
+
+constexpr float kLevels = 127.0f;  // symmetric int8: -127..127 times the row's scale
+constexpr int64_t kGrainRows = 64;
+constexpr float kSmallestMagnitude = 1e-30f;
+
+// Quantizes one row of k values into `out`; returns its scale, max|row| / 127.
+float quantize_row(const float* row, int64_t k, int8_t* out) {
+  const int64_t full = k / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (k - full)) - 1);
+  __m512 top = _mm512_setzero_ps();
+  for (int64_t c = 0; c < full; c += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(row + c)));
+  if (tail) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_maskz_loadu_ps(tail, row + full)));
+  // Floored so that 127 / magnitude stays finite (a zero row, or one of subnormals, quantizes to zeros).
+  const float magnitude = std::max(_mm512_reduce_max_ps(top), kSmallestMagnitude);
+  const __m512 factor = _mm512_set1_ps(kLevels / magnitude);
+  for (int64_t c = 0; c < full; c += 16) {
+    const __m512i rounded = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + c), factor));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm512_cvtsepi32_epi8(rounded));
+  }
+  if (tail) {
+    const __m512i rounded = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(tail, row + full), factor));
+    _mm512_mask_cvtsepi32_storeu_epi8(out + full, tail, rounded);
+  }
+  return magnitude / kLevels;
+}
+
+// x fp32 [rows, k] -> (int8 [rows, k], fp32 scales [rows]) with x ~= q * scale.
+std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& input) {
+  TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kFloat, "quantize_rows takes fp32 [rows, k]");
+  const at::Tensor x = input.contiguous();
+  const int64_t rows = x.size(0), k = x.size(1);
+  at::Tensor q = at::empty({rows, k}, x.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({rows}, x.options());
+  const float* src = x.data_ptr<float>();
+  int8_t* dst = q.data_ptr<int8_t>();
+  float* scale = scales.data_ptr<float>();
+  at::parallel_for(0, rows, kGrainRows, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) scale[r] = quantize_row(src + r * k, k, dst + r * k);
+  });
+  return {q, scales};
+}
+
+// The GEGLU feed-forward between two int8 layers: acc int32 [rows, 2i] (the gated layer's integer products) ->
+// gelu(gate) * up, quantized per row: (int8 [rows, i], fp32 scales [rows]). gate is the first half of the
+// columns, up the second; column c is acc * row_scale * col_scale[c] (the layer has no bias).
+std::tuple<at::Tensor, at::Tensor> geglu_rows(const at::Tensor& acc, const at::Tensor& row_scale,
+                                              const at::Tensor& col_scale) {
+  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "acc: int32 [rows, 2i]");
+  const int64_t rows = acc.size(0), width = acc.size(1) / 2;
+  TORCH_CHECK(acc.size(1) == 2 * width && width % 16 == 0, "acc's columns must be 2i with i a multiple of 16");
+  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == 2 * width, "one scale per row and per column");
+  const at::Tensor rs = row_scale.to(at::kFloat).contiguous(), cs = col_scale.to(at::kFloat).contiguous();
+  at::Tensor q = at::empty({rows, width}, acc.options().dtype(at::kChar));
+  at::Tensor scales = at::empty({rows}, rs.options());
+  const int32_t* src = acc.data_ptr<int32_t>();
+  const float* row = rs.data_ptr<float>();
+  const float* col = cs.data_ptr<float>();
+  int8_t* dst = q.data_ptr<int8_t>();
+  float* scale = scales.data_ptr<float>();
+  at::parallel_for(0, rows, kGrainRows, [&](int64_t begin, int64_t end) {
+    std::vector<float> hidden(width);
+    for (int64_t r = begin; r < end; ++r) {
+      const int32_t* in = src + r * 2 * width;
+      const __m512 factor = _mm512_set1_ps(row[r]);
+      for (int64_t c = 0; c < width; c += 16) {
+        const __m512 gate = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + c)),
+                                          _mm512_mul_ps(_mm512_loadu_ps(col + c), factor));
+        const __m512 up = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + width + c)),
+                                        _mm512_mul_ps(_mm512_loadu_ps(col + width + c), factor));
+        _mm512_storeu_ps(hidden.data() + c, _mm512_mul_ps(jina_local_rerank::gelu512(gate), up));
+      }
+      scale[r] = quantize_row(hidden.data(), width, dst + r * width);
+    }
+  });
+  return {q, scales};
+}
+
+// out[r, c] = acc[r, c] * row_scale[r] * col_scale[c] (+ bias[c]); out fp32 [rows, n] with contiguous rows.
+void dequantize_rows(const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
+                     const c10::optional<at::Tensor>& bias, at::Tensor out) {
+  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "acc: int32 [rows, n]");
+  const int64_t rows = acc.size(0), n = acc.size(1);
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.size(0) == rows && out.size(1) == n && out.stride(1) == 1,
+              "out: fp32 [rows, n] with contiguous rows");
+  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == n, "one scale per row and per column");
+  const at::Tensor rs = row_scale.to(at::kFloat).contiguous(), cs = col_scale.to(at::kFloat).contiguous();
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::zeros({n}, cs.options());
+  TORCH_CHECK(b.numel() == n, "one bias per column");
+  const int32_t* src = acc.data_ptr<int32_t>();
+  const float* row = rs.data_ptr<float>();
+  const float* col = cs.data_ptr<float>();
+  const float* add = b.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int64_t out_stride = out.stride(0);
+  const int64_t full = n / 16 * 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n - full)) - 1);
+  at::parallel_for(0, rows, kGrainRows, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const __m512 factor = _mm512_set1_ps(row[r]);
+      const int32_t* in = src + r * n;
+      float* target = dst + r * out_stride;
+      for (int64_t c = 0; c < full; c += 16) {
+        const __m512 value = _mm512_cvtepi32_ps(_mm512_loadu_si512(in + c));
+        const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(col + c), factor);
+        _mm512_storeu_ps(target + c, _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(add + c)));
+      }
+      if (tail) {
+        const __m512 value = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(tail, in + full));
+        const __m512 scale = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, col + full), factor);
+        _mm512_mask_storeu_ps(target + full, tail,
+                              _mm512_fmadd_ps(value, scale, _mm512_maskz_loadu_ps(tail, add + full)));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(jina_local_rerank_cpu, m) {
+  m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");
+  m.def("geglu_rows(Tensor acc, Tensor row_scale, Tensor col_scale) -> (Tensor, Tensor)");
+  m.impl("geglu_rows", c10::DispatchKey::CPU, TORCH_FN(geglu_rows));
+  m.def("dequantize_rows(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias, Tensor(a!) out) -> ()");
+  m.impl("quantize_rows", c10::DispatchKey::CPU, TORCH_FN(quantize_rows));
+  m.impl("dequantize_rows", c10::DispatchKey::CPU, TORCH_FN(dequantize_rows));
+}
