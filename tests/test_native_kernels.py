@@ -22,6 +22,7 @@ from jina_local_rerank.engine.scoring_engine import clear_engine_cache
 from jina_local_rerank.model import native_kernels
 from jina_local_rerank.model.attention import ExactLengthAttention, NativeAttention, alibi_slopes
 from jina_local_rerank.model.quantization import Int8Linear
+from jina_local_rerank.testing.random_checkpoint import CheckpointShape, write_random_checkpoint
 
 ops = torch.ops.jina_local_rerank_cpu
 LENGTHS = [1, 17, 290, 33, 1500]  # 1,500 tokens: long enough that the steep heads skip far keys
@@ -117,22 +118,49 @@ def test_geglu_rows_is_the_exact_gelu_product_quantized_per_row():
     assert ((values.double() * scales[:, None].double() - expected).abs() <= scales[:, None].double() * 0.501).all()
 
 
+@pytest.fixture(scope="module")
+def head32_checkpoint(tmp_path_factory) -> Path:
+    """A random checkpoint with heads of 32 (the v1 family's), which the native attention is built for."""
+    shape = CheckpointShape(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256)
+    return write_random_checkpoint(tmp_path_factory.mktemp("checkpoint") / "head32", shape, seed=4)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_the_low_precision_modes_run_the_native_kernels_and_agree_with_torch_s(
-    checkpoint_dir, request, fresh_engines, dtype
+    head32_checkpoint, request, fresh_engines, dtype
 ):
     docs = documents(16, seed=6, scale=3)
-    native = Reranker(checkpoint_dir, device="cpu", dtype=dtype)
+    native = Reranker(head32_checkpoint, device="cpu", dtype=dtype)
     assert native.engine.attention is NativeAttention
     linears = [m for m in native.engine.model.bert.encoder.modules() if isinstance(m, Int8Linear)]
     assert all(m._native and m.fuses_geglu for m in linears) and bool(linears) == (dtype == "int8")
     native_logits = native.score(QUERY, docs, raw=True).logits
     request.getfixturevalue("no_native_kernels")
     clear_engine_cache()  # the engine above is cached under the same key
-    torch_kernels = Reranker(checkpoint_dir, device="cpu", dtype=dtype)
+    torch_kernels = Reranker(head32_checkpoint, device="cpu", dtype=dtype)
     assert torch_kernels.engine.attention is ExactLengthAttention
     assert not any(getattr(m, "_native", False) for m in torch_kernels.engine.model.modules())
-    assert native_logits == pytest.approx(torch_kernels.score(QUERY, docs, raw=True).logits, abs=0.1)
+    torch_logits = torch_kernels.score(QUERY, docs, raw=True).logits
+    assert native_logits == pytest.approx(torch_logits, abs=0.1) and native_logits != torch_logits
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_with_the_native_kernels_a_logit_does_not_depend_on_its_batch_mates(head32_checkpoint, dtype):
+    reranker = Reranker(head32_checkpoint, device="cpu", dtype=dtype)
+    target = "use sorted to get a new sorted list or list sort to sort in place"
+    alone = reranker.score(QUERY, [target], raw=True).logits[0]
+    among = [*documents(9, seed=2), target, "", "x " * 400]
+    assert reranker.score(QUERY, among, raw=True).logits[9] == pytest.approx(alone, abs=1e-3)
+
+
+def test_other_head_sizes_fall_back_to_torch_s_attention_per_call(checkpoint_dir, request, fresh_engines):
+    docs = documents(6, seed=8)
+    native = Reranker(checkpoint_dir, device="cpu", dtype="bfloat16")  # heads of 16
+    assert native.engine.attention is NativeAttention and native.engine.model.config.head_dim == 16
+    native_logits = native.score(QUERY, docs, raw=True).logits
+    request.getfixturevalue("no_native_kernels")
+    clear_engine_cache()
+    assert Reranker(checkpoint_dir, device="cpu", dtype="bfloat16").score(QUERY, docs, raw=True).logits == native_logits
 
 
 def test_fp32_never_runs_the_native_kernels(checkpoint_dir, reranker):

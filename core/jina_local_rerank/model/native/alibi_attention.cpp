@@ -58,10 +58,6 @@ inline float bf16_row(const c10::BFloat16* row, uint16_t* bits) {
   return std::sqrt(_mm512_reduce_add_ps(squares));
 }
 
-inline __m512 dot_pairs(__m512 acc, const uint32_t* pairs, uint32_t broadcast) {
-  return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(pairs), (__m512bh)_mm512_set1_epi32(broadcast));
-}
-
 // One head of one sequence. Strides count elements; the last dimension (D) is contiguous.
 template <typename T, int D>
 void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_only, const T* k, const T* v,
@@ -73,7 +69,16 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
 
   // keys[c][p][j]: dims (2p, 2p + 1) of key 16c + j; values[t][d]: dim d of keys (2t, 2t + 1). Zero past `length`.
-  std::vector<uint32_t> keys(chunks * kPairs * kChunk, 0), values(padded / 2 * D, 0);
+  // Each thread's buffers are reused from task to task; only the padding past `length` needs zeros.
+  thread_local std::vector<uint32_t> keys, values;
+  thread_local std::vector<float> scores;
+  thread_local std::vector<uint16_t> weights;
+  keys.resize(std::max(keys.size(), static_cast<size_t>(chunks * kPairs * kChunk)));
+  values.resize(std::max(values.size(), static_cast<size_t>(padded / 2 * D)));
+  scores.resize(std::max(scores.size(), static_cast<size_t>(kRows * padded)));
+  weights.resize(std::max(weights.size(), static_cast<size_t>(kRows * (padded + kChunk))));
+  std::fill(keys.begin() + (chunks - 1) * kPairs * kChunk, keys.begin() + chunks * kPairs * kChunk, 0u);
+  std::fill(values.begin() + (length / 2) * D, values.begin() + padded / 2 * D, 0u);
   alignas(64) uint16_t row[D];
   float key_norm = 0.0f;
   for (int64_t j = 0; j < length; ++j) {
@@ -89,8 +94,6 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
   // Query rows go kRows at a time, so each key or value vector loaded serves kRows rows. A group's keys are the
   // union of its rows' windows (a key outside a row's own window only adds its exactly computed, negligible weight).
   // The last group repeats its last row where rows run out; only real rows are written.
-  std::vector<float> scores(kRows * padded);
-  std::vector<uint16_t> weights(kRows * (padded + kChunk), 0);
   const int64_t weight_stride = padded + kChunk;
   alignas(64) uint32_t query[kRows][kPairs];
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -152,13 +155,20 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
 #pragma GCC unroll 16
         for (int u = 0; u < kCols; ++u) finish(r, c + u, acc[r][u]);
     }
-    for (; c < last; ++c) {
+    for (; c < last; ++c) {  // the remaining chunks, one at a time (the rows' sums still independent)
+      __m512 acc[kRows];
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r) acc[r] = _mm512_setzero_ps();
       const uint32_t* block = keys.data() + c * kPairs * kChunk;
-      for (int r = 0; r < kRows; ++r) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int p = 0; p < kPairs; ++p) acc = dot_pairs(acc, block + p * kChunk, query[r][p]);
-        finish(r, c, acc);
+#pragma GCC unroll 2
+      for (int p = 0; p < kPairs; ++p) {
+        const __m512bh key = (__m512bh)_mm512_loadu_si512(block + p * kChunk);
+#pragma GCC unroll 16
+        for (int r = 0; r < kRows; ++r)
+          acc[r] = _mm512_dpbf16_ps(acc[r], key, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(query[r][p])));
       }
+#pragma GCC unroll 16
+      for (int r = 0; r < kRows; ++r) finish(r, c, acc[r]);
     }
 
     // Softmax weights in fp32, rounded to bf16 in key order (so consecutive keys form the pairs vdpbf16ps reads).
