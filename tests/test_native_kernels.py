@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,33 @@ def test_with_the_native_kernels_a_logit_does_not_depend_on_its_batch_mates(head
     alone = reranker.score(QUERY, [target], raw=True).logits[0]
     among = [*documents(9, seed=2), target, "", "x " * 400]
     assert reranker.score(QUERY, among, raw=True).logits[9] == pytest.approx(alone, abs=1e-3)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_the_kernels_leave_the_cpu_workers_single_threaded(head32_checkpoint, dtype):
+    # OpenMP thread counts are per thread: a kernel that reset a worker's count to the process-wide one would have
+    # every worker use every core from its second batch on.
+    docs = [("sorted returns a new list " * (4 + n % 40)).strip() for n in range(60)]
+    reranker = Reranker(head32_checkpoint, device="cpu", dtype=dtype)
+    counts: list[tuple[str, int]] = []
+    forward = reranker.engine.model.forward
+
+    def recording_forward(*args, **kwargs):
+        logits = forward(*args, **kwargs)
+        counts.append((threading.current_thread().name, torch.get_num_threads()))
+        return logits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        reranker.engine.model.forward = recording_forward
+        for _ in range(2):
+            reranker.score(QUERY, docs)
+    finally:
+        del reranker.engine.model.forward
+        torch.set_num_threads(before)
+    workers = [count for name, count in counts if name.startswith("jina-local-rerank-cpu")]
+    assert len(workers) >= 4 and set(workers) == {1}
 
 
 def test_other_head_sizes_fall_back_to_torch_s_attention_per_call(checkpoint_dir, request, fresh_engines):

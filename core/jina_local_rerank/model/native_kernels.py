@@ -38,7 +38,7 @@ COMPILE_FLAGS = (
     "-std=c++17",
     "-shared",
     "-fPIC",
-    "-fopenmp",  # at::parallel_for; links the libgomp torch loaded (same soname), so one thread pool
+    "-fopenmp",  # native/parallel.h; links the libgomp torch loaded (same soname): one OpenMP runtime
     "-mavx512f",
     "-mavx512bw",
     "-mavx512vl",

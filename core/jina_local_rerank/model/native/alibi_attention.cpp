@@ -8,11 +8,11 @@
 // scores at a time.
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include "parallel.h"
 #include "vector_math.h"
 
 #include <algorithm>
@@ -231,16 +231,14 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, sequences * heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task / heads, h = task % heads;
-      const int64_t start = offsets[s], length = lengths[s];
-      const int64_t q_row = cls_only ? s : start;
-      attend_head<T, D>(qp + q_row * q.stride(0) + h * q.stride(1), q.stride(0), cls_only ? 1 : length, cls_only,
-                        kp + start * k.stride(0) + h * k.stride(1), vp + start * v.stride(0) + h * v.stride(1),
-                        k.stride(0), length, slopes[h], op + q_row * out.stride(0) + h * out.stride(1),
-                        out.stride(0));
-    }
+  // One task per (sequence, head), handed out one at a time: sequences differ in length.
+  jina_local_rerank::parallel_for_each(sequences * heads, 1, true, [&](int64_t task) {
+    const int64_t s = task / heads, h = task % heads;
+    const int64_t start = offsets[s], length = lengths[s];
+    const int64_t q_row = cls_only ? s : start;
+    attend_head<T, D>(qp + q_row * q.stride(0) + h * q.stride(1), q.stride(0), cls_only ? 1 : length, cls_only,
+                      kp + start * k.stride(0) + h * k.stride(1), vp + start * v.stride(0) + h * v.stride(1),
+                      k.stride(0), length, slopes[h], op + q_row * out.stride(0) + h * out.stride(1), out.stride(0));
   });
 }
 

@@ -3,7 +3,6 @@
 // depends on the other rows of its batch.
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
@@ -13,6 +12,7 @@
 #include <tuple>
 #include <vector>
 
+#include "parallel.h"
 #include "vector_math.h"
 
 namespace {
@@ -52,9 +52,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& input) {
   const float* src = x.data_ptr<float>();
   int8_t* dst = q.data_ptr<int8_t>();
   float* scale = scales.data_ptr<float>();
-  at::parallel_for(0, rows, kGrainRows, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) scale[r] = quantize_row(src + r * k, k, dst + r * k);
-  });
+  jina_local_rerank::parallel_for_each(rows, kGrainRows, false,
+                                       [&](int64_t r) { scale[r] = quantize_row(src + r * k, k, dst + r * k); });
   return {q, scales};
 }
 
@@ -75,20 +74,19 @@ std::tuple<at::Tensor, at::Tensor> geglu_rows(const at::Tensor& acc, const at::T
   const float* col = cs.data_ptr<float>();
   int8_t* dst = q.data_ptr<int8_t>();
   float* scale = scales.data_ptr<float>();
-  at::parallel_for(0, rows, kGrainRows, [&](int64_t begin, int64_t end) {
-    std::vector<float> hidden(width);
-    for (int64_t r = begin; r < end; ++r) {
-      const int32_t* in = src + r * 2 * width;
-      const __m512 factor = _mm512_set1_ps(row[r]);
-      for (int64_t c = 0; c < width; c += 16) {
-        const __m512 gate = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + c)),
-                                          _mm512_mul_ps(_mm512_loadu_ps(col + c), factor));
-        const __m512 up = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + width + c)),
-                                        _mm512_mul_ps(_mm512_loadu_ps(col + width + c), factor));
-        _mm512_storeu_ps(hidden.data() + c, _mm512_mul_ps(jina_local_rerank::gelu512(gate), up));
-      }
-      scale[r] = quantize_row(hidden.data(), width, dst + r * width);
+  jina_local_rerank::parallel_for_each(rows, kGrainRows, false, [&](int64_t r) {
+    thread_local std::vector<float> hidden;
+    hidden.resize(width);
+    const int32_t* in = src + r * 2 * width;
+    const __m512 factor = _mm512_set1_ps(row[r]);
+    for (int64_t c = 0; c < width; c += 16) {
+      const __m512 gate = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + c)),
+                                        _mm512_mul_ps(_mm512_loadu_ps(col + c), factor));
+      const __m512 up = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + width + c)),
+                                      _mm512_mul_ps(_mm512_loadu_ps(col + width + c), factor));
+      _mm512_storeu_ps(hidden.data() + c, _mm512_mul_ps(jina_local_rerank::gelu512(gate), up));
     }
+    scale[r] = quantize_row(hidden.data(), width, dst + r * width);
   });
   return {q, scales};
 }
@@ -112,22 +110,20 @@ void dequantize_rows(const at::Tensor& acc, const at::Tensor& row_scale, const a
   const int64_t out_stride = out.stride(0);
   const int64_t full = n / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (n - full)) - 1);
-  at::parallel_for(0, rows, kGrainRows, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const __m512 factor = _mm512_set1_ps(row[r]);
-      const int32_t* in = src + r * n;
-      float* target = dst + r * out_stride;
-      for (int64_t c = 0; c < full; c += 16) {
-        const __m512 value = _mm512_cvtepi32_ps(_mm512_loadu_si512(in + c));
-        const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(col + c), factor);
-        _mm512_storeu_ps(target + c, _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(add + c)));
-      }
-      if (tail) {
-        const __m512 value = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(tail, in + full));
-        const __m512 scale = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, col + full), factor);
-        _mm512_mask_storeu_ps(target + full, tail,
-                              _mm512_fmadd_ps(value, scale, _mm512_maskz_loadu_ps(tail, add + full)));
-      }
+  jina_local_rerank::parallel_for_each(rows, kGrainRows, false, [&](int64_t r) {
+    const __m512 factor = _mm512_set1_ps(row[r]);
+    const int32_t* in = src + r * n;
+    float* target = dst + r * out_stride;
+    for (int64_t c = 0; c < full; c += 16) {
+      const __m512 value = _mm512_cvtepi32_ps(_mm512_loadu_si512(in + c));
+      const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(col + c), factor);
+      _mm512_storeu_ps(target + c, _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(add + c)));
+    }
+    if (tail) {
+      const __m512 value = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(tail, in + full));
+      const __m512 scale = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, col + full), factor);
+      _mm512_mask_storeu_ps(target + full, tail,
+                            _mm512_fmadd_ps(value, scale, _mm512_maskz_loadu_ps(tail, add + full)));
     }
   });
 }
