@@ -1,25 +1,24 @@
 // Symmetric ALiBi self-attention over packed sequences for CPUs with AVX512_BF16: the low-precision CPU modes'
-// attention (see model/native_attention.py, which builds this file on first use).
+// attention (see model/native_kernels.py, which builds this file on first use).
 //
 // softmax(q k^T / sqrt(d) - slope * |i - j|) v per sequence and head, with bf16 products summed in fp32
 // (vdpbf16ps), the scale, the ALiBi bias and the softmax in fp32, and the softmax weights rounded to bf16 for the
 // second product. Keys whose weight cannot reach e^-40 of the row's largest (the ALiBi penalty alone, bounded as in
-// attention.py's _key_windows) are skipped. One task per (sequence, head); no score matrix is ever held, one row of
-// scores at a time.
+// attention.py's _key_windows) are skipped. One task per (sequence, head); no score matrix is ever held, only the
+// scores of four query rows at a time.
 
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
-#include "parallel.h"
-#include "vector_math.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
+
+#include "parallel.h"
+#include "vector_math.h"
 
 namespace {
 
