@@ -37,6 +37,13 @@ def small_window_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def head32_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random checkpoint with heads of 32 (the v1 family's), which the native CPU attention is built for."""
+    shape = CheckpointShape(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256)
+    return write_random_checkpoint(tmp_path_factory.mktemp("checkpoint") / "head32", shape, seed=4)
+
+
+@pytest.fixture(scope="session")
 def reranker(checkpoint_dir: Path) -> Reranker:
     return Reranker(checkpoint_dir, device="cpu")
 

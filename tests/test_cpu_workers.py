@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from native_checks import require_native_kernels
 
 from jina_local_rerank import Reranker
 
@@ -64,6 +65,19 @@ def test_many_batches_run_on_single_threaded_workers(checkpoint_dir: Path, two_t
     serial = reranker.score(QUERY, MANY_DOCS, raw=True).logits
     assert {name for name, _ in seen} == {threading.current_thread().name}
     assert parallel == pytest.approx(serial, abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_the_native_kernels_leave_the_workers_single_threaded(head32_checkpoint: Path, two_threads, monkeypatch, dtype):
+    # OpenMP thread counts are per thread: a kernel that reset a worker's count to the process-wide one would have
+    # every worker use every core from its second batch on.
+    require_native_kernels()
+    reranker = Reranker(head32_checkpoint, device="cpu", dtype=dtype)
+    seen = threads_seen(reranker, monkeypatch)
+    for _ in range(2):
+        reranker.score(QUERY, MANY_DOCS)
+    workers = [count for name, count in seen if name.startswith("jina-local-rerank-cpu")]
+    assert len(workers) >= 4 and set(workers) == {1}
 
 
 def test_a_single_batch_runs_in_the_calling_thread(checkpoint_dir: Path, two_threads, monkeypatch):

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from jina_local_rerank.engine.scoring_engine import clear_engine_cache
 from jina_local_rerank.model import native_kernels
 from jina_local_rerank.model.attention import ExactLengthAttention, NativeAttention, alibi_slopes
 from jina_local_rerank.model.quantization import Int8Linear
-from jina_local_rerank.testing.random_checkpoint import CheckpointShape, write_random_checkpoint
 
 ops = torch.ops.jina_local_rerank_cpu
 LENGTHS = [1, 17, 290, 33, 1500]  # 1,500 tokens: long enough that the steep heads skip far keys
@@ -119,13 +117,6 @@ def test_geglu_rows_is_the_exact_gelu_product_quantized_per_row():
     assert ((values.double() * scales[:, None].double() - expected).abs() <= scales[:, None].double() * 0.501).all()
 
 
-@pytest.fixture(scope="module")
-def head32_checkpoint(tmp_path_factory) -> Path:
-    """A random checkpoint with heads of 32 (the v1 family's), which the native attention is built for."""
-    shape = CheckpointShape(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256)
-    return write_random_checkpoint(tmp_path_factory.mktemp("checkpoint") / "head32", shape, seed=4)
-
-
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_the_low_precision_modes_run_the_native_kernels_and_agree_with_torch_s(
     head32_checkpoint, request, fresh_engines, dtype
@@ -152,33 +143,6 @@ def test_with_the_native_kernels_a_logit_does_not_depend_on_its_batch_mates(head
     alone = reranker.score(QUERY, [target], raw=True).logits[0]
     among = [*documents(9, seed=2), target, "", "x " * 400]
     assert reranker.score(QUERY, among, raw=True).logits[9] == pytest.approx(alone, abs=1e-3)
-
-
-@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
-def test_the_kernels_leave_the_cpu_workers_single_threaded(head32_checkpoint, dtype):
-    # OpenMP thread counts are per thread: a kernel that reset a worker's count to the process-wide one would have
-    # every worker use every core from its second batch on.
-    docs = [("sorted returns a new list " * (4 + n % 40)).strip() for n in range(60)]
-    reranker = Reranker(head32_checkpoint, device="cpu", dtype=dtype)
-    counts: list[tuple[str, int]] = []
-    forward = reranker.engine.model.forward
-
-    def recording_forward(*args, **kwargs):
-        logits = forward(*args, **kwargs)
-        counts.append((threading.current_thread().name, torch.get_num_threads()))
-        return logits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        reranker.engine.model.forward = recording_forward
-        for _ in range(2):
-            reranker.score(QUERY, docs)
-    finally:
-        del reranker.engine.model.forward
-        torch.set_num_threads(before)
-    workers = [count for name, count in counts if name.startswith("jina-local-rerank-cpu")]
-    assert len(workers) >= 4 and set(workers) == {1}
 
 
 def test_other_head_sizes_fall_back_to_torch_s_attention_per_call(checkpoint_dir, request, fresh_engines):

@@ -30,6 +30,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .native_kernels import native_kernels_problem
+
 try:
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 except ImportError:  # torch < 2.5
@@ -301,9 +303,14 @@ class NativeAttention(PackedAttention):
         super().__init__(lengths, slopes)
         self._lengths = torch.tensor(self.lengths, dtype=torch.int64)
 
+    @functools.cached_property
+    def _fallback(self) -> ExactLengthAttention:
+        """The pass's exact-length attention, built once if a head size needs it (its bias serves every layer)."""
+        return ExactLengthAttention(self.lengths, self.slopes)
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cls_only: bool) -> torch.Tensor:
         if q.shape[-1] not in self.HEAD_SIZES:
-            return ExactLengthAttention(self.lengths, self.slopes)(q, k, v, cls_only)
+            return self._fallback(q, k, v, cls_only)
         return torch.ops.jina_local_rerank_cpu.alibi_attention(q, k, v, self._lengths, self.slopes, cls_only)
 
 
@@ -311,11 +318,8 @@ def default_attention(device: torch.device, dtype: torch.dtype = torch.float32) 
     """The attention mode for ``device`` and the weights' ``dtype`` (``torch.qint8`` for int8): on CPUs the native
     kernel for bf16 and int8 where it runs, else exact-length; flex on recent CUDA GPUs, padded elsewhere."""
     if device.type == "cpu":
-        if dtype in (torch.bfloat16, torch.qint8):
-            from .native_kernels import native_kernels_problem
-
-            if native_kernels_problem() is None:
-                return NativeAttention
+        if dtype in (torch.bfloat16, torch.qint8) and native_kernels_problem() is None:
+            return NativeAttention
         return ExactLengthAttention
     return FlexAttention if flex_available(device) else PaddedAttention
 
