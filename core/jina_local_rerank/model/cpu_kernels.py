@@ -5,6 +5,8 @@
   ARM without BF16) torch's generic bf16 GEMM is many times slower than fp32, so the encoder's linear layers
   become :class:`Bf16ViaFp32Linear`: the same bf16 weights, multiplied by fp32 kernels. A product of two bf16
   numbers is exact in fp32 and both paths sum in fp32, so they compute the same numbers to summation order.
+  Where the native kernels run (``native_kernels.py``), :func:`gelu_product` and :func:`add_layer_norm` fuse the
+  GEGLU and the residual LayerNorm.
 - ``int8``: FBGEMM (x86) with 8-bit activations where AVX512_VNNI adds the products in 32 bits, 7-bit
   without; ``torch._int_mm`` elsewhere (see :mod:`~jina_local_rerank.model.quantization`).
 
@@ -66,6 +68,35 @@ def _bf16_linear_path() -> str:
     if features["architecture"] == "x86_64":
         return "oneDNN bf16 matmuls converted in AVX512 registers (no AVX512_BF16: about fp32 speed)"
     return f"oneDNN bf16 matmuls ({features['architecture']})"
+
+
+def _native_bf16(x: torch.Tensor) -> bool:
+    """Whether the native bf16 row ops take ``x``: CPU bf16 inference, rows a multiple of 16 wide, the kernels
+    loaded (built on first use). Training and graph capture (export, compile) keep torch's ops."""
+    from .native_kernels import native_kernels_problem
+
+    return (
+        x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and x.shape[-1] % 16 == 0
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and native_kernels_problem() is None
+    )
+
+
+def gelu_product(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``gelu(gate) * up`` (exact GELU; JinaBERT's GEGLU), in one native pass for CPU bf16 (rounded once)."""
+    if _native_bf16(gate):
+        return torch.ops.jina_local_rerank_cpu.gelu_product(gate, up)
+    return F.gelu(gate).mul_(up)
+
+
+def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(x + residual)``, in one native pass for CPU bf16 (the sum kept in fp32, rounded once)."""
+    if _native_bf16(x) and x.dim() == 2:
+        return torch.ops.jina_local_rerank_cpu.add_norm(x, residual, norm.weight, norm.bias, norm.eps)
+    return norm(x + residual)
 
 
 def log_path_once(mode: str, path: str) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import PackedAttention, alibi_slopes
 from .config import JinaBertConfig
+from .cpu_kernels import add_layer_norm, gelu_product
 from .quantization import Int8Linear
 from .row_blocks import blocked_linear, blocked_rows
 
@@ -24,6 +25,14 @@ def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     quantized), where a bf16 logit would keep only three significant digits."""
     bias = None if layer.bias is None else layer.bias.float()
     return F.linear(x.float(), layer.weight.float(), bias)
+
+
+def add_norm(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(linear(x) + residual)``, the end of every attention and feed-forward block: the product's scaling,
+    the sum and the norm in one native pass for int8 layers, the sum and the norm for bf16, where the kernels run."""
+    if isinstance(linear, Int8Linear) and linear.fuses_norm:
+        return linear.add_norm(x, residual, norm)
+    return add_layer_norm(linear(x), residual, norm)
 
 
 class JinaBertEmbeddings(nn.Module):
@@ -78,7 +87,7 @@ class JinaBertSelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(context) + residual)
+        return add_norm(self.dense, context, residual, self.LayerNorm)
 
 
 class JinaBertAttention(nn.Module):
@@ -103,7 +112,7 @@ class JinaBertGLUMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.gated_layers, Int8Linear) and self.gated_layers.fuses_geglu:
             # int8 with the native kernels: GELU, product and the next layer's quantization in one pass.
-            return self.layernorm(self.wo(self.gated_layers.geglu(x)) + x)
+            return add_norm(self.wo, self.gated_layers.geglu(x), x, self.layernorm)
         if isinstance(self.gated_layers, nn.Linear):
             # One GEMM per half gives contiguous outputs, so GELU and the product run without strided copies.
             weight = self.gated_layers.weight
@@ -111,7 +120,7 @@ class JinaBertGLUMLP(nn.Module):
             non_gated = F.linear(x, weight[self.intermediate_size :])
         else:  # Int8Linear, Bf16ViaFp32Linear (CPU int8, bf16): one call, then split (packed int8 cannot be sliced)
             gated, non_gated = self.gated_layers(x).split(self.intermediate_size, dim=-1)
-        return self.layernorm(self.wo(F.gelu(gated).mul_(non_gated)) + x)
+        return add_norm(self.wo, gelu_product(gated, non_gated), x, self.layernorm)
 
 
 class JinaBertLayer(nn.Module):

@@ -96,6 +96,11 @@ class Int8Linear(nn.Module):
         """Whether :meth:`geglu` runs here: the native kernels, and an even split into multiples of 16 columns."""
         return self._native and self.out_features % 32 == 0
 
+    @property
+    def fuses_norm(self) -> bool:
+        """Whether :meth:`add_norm` runs here: the native kernels, and rows a multiple of 16 wide."""
+        return self._native and self.out_features % 16 == 0
+
     def _native_product(self, x: torch.Tensor | QuantizedRows) -> tuple[torch.Tensor, torch.Tensor]:
         """The int32 products of ``x``'s per-row int8 values and the weights, and the rows' scales."""
         rows = x if isinstance(x, QuantizedRows) else QuantizedRows(*torch.ops.jina_local_rerank_cpu.quantize_rows(x))
@@ -106,6 +111,13 @@ class Int8Linear(nn.Module):
         for the next int8 layer, in one pass over the products (where :attr:`fuses_geglu`)."""
         product, scales = self._native_product(x)
         return QuantizedRows(*torch.ops.jina_local_rerank_cpu.geglu_rows(product, scales, self.weight_scale))
+
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """``norm(self(x) + residual)`` (fp32), in one pass over the products (where :attr:`fuses_norm`)."""
+        product, scales = self._native_product(x)
+        return torch.ops.jina_local_rerank_cpu.dequantize_add_norm(
+            product, scales, self.weight_scale, self.bias, residual, norm.weight, norm.bias, norm.eps
+        )
 
     def forward(self, x: torch.Tensor | QuantizedRows, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``[rows, in_features]`` (or its :class:`QuantizedRows`, with the native kernels) ->

@@ -3,9 +3,11 @@
 //
 // softmax(q k^T / sqrt(d) - slope * |i - j|) v per sequence and head, with bf16 products summed in fp32
 // (vdpbf16ps), the scale, the ALiBi bias and the softmax in fp32, and the softmax weights rounded to bf16 for the
-// second product. Keys whose weight cannot reach e^-40 of the row's largest (the ALiBi penalty alone, bounded as in
-// attention.py's _key_windows) are skipped. One task per (sequence, head); no score matrix is ever held, only the
-// scores of four query rows at a time.
+// second product. Keys whose weight cannot reach e^-20 of the row's largest (the ALiBi penalty alone, bounded as in
+// attention.py's _key_windows) are skipped: past that reach the weights fall geometrically, so all skipped keys
+// together weigh under 2 e^-20 / (1 - e^-slope) of the largest (1.1e-6 at the smallest slope, 2^-8), far below the
+// bf16 rounding of each weight (2^-9 relative). One task per (sequence, head); no score matrix is ever held, only
+// the scores of four query rows at a time.
 
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
@@ -22,15 +24,14 @@
 
 namespace {
 
-using jina_local_rerank::exp_nonpositive;
+using jina_local_rerank::exp2_nonpositive;
+using jina_local_rerank::store16;
 
-constexpr float kNegligibleLogit = 40.0f;  // attention.py's NEGLIGIBLE_LOGIT
+constexpr float kNegligibleLogit = 20.0f;  // attention.py's NEGLIGIBLE_LOGIT is 40 for exact fp32
 constexpr int64_t kChunk = 16;              // keys per score vector
 constexpr int kRows = 4;                    // query rows computed together
 constexpr int kCols = 4;                    // key chunks computed together
 
-inline void store(float* out, float x) { *out = x; }
-inline void store(c10::BFloat16* out, float x) { *out = c10::BFloat16(x); }
 
 // Rounds a row of D values to bf16 into `bits` (in order) and returns the row's Euclidean norm (of the inputs).
 template <int D>
@@ -95,9 +96,8 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
   // The last group repeats its last row where rows run out; only real rows are written.
   const int64_t weight_stride = padded + kChunk;
   alignas(64) uint32_t query[kRows][kPairs];
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512 neg_slope = _mm512_set1_ps(-slope);
-  const __m512i end = _mm512_set1_epi32(static_cast<int32_t>(length));
+  const __m512 lane = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512 end = _mm512_set1_ps(static_cast<float>(length));
   for (int64_t group = 0; group < num_queries; group += kRows) {
     int64_t first = chunks, last = 0;
     int64_t position[kRows];
@@ -105,7 +105,7 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
       const int64_t i = std::min(group + r, num_queries - 1);
       position[r] = cls_only ? 0 : i;
       const float norm = bf16_row<D>(q + i * q_stride, reinterpret_cast<uint16_t*>(query[r]));
-      // Keys farther than `reach` from the query get an ALiBi penalty that alone puts them below e^-40.
+      // Keys farther than `reach` from the query get an ALiBi penalty that alone puts them below e^-20.
       const double reach = (2.0 * norm * key_norm * scale + kNegligibleLogit) / slope;
       if (std::isfinite(reach) && reach < static_cast<double>(length)) {
         const int64_t radius = static_cast<int64_t>(std::ceil(reach));
@@ -117,17 +117,25 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
       }
     }
 
-    // Scores: scale, ALiBi bias and the mask of keys past `length` added in fp32.
-    __m512 best[kRows];
-    for (auto& b : best) b = _mm512_set1_ps(-INFINITY);
-    auto finish = [&](int r, int64_t c, __m512 acc) {
-      const __m512i key = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c * kChunk)), lane);
-      const __m512i pos = _mm512_set1_epi32(static_cast<int32_t>(position[r]));
-      const __m512 distance = _mm512_cvtepi32_ps(_mm512_abs_epi32(_mm512_sub_epi32(key, pos)));
-      __m512 score = _mm512_fmadd_ps(distance, neg_slope, _mm512_mul_ps(acc, _mm512_set1_ps(scale)));
-      score = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(key, end), _mm512_set1_ps(-INFINITY), score);
+    // Scores in units of 1/scale (q.k plus the ALiBi bias divided by the scale); the softmax multiplies by the scale
+    // (and log2 e) when it subtracts the row's largest. Keys past `length` (in the last chunk only) get -inf.
+    __m512 best[kRows], position_v[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      best[r] = _mm512_set1_ps(-INFINITY);
+      position_v[r] = _mm512_set1_ps(static_cast<float>(position[r]));
+    }
+    const __m512 bias_per_key = _mm512_set1_ps(-slope / scale);
+    auto finish = [&](int r, int64_t c, __m512 key, __m512 acc) {
+      const __m512 distance = _mm512_abs_ps(_mm512_sub_ps(key, position_v[r]));
+      __m512 score = _mm512_fmadd_ps(distance, bias_per_key, acc);
+      if (c == chunks - 1) {
+        score = _mm512_mask_blend_ps(_mm512_cmplt_ps_mask(key, end), _mm512_set1_ps(-INFINITY), score);
+      }
       _mm512_storeu_ps(scores.data() + r * padded + c * kChunk, score);
       best[r] = _mm512_max_ps(best[r], score);
+    };
+    auto key_positions = [&](int64_t c) {
+      return _mm512_add_ps(_mm512_set1_ps(static_cast<float>(c * kChunk)), lane);
     };
     int64_t c = first;
     for (; c + kCols <= last; c += kCols) {
@@ -150,9 +158,11 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
         }
       }
 #pragma GCC unroll 16
-      for (int r = 0; r < kRows; ++r)
+      for (int u = 0; u < kCols; ++u) {
+        const __m512 key = key_positions(c + u);
 #pragma GCC unroll 16
-        for (int u = 0; u < kCols; ++u) finish(r, c + u, acc[r][u]);
+        for (int r = 0; r < kRows; ++r) finish(r, c + u, key, acc[r][u]);
+      }
     }
     for (; c < last; ++c) {  // the remaining chunks, one at a time (the rows' sums still independent)
       __m512 acc[kRows];
@@ -167,7 +177,7 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
           acc[r] = _mm512_dpbf16_ps(acc[r], key, (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(query[r][p])));
       }
 #pragma GCC unroll 16
-      for (int r = 0; r < kRows; ++r) finish(r, c, acc[r]);
+      for (int r = 0; r < kRows; ++r) finish(r, c, key_positions(c), acc[r]);
     }
 
     // Softmax weights in fp32, rounded to bf16 in key order (so consecutive keys form the pairs vdpbf16ps reads).
@@ -175,13 +185,16 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
     for (int r = 0; r < kRows; ++r) {
       const float* row_scores = scores.data() + r * padded;
       uint16_t* row_weights = weights.data() + r * weight_stride;
-      const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best[r]));
+      // e^(scale (s - top)) = 2^(s scale log2(e) - top scale log2(e)): one fused multiply-subtract per score.
+      const __m512 log2_scale = _mm512_set1_ps(scale * 1.44269504088896341f);
+      const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(best[r]) * scale * 1.44269504088896341f);
+      auto weight = [&](int64_t chunk) {
+        return exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(row_scores + chunk * kChunk), log2_scale, top));
+      };
       __m512 total = _mm512_setzero_ps();
       for (c = first; c < last; c += 2) {
-        const __m512 lo = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row_scores + c * kChunk), top));
-        const __m512 hi = c + 1 < last
-                              ? exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(row_scores + (c + 1) * kChunk), top))
-                              : _mm512_setzero_ps();
+        const __m512 lo = weight(c);
+        const __m512 hi = c + 1 < last ? weight(c + 1) : _mm512_setzero_ps();
         _mm512_storeu_si512(row_weights + c * kChunk, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
         total = _mm512_add_ps(total, _mm512_add_ps(lo, hi));
       }
@@ -213,9 +226,7 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
       T* target = out + (group + r) * out_stride;
 #pragma GCC unroll 16
       for (int o = 0; o < kOutVecs; ++o) {
-        alignas(64) float result[16];
-        _mm512_store_ps(result, _mm512_mul_ps(acc[r][o], _mm512_set1_ps(inverse[r])));
-        for (int d = 0; d < 16; ++d) store(target + o * 16 + d, result[d]);
+        store16(target + o * 16, _mm512_mul_ps(acc[r][o], _mm512_set1_ps(inverse[r])));
       }
     }
   }

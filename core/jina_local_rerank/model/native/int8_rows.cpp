@@ -127,6 +127,49 @@ void dequantize_rows(const at::Tensor& acc, const at::Tensor& row_scale, const a
   });
 }
 
+// The output layer of an attention or feed-forward block: out = LayerNorm(acc * row_scale * col_scale + bias +
+// residual) * weight + norm_bias (layer_norm_row), in one call.
+at::Tensor dequantize_add_norm(const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
+                               const c10::optional<at::Tensor>& bias, const at::Tensor& residual,
+                               const at::Tensor& weight, const at::Tensor& norm_bias, double eps) {
+  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "acc: int32 [rows, n]");
+  const int64_t rows = acc.size(0), n = acc.size(1);
+  TORCH_CHECK(n % 16 == 0, "the rows' width must be a multiple of 16");
+  TORCH_CHECK(residual.scalar_type() == at::kFloat && residual.dim() == 2 && residual.size(0) == rows &&
+                  residual.size(1) == n && residual.stride(1) == 1,
+              "residual: fp32 [rows, n] with contiguous rows");
+  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == n, "one scale per row and per column");
+  TORCH_CHECK(weight.numel() == n && norm_bias.numel() == n, "one norm weight and bias per column");
+  const at::Tensor rs = row_scale.to(at::kFloat).contiguous(), cs = col_scale.to(at::kFloat).contiguous();
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::zeros({n}, cs.options());
+  const at::Tensor gamma = weight.to(at::kFloat).contiguous(), beta = norm_bias.to(at::kFloat).contiguous();
+  TORCH_CHECK(b.numel() == n, "one bias per column");
+  at::Tensor out = at::empty({rows, n}, residual.options().memory_format(at::MemoryFormat::Contiguous));
+  const int32_t* src = acc.data_ptr<int32_t>();
+  const float* row = rs.data_ptr<float>();
+  const float* col = cs.data_ptr<float>();
+  const float* add = b.data_ptr<float>();
+  const float* res = residual.data_ptr<float>();
+  const float* g = gamma.data_ptr<float>();
+  const float* be = beta.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int64_t res_stride = residual.stride(0);
+  jina_local_rerank::parallel_for_each(rows, kGrainRows, false, [&](int64_t r) {
+    const __m512 factor = _mm512_set1_ps(row[r]);
+    const int32_t* in = src + r * n;
+    const float* skip = res + r * res_stride;
+    float* target = dst + r * n;
+    for (int64_t c = 0; c < n; c += 16) {
+      const __m512 value = _mm512_cvtepi32_ps(_mm512_loadu_si512(in + c));
+      const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(col + c), factor);
+      const __m512 biased = _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(add + c));
+      _mm512_storeu_ps(target + c, _mm512_add_ps(biased, _mm512_loadu_ps(skip + c)));
+    }
+    jina_local_rerank::layer_norm_row(target, n, g, be, static_cast<float>(eps), target);
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(jina_local_rerank_cpu, m) {
@@ -136,4 +179,8 @@ TORCH_LIBRARY_FRAGMENT(jina_local_rerank_cpu, m) {
   m.def("dequantize_rows(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias, Tensor(a!) out) -> ()");
   m.impl("quantize_rows", c10::DispatchKey::CPU, TORCH_FN(quantize_rows));
   m.impl("dequantize_rows", c10::DispatchKey::CPU, TORCH_FN(dequantize_rows));
+  m.def(
+      "dequantize_add_norm(Tensor acc, Tensor row_scale, Tensor col_scale, Tensor? bias, Tensor residual, "
+      "Tensor weight, Tensor norm_bias, float eps) -> Tensor");
+  m.impl("dequantize_add_norm", c10::DispatchKey::CPU, TORCH_FN(dequantize_add_norm));
 }
