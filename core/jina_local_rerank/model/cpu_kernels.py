@@ -94,7 +94,7 @@ def gelu_product(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     """``norm(x + residual)``, in one native pass for CPU bf16 (the sum kept in fp32, rounded once)."""
-    if _native_bf16(x) and x.dim() == 2:
+    if _native_bf16(x) and x.dim() == 2 and residual.dtype == x.dtype:
         return torch.ops.jina_local_rerank_cpu.add_norm(x, residual, norm.weight, norm.bias, norm.eps)
     return norm(x + residual)
 

@@ -32,7 +32,6 @@ constexpr int64_t kChunk = 16;              // keys per score vector
 constexpr int kRows = 4;                    // query rows computed together
 constexpr int kCols = 4;                    // key chunks computed together
 
-
 // Rounds a row of D values to bf16 into `bits` (in order) and returns the row's Euclidean norm (of the inputs).
 template <int D>
 inline float bf16_row(const float* row, uint16_t* bits) {

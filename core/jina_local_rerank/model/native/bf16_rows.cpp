@@ -62,7 +62,9 @@ at::Tensor add_norm(const at::Tensor& x, const at::Tensor& residual, const at::T
     sum.resize(n);
     const c10::BFloat16* xr = xp + r * x.stride(0);
     const c10::BFloat16* rr = rp + r * residual.stride(0);
-    for (int64_t c = 0; c < n; c += 16) _mm512_storeu_ps(sum.data() + c, _mm512_add_ps(load16(xr + c), load16(rr + c)));
+    for (int64_t c = 0; c < n; c += 16) {
+      _mm512_storeu_ps(sum.data() + c, _mm512_add_ps(load16(xr + c), load16(rr + c)));
+    }
     jina_local_rerank::layer_norm_row(sum.data(), n, g, b, static_cast<float>(eps), op + r * n);
   });
   return out;
