@@ -56,33 +56,77 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows(const at::Tensor& input) {
   return {q, scales};
 }
 
+// An int8 layer's integer products acc int32 [rows, n], checked and read as the fp32 values they stand for:
+// acc[r, c] * row_scale[r] * col_scale[c] (+ bias[c] where the layer has one).
+class ScaledProducts {
+ public:
+  ScaledProducts(const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
+                 const c10::optional<at::Tensor>& bias)
+      : rows(checked(acc).size(0)), n(acc.size(1)) {
+    TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == n, "one scale per row and per column");
+    row_scale_ = row_scale.to(at::kFloat).contiguous();
+    col_scale_ = col_scale.to(at::kFloat).contiguous();
+    if (bias.has_value()) {
+      bias_ = bias->to(at::kFloat).contiguous();
+      TORCH_CHECK(bias_.numel() == n, "one bias per column");
+      add_ = bias_.data_ptr<float>();
+    }
+    acc_ = acc.data_ptr<int32_t>();
+    row_ = row_scale_.data_ptr<float>();
+    col_ = col_scale_.data_ptr<float>();
+  }
+
+  // One row's values: at(c) are columns [c, c + 16), at(c, lanes) those in `lanes` (the others zero).
+  struct Row {
+    const int32_t* acc;
+    const float *col, *add;  // add: nullptr without a bias
+    __m512 factor;
+
+    __m512 at(int64_t c) const {
+      const __m512 value = _mm512_cvtepi32_ps(_mm512_loadu_si512(acc + c));
+      const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(col + c), factor);
+      return add ? _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(add + c)) : _mm512_mul_ps(value, scale);
+    }
+    __m512 at(int64_t c, __mmask16 lanes) const {
+      const __m512 value = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(lanes, acc + c));
+      const __m512 scale = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, col + c), factor);
+      return add ? _mm512_fmadd_ps(value, scale, _mm512_maskz_loadu_ps(lanes, add + c)) : _mm512_mul_ps(value, scale);
+    }
+  };
+
+  Row row(int64_t r) const { return {acc_ + r * n, col_, add_, _mm512_set1_ps(row_[r])}; }
+
+  const int64_t rows, n;
+
+ private:
+  static const at::Tensor& checked(const at::Tensor& acc) {
+    TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "acc: int32 [rows, n]");
+    return acc;
+  }
+
+  at::Tensor row_scale_, col_scale_, bias_;
+  const int32_t* acc_;
+  const float *row_, *col_, *add_ = nullptr;
+};
+
 // The GEGLU feed-forward between two int8 layers: acc int32 [rows, 2i] (the gated layer's integer products) ->
 // gelu(gate) * up, quantized per row: (int8 [rows, i], fp32 scales [rows]). gate is the first half of the
 // columns, up the second; column c is acc * row_scale * col_scale[c] (the layer has no bias).
 std::tuple<at::Tensor, at::Tensor> geglu_rows(const at::Tensor& acc, const at::Tensor& row_scale,
                                               const at::Tensor& col_scale) {
-  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "acc: int32 [rows, 2i]");
-  const int64_t rows = acc.size(0), width = acc.size(1) / 2;
-  TORCH_CHECK(acc.size(1) == 2 * width && width % 16 == 0, "acc's columns must be 2i with i a multiple of 16");
-  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == 2 * width, "one scale per row and per column");
-  const at::Tensor rs = row_scale.to(at::kFloat).contiguous(), cs = col_scale.to(at::kFloat).contiguous();
+  const ScaledProducts products(acc, row_scale, col_scale, c10::nullopt);
+  const int64_t rows = products.rows, width = products.n / 2;
+  TORCH_CHECK(products.n == 2 * width && width % 16 == 0, "acc's columns must be 2i with i a multiple of 16");
   at::Tensor q = at::empty({rows, width}, acc.options().dtype(at::kChar));
-  at::Tensor scales = at::empty({rows}, rs.options());
-  const int32_t* src = acc.data_ptr<int32_t>();
-  const float* row = rs.data_ptr<float>();
-  const float* col = cs.data_ptr<float>();
+  at::Tensor scales = at::empty({rows}, acc.options().dtype(at::kFloat));
   int8_t* dst = q.data_ptr<int8_t>();
   float* scale = scales.data_ptr<float>();
   jina_local_rerank::parallel_for_each(rows, kGrainRows, false, [&](int64_t r) {
     thread_local std::vector<float> hidden;
     hidden.resize(width);
-    const int32_t* in = src + r * 2 * width;
-    const __m512 factor = _mm512_set1_ps(row[r]);
+    const ScaledProducts::Row values = products.row(r);
     for (int64_t c = 0; c < width; c += 16) {
-      const __m512 gate = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + c)),
-                                        _mm512_mul_ps(_mm512_loadu_ps(col + c), factor));
-      const __m512 up = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(in + width + c)),
-                                      _mm512_mul_ps(_mm512_loadu_ps(col + width + c), factor));
+      const __m512 gate = values.at(c), up = values.at(width + c);
       _mm512_storeu_ps(hidden.data() + c, _mm512_mul_ps(jina_local_rerank::gelu512(gate), up));
     }
     scale[r] = quantize_row(hidden.data(), width, dst + r * width);
@@ -93,37 +137,19 @@ std::tuple<at::Tensor, at::Tensor> geglu_rows(const at::Tensor& acc, const at::T
 // out[r, c] = acc[r, c] * row_scale[r] * col_scale[c] (+ bias[c]); out fp32 [rows, n] with contiguous rows.
 void dequantize_rows(const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
                      const c10::optional<at::Tensor>& bias, at::Tensor out) {
-  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "acc: int32 [rows, n]");
-  const int64_t rows = acc.size(0), n = acc.size(1);
+  const ScaledProducts products(acc, row_scale, col_scale, bias);
+  const int64_t rows = products.rows, n = products.n;
   TORCH_CHECK(out.scalar_type() == at::kFloat && out.size(0) == rows && out.size(1) == n && out.stride(1) == 1,
               "out: fp32 [rows, n] with contiguous rows");
-  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == n, "one scale per row and per column");
-  const at::Tensor rs = row_scale.to(at::kFloat).contiguous(), cs = col_scale.to(at::kFloat).contiguous();
-  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::zeros({n}, cs.options());
-  TORCH_CHECK(b.numel() == n, "one bias per column");
-  const int32_t* src = acc.data_ptr<int32_t>();
-  const float* row = rs.data_ptr<float>();
-  const float* col = cs.data_ptr<float>();
-  const float* add = b.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t out_stride = out.stride(0);
   const int64_t full = n / 16 * 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (n - full)) - 1);
   jina_local_rerank::parallel_for_each(rows, kGrainRows, false, [&](int64_t r) {
-    const __m512 factor = _mm512_set1_ps(row[r]);
-    const int32_t* in = src + r * n;
+    const ScaledProducts::Row values = products.row(r);
     float* target = dst + r * out_stride;
-    for (int64_t c = 0; c < full; c += 16) {
-      const __m512 value = _mm512_cvtepi32_ps(_mm512_loadu_si512(in + c));
-      const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(col + c), factor);
-      _mm512_storeu_ps(target + c, _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(add + c)));
-    }
-    if (tail) {
-      const __m512 value = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(tail, in + full));
-      const __m512 scale = _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, col + full), factor);
-      _mm512_mask_storeu_ps(target + full, tail,
-                            _mm512_fmadd_ps(value, scale, _mm512_maskz_loadu_ps(tail, add + full)));
-    }
+    for (int64_t c = 0; c < full; c += 16) _mm512_storeu_ps(target + c, values.at(c));
+    if (tail) _mm512_mask_storeu_ps(target + full, tail, values.at(full, tail));
   });
 }
 
@@ -132,38 +158,26 @@ void dequantize_rows(const at::Tensor& acc, const at::Tensor& row_scale, const a
 at::Tensor dequantize_add_norm(const at::Tensor& acc, const at::Tensor& row_scale, const at::Tensor& col_scale,
                                const c10::optional<at::Tensor>& bias, const at::Tensor& residual,
                                const at::Tensor& weight, const at::Tensor& norm_bias, double eps) {
-  TORCH_CHECK(acc.dim() == 2 && acc.scalar_type() == at::kInt && acc.is_contiguous(), "acc: int32 [rows, n]");
-  const int64_t rows = acc.size(0), n = acc.size(1);
+  const ScaledProducts products(acc, row_scale, col_scale, bias);
+  const int64_t rows = products.rows, n = products.n;
   TORCH_CHECK(n % 16 == 0, "the rows' width must be a multiple of 16");
   TORCH_CHECK(residual.scalar_type() == at::kFloat && residual.dim() == 2 && residual.size(0) == rows &&
                   residual.size(1) == n && residual.stride(1) == 1,
               "residual: fp32 [rows, n] with contiguous rows");
-  TORCH_CHECK(row_scale.numel() == rows && col_scale.numel() == n, "one scale per row and per column");
   TORCH_CHECK(weight.numel() == n && norm_bias.numel() == n, "one norm weight and bias per column");
-  const at::Tensor rs = row_scale.to(at::kFloat).contiguous(), cs = col_scale.to(at::kFloat).contiguous();
-  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::zeros({n}, cs.options());
   const at::Tensor gamma = weight.to(at::kFloat).contiguous(), beta = norm_bias.to(at::kFloat).contiguous();
-  TORCH_CHECK(b.numel() == n, "one bias per column");
   at::Tensor out = at::empty({rows, n}, residual.options().memory_format(at::MemoryFormat::Contiguous));
-  const int32_t* src = acc.data_ptr<int32_t>();
-  const float* row = rs.data_ptr<float>();
-  const float* col = cs.data_ptr<float>();
-  const float* add = b.data_ptr<float>();
   const float* res = residual.data_ptr<float>();
   const float* g = gamma.data_ptr<float>();
   const float* be = beta.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   const int64_t res_stride = residual.stride(0);
   jina_local_rerank::parallel_for_each(rows, kGrainRows, false, [&](int64_t r) {
-    const __m512 factor = _mm512_set1_ps(row[r]);
-    const int32_t* in = src + r * n;
+    const ScaledProducts::Row values = products.row(r);
     const float* skip = res + r * res_stride;
     float* target = dst + r * n;
     for (int64_t c = 0; c < n; c += 16) {
-      const __m512 value = _mm512_cvtepi32_ps(_mm512_loadu_si512(in + c));
-      const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(col + c), factor);
-      const __m512 biased = _mm512_fmadd_ps(value, scale, _mm512_loadu_ps(add + c));
-      _mm512_storeu_ps(target + c, _mm512_add_ps(biased, _mm512_loadu_ps(skip + c)));
+      _mm512_storeu_ps(target + c, _mm512_add_ps(values.at(c), _mm512_loadu_ps(skip + c)));
     }
     jina_local_rerank::layer_norm_row(target, n, g, be, static_cast<float>(eps), target);
   });

@@ -64,7 +64,6 @@ inline __m512 load16(const c10::BFloat16* in) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
-inline __m512 load16(const float* in) { return _mm512_loadu_ps(in); }
 
 // LayerNorm of one row of n fp32 values (n a multiple of 16) into `out`: mean, then the variance of the centered
 // values (two passes, as torch computes it), then (x - mean) / sqrt(variance + eps) * gamma + beta.
