@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from sorting_texts import QUERY, documents
 
 from jina_local_rerank import Reranker
 from jina_local_rerank.engine.scoring_engine import clear_engine_cache
-from jina_local_rerank.model import native_kernels
+from jina_local_rerank.model import native_kernels, row_blocks
 from jina_local_rerank.model.attention import ExactLengthAttention, NativeAttention, alibi_slopes
 from jina_local_rerank.model.quantization import Int8Linear
 
@@ -154,17 +156,23 @@ def test_add_norm_is_the_layer_norm_of_a_bf16_sum_kept_in_fp32():
     assert ((out.double() - expected).abs() <= expected.abs() * 2**-8 + 1e-5).all()
 
 
-def native_ops_run(reranker: Reranker, docs: list[str]) -> set[str]:
-    """The native ops ``reranker.score`` calls, recorded by torch's profiler (on one thread: in this one)."""
+def native_op_counts(run: Callable[[], object]) -> Counter[str]:
+    """How often ``run()`` calls each native op, recorded by torch's profiler (on one thread: in this one)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            reranker.score(QUERY, docs)
+            run()
     finally:
         torch.set_num_threads(threads)
     prefix = "jina_local_rerank_cpu::"
-    return {event.key.removeprefix(prefix) for event in profile.key_averages() if event.key.startswith(prefix)}
+    events = [event for event in profile.key_averages() if event.key.startswith(prefix)]
+    return Counter({event.key.removeprefix(prefix): event.count for event in events})
+
+
+def native_ops_run(reranker: Reranker, docs: list[str]) -> set[str]:
+    """The native ops ``reranker.score`` calls."""
+    return set(native_op_counts(lambda: reranker.score(QUERY, docs)))
 
 
 NATIVE_OPS = {
@@ -203,6 +211,28 @@ def test_with_the_native_kernels_a_logit_does_not_depend_on_its_batch_mates(head
     assert reranker.score(QUERY, among, raw=True).logits[9] == pytest.approx(alone, abs=1e-3)
 
 
+@pytest.mark.parametrize("block_rows", [1024, 16])
+def test_int8_query_key_and_value_read_one_quantization_of_each_row_block(
+    head32_checkpoint, monkeypatch, fresh_engines, block_rows
+):
+    monkeypatch.setattr(row_blocks, "CPU_BLOCK_ROWS", block_rows)
+    engine = Reranker(head32_checkpoint, device="cpu", dtype="int8").engine
+    sequences = [list(range(5, 45)), list(range(60, 83))]  # 63 tokens: one row block, or four of 16
+    logits: dict[str, list[float]] = {}
+
+    def forward(name: str) -> None:
+        logits[name] = engine._forward(sequences)
+
+    shared = native_op_counts(lambda: forward("shared"))
+    monkeypatch.setattr(row_blocks, "shared_input", lambda layers, x: x)  # each projection quantizes its own input
+    separate = native_op_counts(lambda: forward("separate"))
+    assert logits["shared"] == logits["separate"]
+    # Per block, q, k and v share one quantization (k and v only, in the last layer, which queries <s> alone).
+    blocks = -(-63 // block_rows)
+    layers = engine.model.config.num_hidden_layers
+    assert separate["quantize_rows"] - shared["quantize_rows"] == blocks * (2 * (layers - 1) + 1)
+
+
 def test_other_head_sizes_fall_back_to_torch_s_attention_per_call(checkpoint_dir, request, fresh_engines):
     q, k, v = (t.bfloat16() for t in packed_qkv(LENGTHS, 4, seed=9, head_dim=16))
     slopes = alibi_slopes(4)
@@ -230,7 +260,7 @@ PROBE = """
 import json, logging, sys
 from jina_local_rerank import Reranker
 from jina_local_rerank.engine.scoring_engine import clear_engine_cache
-from jina_local_rerank.model import native_kernels
+from jina_local_rerank.model import native_kernels, row_blocks
 records = []
 logging.getLogger("jina_local_rerank").addHandler(logging.Handler())
 logging.getLogger("jina_local_rerank").handlers[-1].emit = lambda record: records.append(record.getMessage())

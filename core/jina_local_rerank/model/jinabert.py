@@ -17,7 +17,7 @@ from .attention import PackedAttention, alibi_slopes
 from .config import JinaBertConfig
 from .cpu_kernels import add_layer_norm, gelu_product
 from .quantization import Int8Linear
-from .row_blocks import blocked_linear, blocked_rows
+from .row_blocks import blocked_linears, blocked_rows
 
 
 def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -71,11 +71,14 @@ class JinaBertSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attention: PackedAttention, cls_only: bool = False) -> torch.Tensor:
         """``x`` packed ``[T, H]`` -> attention context ``[T, H]``, or with ``cls_only`` ``[sequences, H]`` for
         each sequence's ``<s>`` token only."""
-        queries = x[attention.cls_rows] if cls_only else x
-        q = blocked_linear(self.query, queries).view(len(queries), self.num_heads, self.head_dim)
-        k, v = (blocked_linear(proj, x).view(len(x), self.num_heads, self.head_dim) for proj in (self.key, self.value))
+        if cls_only:
+            (q,) = blocked_linears([self.query], x[attention.cls_rows])
+            k, v = blocked_linears([self.key, self.value], x)
+        else:
+            q, k, v = blocked_linears([self.query, self.key, self.value], x)
+        q, k, v = (t.view(len(t), self.num_heads, self.head_dim) for t in (q, k, v))
         # Scores are fp32 in every mode (the ALiBi bias is too large for fp16/bf16); each mode sees to it.
-        return attention(q, k, v, cls_only).reshape(len(queries), -1)
+        return attention(q, k, v, cls_only).reshape(len(q), -1)
 
 
 class JinaBertSelfOutput(nn.Module):

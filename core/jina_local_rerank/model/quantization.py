@@ -13,6 +13,7 @@ they run, else in FBGEMM where torch has it (x86), else in ``torch._int_mm`` wit
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -143,6 +144,14 @@ class Int8Linear(nn.Module):
         if self.bias is None:
             return torch.mul(product, magnitude, out=out)
         return torch.addcmul(self.bias, product, magnitude, out=out)
+
+
+def shared_input(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | QuantizedRows:
+    """What to give each of ``layers`` for input ``x``: its per-row quantization, computed once, where every layer is
+    an :class:`Int8Linear` on the native kernels (each would compute the same one), else ``x`` itself."""
+    if layers and all(isinstance(layer, Int8Linear) and layer._native for layer in layers):
+        return QuantizedRows(*torch.ops.jina_local_rerank_cpu.quantize_rows(x))
+    return x
 
 
 def quantize_linear_layers(module: nn.Module) -> nn.Module:

@@ -6,10 +6,12 @@ than on whole batches. Elsewhere (GPUs) every row goes in one call. The result i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+
+from .quantization import shared_input
 
 CPU_BLOCK_ROWS = 1024
 
@@ -28,18 +30,22 @@ def cpu_row_blocks(x: torch.Tensor) -> list[slice]:
     return [slice(start, start + step) for start in range(0, len(x), step)]
 
 
-def blocked_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` computed one row block (see :func:`cpu_row_blocks`) at a time into one output."""
+def blocked_linears(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """``[layer(x) for layer in layers]`` computed one row block (see :func:`cpu_row_blocks`) at a time; int8 layers
+    read one quantization of each block (:func:`~jina_local_rerank.model.quantization.shared_input`)."""
     blocks = cpu_row_blocks(x)
     if len(blocks) == 1:
-        return layer(x)
-    out = x.new_empty((len(x), layer.out_features))
-    for rows in blocks:
-        if isinstance(layer, nn.Linear):
-            torch.addmm(layer.bias, x[rows], layer.weight.t(), out=out[rows])
-        else:  # Int8Linear or Bf16ViaFp32Linear, which write into out= themselves
-            layer(x[rows], out=out[rows])
-    return out
+        rows = shared_input(layers, x)
+        return [layer(rows) for layer in layers]
+    outs = [x.new_empty((len(x), layer.out_features)) for layer in layers]
+    for block in blocks:
+        rows = shared_input(layers, x[block])
+        for layer, out in zip(layers, outs):
+            if isinstance(layer, nn.Linear):
+                torch.addmm(layer.bias, x[block], layer.weight.t(), out=out[block])
+            else:  # Int8Linear or Bf16ViaFp32Linear, which write into out= themselves
+                layer(rows, out=out[block])
+    return outs
 
 
 def blocked_rows(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:

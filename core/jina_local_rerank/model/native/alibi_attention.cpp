@@ -32,30 +32,40 @@ constexpr int64_t kChunk = 16;              // keys per score vector
 constexpr int kRows = 4;                    // query rows computed together
 constexpr int kCols = 4;                    // key chunks computed together
 
-// Rounds a row of D values to bf16 into `bits` (in order) and returns the row's Euclidean norm (of the inputs).
-template <int D>
+// Rounds a row of D values to bf16 into `bits` (in order); with kNorm, returns the row's Euclidean norm (of the
+// inputs), else 0.
+template <int D, bool kNorm>
 inline float bf16_row(const float* row, uint16_t* bits) {
   __m512 squares = _mm512_setzero_ps();
   for (int b = 0; b < D; b += 32) {
     const __m512 lo = _mm512_loadu_ps(row + b), hi = _mm512_loadu_ps(row + b + 16);
     _mm512_storeu_si512(bits + b, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
+    if (kNorm) squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
   }
-  return std::sqrt(_mm512_reduce_add_ps(squares));
+  return kNorm ? std::sqrt(_mm512_reduce_add_ps(squares)) : 0.0f;
 }
 
-template <int D>
+template <int D, bool kNorm>
 inline float bf16_row(const c10::BFloat16* row, uint16_t* bits) {
   __m512 squares = _mm512_setzero_ps();
   for (int b = 0; b < D; b += 32) {
     const __m512i raw = _mm512_loadu_si512(row + b);
     _mm512_storeu_si512(bits + b, raw);
-    const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));  // even elements
-    const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000))));
-    squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
+    if (kNorm) {
+      const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));  // even elements
+      const __m512 hi =
+          _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000))));
+      squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
+    }
   }
-  return std::sqrt(_mm512_reduce_add_ps(squares));
+  return kNorm ? std::sqrt(_mm512_reduce_add_ps(squares)) : 0.0f;
 }
+
+// 32 consecutive values as bf16 (rounded to nearest even from fp32).
+inline __m512i bf16_vector(const float* x) {
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+}
+inline __m512i bf16_vector(const c10::BFloat16* x) { return _mm512_loadu_si512(x); }
 
 // One head of one sequence. Strides count elements; the last dimension (D) is contiguous.
 template <typename T, int D>
@@ -78,16 +88,30 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
   weights.resize(std::max(weights.size(), static_cast<size_t>(kRows * (padded + kChunk))));
   std::fill(keys.begin() + (chunks - 1) * kPairs * kChunk, keys.begin() + chunks * kPairs * kChunk, 0u);
   std::fill(values.begin() + (length / 2) * D, values.begin() + padded / 2 * D, 0u);
+  // Where the ALiBi penalty alone cannot push any key below e^-20 (short sequences, shallow slopes), every row
+  // attends to every key and no norm is needed.
+  const bool whole = kNegligibleLogit >= slope * static_cast<float>(length);
+  // Keys 2t and 2t + 1 in turn: each key's pairs into its chunk, their values interleaved, 32 dims per permute.
   alignas(64) uint16_t row[D];
+  const __m512i first_half = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
+                                              6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i second_half = _mm512_add_epi16(first_half, _mm512_set1_epi16(16));
   float key_norm = 0.0f;
-  for (int64_t j = 0; j < length; ++j) {
-    key_norm = std::max(key_norm, bf16_row<D>(k + j * kv_stride, row));
-    const uint32_t* pairs = reinterpret_cast<const uint32_t*>(row);
-    uint32_t* block = keys.data() + (j / kChunk) * kPairs * kChunk + j % kChunk;
-    for (int p = 0; p < kPairs; ++p) block[p * kChunk] = pairs[p];
-    bf16_row<D>(v + j * kv_stride, row);
-    uint16_t* pair = reinterpret_cast<uint16_t*>(values.data() + (j / 2) * D) + (j % 2);
-    for (int d = 0; d < D; ++d) pair[2 * d] = row[d];
+  for (int64_t j = 0; j < length; j += 2) {
+    for (int64_t i = j; i < std::min(j + 2, length); ++i) {
+      const float norm = whole ? bf16_row<D, false>(k + i * kv_stride, row) : bf16_row<D, true>(k + i * kv_stride, row);
+      key_norm = std::max(key_norm, norm);
+      const uint32_t* pairs = reinterpret_cast<const uint32_t*>(row);
+      uint32_t* block = keys.data() + (i / kChunk) * kPairs * kChunk + i % kChunk;
+      for (int p = 0; p < kPairs; ++p) block[p * kChunk] = pairs[p];
+    }
+    uint16_t* pair = reinterpret_cast<uint16_t*>(values.data() + (j / 2) * D);
+    for (int b = 0; b < D; b += 32) {
+      const __m512i a = bf16_vector(v + j * kv_stride + b);
+      const __m512i c = j + 1 < length ? bf16_vector(v + (j + 1) * kv_stride + b) : _mm512_setzero_si512();
+      _mm512_storeu_si512(pair + 2 * b, _mm512_permutex2var_epi16(a, first_half, c));
+      _mm512_storeu_si512(pair + 2 * b + 32, _mm512_permutex2var_epi16(a, second_half, c));
+    }
   }
 
   // Query rows go kRows at a time, so each key or value vector loaded serves kRows rows. A group's keys are the
@@ -103,7 +127,13 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
     for (int r = 0; r < kRows; ++r) {
       const int64_t i = std::min(group + r, num_queries - 1);
       position[r] = cls_only ? 0 : i;
-      const float norm = bf16_row<D>(q + i * q_stride, reinterpret_cast<uint16_t*>(query[r]));
+      if (whole) {
+        bf16_row<D, false>(q + i * q_stride, reinterpret_cast<uint16_t*>(query[r]));
+        first = 0;
+        last = chunks;
+        continue;
+      }
+      const float norm = bf16_row<D, true>(q + i * q_stride, reinterpret_cast<uint16_t*>(query[r]));
       // Keys farther than `reach` from the query get an ALiBi penalty that alone puts them below e^-20.
       const double reach = (2.0 * norm * key_norm * scale + kNegligibleLogit) / slope;
       if (std::isfinite(reach) && reach < static_cast<double>(length)) {
