@@ -62,6 +62,11 @@ class QuantizedRows(NamedTuple):
     values: torch.Tensor
     scales: torch.Tensor
 
+    @classmethod
+    def of(cls, x: torch.Tensor) -> QuantizedRows:
+        """``x``'s rows quantized, each spanning the int8 range with its own scale (the native kernel)."""
+        return cls(*torch.ops.jina_local_rerank_cpu.quantize_rows(x))
+
 
 class Int8Linear(nn.Module):
     """``nn.Linear`` in int8: weights per output channel, activations per row (token); fp32 in and out."""
@@ -104,7 +109,7 @@ class Int8Linear(nn.Module):
 
     def _native_product(self, x: torch.Tensor | QuantizedRows) -> tuple[torch.Tensor, torch.Tensor]:
         """The int32 products of ``x``'s per-row int8 values and the weights, and the rows' scales."""
-        rows = x if isinstance(x, QuantizedRows) else QuantizedRows(*torch.ops.jina_local_rerank_cpu.quantize_rows(x))
+        rows = x if isinstance(x, QuantizedRows) else QuantizedRows.of(x)
         return torch._int_mm(rows.values, self._weight_t), rows.scales
 
     def geglu(self, x: torch.Tensor) -> QuantizedRows:
@@ -150,7 +155,7 @@ def shared_input(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor |
     """What to give each of ``layers`` for input ``x``: its per-row quantization, computed once, where every layer is
     an :class:`Int8Linear` on the native kernels (each would compute the same one), else ``x`` itself."""
     if layers and all(isinstance(layer, Int8Linear) and layer._native for layer in layers):
-        return QuantizedRows(*torch.ops.jina_local_rerank_cpu.quantize_rows(x))
+        return QuantizedRows.of(x)
     return x
 
 
