@@ -145,12 +145,14 @@ def test_gelu_product_is_the_exact_gelu_product_rounded_to_bf16_once():
     assert ((out.double() - expected).abs() <= expected.abs() * 2**-8 + 1e-6).all()  # within bf16's rounding
 
 
-def test_add_norm_is_the_layer_norm_of_a_bf16_sum_kept_in_fp32():
+@pytest.mark.parametrize("with_x_bias", [False, True])
+def test_add_norm_is_the_layer_norm_of_a_bf16_sum_kept_in_fp32(with_x_bias):
     torch.manual_seed(5)
     x, residual = torch.randn(9, 48).bfloat16(), (torch.randn(12, 48) * 30).bfloat16()
     weight, bias = torch.randn(48).bfloat16(), torch.randn(48).bfloat16()
-    out = ops.add_norm(x, residual[2:11], weight, bias, 1e-12)
-    summed = x.double() + residual[2:11].double()
+    x_bias = torch.randn(48).bfloat16() if with_x_bias else None
+    out = ops.add_norm(x, x_bias, residual[2:11], weight, bias, 1e-12)
+    summed = x.double() + residual[2:11].double() + (0 if x_bias is None else x_bias.double())
     expected = F.layer_norm(summed, (48,), weight.double(), bias.double(), 1e-12)
     assert out.dtype == torch.bfloat16 and out.is_contiguous()
     assert ((out.double() - expected).abs() <= expected.abs() * 2**-8 + 1e-5).all()

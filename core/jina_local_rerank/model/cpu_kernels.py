@@ -5,7 +5,7 @@
   ARM without BF16) torch's generic bf16 GEMM is many times slower than fp32, so the encoder's linear layers
   become :class:`Bf16ViaFp32Linear`: the same bf16 weights, multiplied by fp32 kernels. A product of two bf16
   numbers is exact in fp32 and both paths sum in fp32, so they compute the same numbers to summation order.
-  Where the native kernels run (``native_kernels.py``), :func:`gelu_product` and :func:`add_layer_norm` fuse the
+  Where the native kernels run (``native_kernels.py``), :func:`gelu_product` and :func:`linear_add_norm` fuse the
   GEGLU and the residual LayerNorm.
 - ``int8``: FBGEMM (x86) with 8-bit activations where AVX512_VNNI adds the products in 32 bits, 7-bit
   without; ``torch._int_mm`` elsewhere (see :mod:`~jina_local_rerank.model.quantization`).
@@ -92,11 +92,22 @@ def gelu_product(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.gelu(gate).mul_(up)
 
 
-def add_layer_norm(x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """``norm(x + residual)``, in one native pass for CPU bf16 (the sum kept in fp32, rounded once)."""
-    if _native_bf16(x) and x.dim() == 2 and residual.dtype == x.dtype:
-        return torch.ops.jina_local_rerank_cpu.add_norm(x, residual, norm.weight, norm.bias, norm.eps)
-    return norm(x + residual)
+def linear_add_norm(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(linear(x) + residual)``. For CPU bf16 where the native kernels run, the product without its bias
+    (oneDNN's bf16 matmuls run 5-10% faster without one), then bias, residual and norm in one native pass: the sum in
+    fp32, rounded once."""
+    if (
+        isinstance(linear, nn.Linear)
+        and _native_bf16(x)
+        and x.dim() == 2
+        and linear.out_features % 16 == 0
+        and residual.dtype == x.dtype
+    ):
+        product = F.linear(x, linear.weight)
+        return torch.ops.jina_local_rerank_cpu.add_norm(
+            product, linear.bias, residual, norm.weight, norm.bias, norm.eps
+        )
+    return norm(linear(x) + residual)
 
 
 def log_path_once(mode: str, path: str) -> None:

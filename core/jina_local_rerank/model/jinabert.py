@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import PackedAttention, alibi_slopes
 from .config import JinaBertConfig
-from .cpu_kernels import add_layer_norm, gelu_product
+from .cpu_kernels import gelu_product, linear_add_norm
 from .quantization import Int8Linear
 from .row_blocks import blocked_linears, blocked_rows
 
@@ -29,10 +29,11 @@ def fp32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 def add_norm(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     """``norm(linear(x) + residual)``, the end of every attention and feed-forward block: the product's scaling,
-    the sum and the norm in one native pass for int8 layers, the sum and the norm for bf16, where the kernels run."""
+    the sum and the norm in one native pass for int8 layers, the bias, the sum and the norm for bf16, where the kernels
+    run."""
     if isinstance(linear, Int8Linear) and linear.fuses_norm:
         return linear.add_norm(x, residual, norm)
-    return add_layer_norm(linear(x), residual, norm)
+    return linear_add_norm(linear, x, residual, norm)
 
 
 class JinaBertEmbeddings(nn.Module):
