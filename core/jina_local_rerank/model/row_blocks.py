@@ -39,10 +39,11 @@ def blocked_linears(layers: Sequence[nn.Module], x: torch.Tensor) -> list[torch.
         return [layer(rows) for layer in layers]
     outs = [x.new_empty((len(x), layer.out_features)) for layer in layers]
     for block in blocks:
-        rows = shared_input(layers, x[block])
+        part = x[block]
+        rows = shared_input(layers, part)
         for layer, out in zip(layers, outs):
             if isinstance(layer, nn.Linear):
-                torch.addmm(layer.bias, x[block], layer.weight.t(), out=out[block])
+                torch.addmm(layer.bias, part, layer.weight.t(), out=out[block])
             else:  # Int8Linear or Bf16ViaFp32Linear, which write into out= themselves
                 layer(rows, out=out[block])
     return outs

@@ -32,40 +32,35 @@ constexpr int64_t kChunk = 16;              // keys per score vector
 constexpr int kRows = 4;                    // query rows computed together
 constexpr int kCols = 4;                    // key chunks computed together
 
-// Rounds a row of D values to bf16 into `bits` (in order); with kNorm, returns the row's Euclidean norm (of the
-// inputs), else 0.
-template <int D, bool kNorm>
-inline float bf16_row(const float* row, uint16_t* bits) {
-  __m512 squares = _mm512_setzero_ps();
-  for (int b = 0; b < D; b += 32) {
-    const __m512 lo = _mm512_loadu_ps(row + b), hi = _mm512_loadu_ps(row + b + 16);
-    _mm512_storeu_si512(bits + b, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    if (kNorm) squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
-  }
-  return kNorm ? std::sqrt(_mm512_reduce_add_ps(squares)) : 0.0f;
-}
-
-template <int D, bool kNorm>
-inline float bf16_row(const c10::BFloat16* row, uint16_t* bits) {
-  __m512 squares = _mm512_setzero_ps();
-  for (int b = 0; b < D; b += 32) {
-    const __m512i raw = _mm512_loadu_si512(row + b);
-    _mm512_storeu_si512(bits + b, raw);
-    if (kNorm) {
-      const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));  // even elements
-      const __m512 hi =
-          _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000))));
-      squares = _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
-    }
-  }
-  return kNorm ? std::sqrt(_mm512_reduce_add_ps(squares)) : 0.0f;
-}
-
 // 32 consecutive values as bf16 (rounded to nearest even from fp32).
 inline __m512i bf16_vector(const float* x) {
   return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
 }
 inline __m512i bf16_vector(const c10::BFloat16* x) { return _mm512_loadu_si512(x); }
+
+// `squares` plus the squares of 32 consecutive values (as given, before any rounding), lane by lane.
+inline __m512 add_squares(const float* x, __m512 squares) {
+  const __m512 lo = _mm512_loadu_ps(x), hi = _mm512_loadu_ps(x + 16);
+  return _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
+}
+inline __m512 add_squares(const c10::BFloat16* x, __m512 squares) {
+  const __m512i raw = _mm512_loadu_si512(x);
+  const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));  // even elements
+  const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000))));
+  return _mm512_fmadd_ps(hi, hi, _mm512_fmadd_ps(lo, lo, squares));
+}
+
+// Rounds a row of D values to bf16 into `bits` (in order); with kNorm, returns the row's Euclidean norm (of the
+// inputs), else 0.
+template <int D, bool kNorm, typename T>
+inline float bf16_row(const T* row, uint16_t* bits) {
+  __m512 squares = _mm512_setzero_ps();
+  for (int b = 0; b < D; b += 32) {
+    if (kNorm) squares = add_squares(row + b, squares);
+    _mm512_storeu_si512(bits + b, bf16_vector(row + b));
+  }
+  return kNorm ? std::sqrt(_mm512_reduce_add_ps(squares)) : 0.0f;
+}
 
 // One head of one sequence. Strides count elements; the last dimension (D) is contiguous.
 template <typename T, int D>
