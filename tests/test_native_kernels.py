@@ -22,7 +22,7 @@ from sorting_texts import QUERY, documents
 from jina_local_rerank import Reranker
 from jina_local_rerank.engine.scoring_engine import clear_engine_cache
 from jina_local_rerank.model import native_kernels, row_blocks
-from jina_local_rerank.model.attention import ExactLengthAttention, NativeAttention, alibi_slopes
+from jina_local_rerank.model.attention import ExactLengthAttention, NativeAttention, PackedAttention, alibi_slopes
 from jina_local_rerank.model.quantization import Int8Linear
 
 ops = torch.ops.jina_local_rerank_cpu
@@ -53,6 +53,67 @@ def test_attention_is_the_softmax_of_the_bf16_rounded_inputs(dtype, head_dim, cl
     # What remains: the softmax weights rounded to bf16 (relative 2^-9) and, for bf16 outputs, the output's rounding.
     assert error.max() < (0.01 if dtype == torch.float32 else 0.03)
     assert error.mean() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32-inputs", "bf16-inputs"])
+def test_cls_attention_is_the_softmax_weighted_sum_of_the_input_rows(dtype):
+    torch.manual_seed(4)
+    heads, width = 12, 64
+    x = torch.randn(sum(LENGTHS), width).to(dtype)
+    u = torch.randn(heads, len(LENGTHS), width)
+    slopes = alibi_slopes(heads)
+    sums = ops.cls_attention(x, u, torch.tensor(LENGTHS), slopes, 0.25)
+    assert sums.shape == u.shape and sums.dtype == torch.float32
+    for s, (start, length) in enumerate(zip(NativeAttention(LENGTHS, slopes).offsets, LENGTHS)):
+        rows = x[start : start + length].double()
+        scores = u[:, s].double() @ rows.T * 0.25 - slopes.double()[:, None] * torch.arange(length)
+        expected = scores.softmax(-1) @ rows  # [heads, width]
+        assert (sums[:, s].double() - expected).abs().max() < 1e-4
+
+
+def cls_context_inputs(heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Linear, torch.nn.Linear]:
+    torch.manual_seed(6)
+    width = 32 * heads
+    x, q = torch.randn(sum(LENGTHS), width), torch.randn(len(LENGTHS), heads, 32) * 2
+    return x, q, torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+
+
+@torch.inference_mode()
+def test_the_last_layer_s_cls_context_folds_the_key_and_value_projections_exactly():
+    # In fp32, NativeAttention's <s> context (no key or value rows) is exact-length attention over the projections'
+    # keys and values, to fp32 rounding.
+    x, q, key, value = cls_context_inputs(12)
+    folded = NativeAttention(LENGTHS, alibi_slopes(12)).cls_context(x, q, key, value)
+    projected = ExactLengthAttention(LENGTHS, alibi_slopes(12)).cls_context(x, q, key, value)
+    assert folded.shape == projected.shape == q.shape
+    assert (folded - projected).abs().max() < 2e-5
+
+
+@torch.inference_mode()
+def test_heads_not_a_multiple_of_four_get_the_last_layer_s_keys_and_values_projected():
+    x, q, key, value = cls_context_inputs(6)
+    attention = NativeAttention(LENGTHS, alibi_slopes(6))
+    calls = native_op_counts(lambda: attention.cls_context(x, q, key, value))
+    assert calls == Counter({"alibi_attention": 1})
+    assert torch.equal(
+        attention.cls_context(x, q, key, value), PackedAttention.cls_context(attention, x, q, key, value)
+    )
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_the_folded_last_layer_scores_as_the_projected_one(head32_checkpoint, monkeypatch, dtype):
+    reranker = Reranker(head32_checkpoint, device="cpu", dtype=dtype)
+    docs = documents(12, seed=3, scale=3)
+    counts = native_op_counts(lambda: reranker.score(QUERY, docs))
+    layers = reranker.engine.model.config.num_hidden_layers
+    assert counts["cls_attention"] == 1 and counts["alibi_attention"] == layers - 1
+    folded = reranker.score(QUERY, docs, raw=True).logits
+    monkeypatch.setattr(NativeAttention, "cls_context", ExactLengthAttention.cls_context)
+    assert native_op_counts(lambda: reranker.score(QUERY, docs))["cls_attention"] == 0
+    projected = reranker.score(QUERY, docs, raw=True).logits
+    # The folded path multiplies the layer's input rows in fp32; the projected one rounds keys and values (to bf16
+    # for the attention's products; int8 rows for the projections' inputs).
+    assert folded == pytest.approx(projected, abs=0.05 if dtype == "bfloat16" else 0.1) and folded != projected
 
 
 def test_attention_gives_a_sequence_the_same_numbers_alone_and_in_any_batch():
@@ -178,8 +239,15 @@ def native_ops_run(reranker: Reranker, docs: list[str]) -> set[str]:
 
 
 NATIVE_OPS = {
-    "bfloat16": {"alibi_attention", "gelu_product", "add_norm"},
-    "int8": {"alibi_attention", "quantize_rows", "geglu_rows", "dequantize_rows", "dequantize_add_norm"},
+    "bfloat16": {"alibi_attention", "cls_attention", "gelu_product", "add_norm"},
+    "int8": {
+        "alibi_attention",
+        "cls_attention",
+        "quantize_rows",
+        "geglu_rows",
+        "dequantize_rows",
+        "dequantize_add_norm",
+    },
 }
 
 
@@ -229,10 +297,10 @@ def test_int8_query_key_and_value_read_one_quantization_of_each_row_block(
     monkeypatch.setattr(row_blocks, "shared_input", lambda layers, x: x)  # each projection quantizes its own input
     separate = native_op_counts(lambda: forward("separate"))
     assert logits["shared"] == logits["separate"]
-    # Per block, q, k and v share one quantization (k and v only, in the last layer, which queries <s> alone).
+    # Per block, q, k and v share one quantization (the last layer has <s> queries alone and no key or value rows).
     blocks = -(-63 // block_rows)
     layers = engine.model.config.num_hidden_layers
-    assert separate["quantize_rows"] - shared["quantize_rows"] == blocks * (2 * (layers - 1) + 1)
+    assert separate["quantize_rows"] - shared["quantize_rows"] == blocks * 2 * (layers - 1)
 
 
 def test_other_head_sizes_fall_back_to_torch_s_attention_per_call(checkpoint_dir, request, fresh_engines):

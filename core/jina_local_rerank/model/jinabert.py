@@ -74,12 +74,12 @@ class JinaBertSelfAttention(nn.Module):
         each sequence's ``<s>`` token only."""
         if cls_only:
             (q,) = blocked_linears([self.query], x[attention.cls_rows])
-            k, v = blocked_linears([self.key, self.value], x)
-        else:
-            q, k, v = blocked_linears([self.query, self.key, self.value], x)
+            q = q.view(len(q), self.num_heads, self.head_dim)
+            return attention.cls_context(x, q, self.key, self.value).reshape(len(q), -1)
+        q, k, v = blocked_linears([self.query, self.key, self.value], x)
         q, k, v = (t.view(len(t), self.num_heads, self.head_dim) for t in (q, k, v))
         # Scores are fp32 in every mode (the ALiBi bias is too large for fp16/bf16); each mode sees to it.
-        return attention(q, k, v, cls_only).reshape(len(q), -1)
+        return attention(q, k, v, cls_only=False).reshape(len(q), -1)
 
 
 class JinaBertSelfOutput(nn.Module):

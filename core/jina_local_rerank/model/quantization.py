@@ -12,6 +12,7 @@ they run, else in FBGEMM where torch has it (x86), else in ``torch._int_mm`` wit
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -97,6 +98,13 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
+    @functools.cached_property
+    def dequantized_weight(self) -> torch.Tensor:
+        """The int8 weights times their scales, ``[out, in]`` fp32 (computed on first use, then kept)."""
+        if self._weight_t is not None:
+            return self._weight_t.t().float() * self.weight_scale[:, None]
+        return torch.ops.quantized.linear_unpack(self._packed)[0].dequantize()
+
     @property
     def fuses_geglu(self) -> bool:
         """Whether :meth:`geglu` runs here: the native kernels, and an even split into multiples of 16 columns."""
@@ -149,6 +157,14 @@ class Int8Linear(nn.Module):
         if self.bias is None:
             return torch.mul(product, magnitude, out=out)
         return torch.addcmul(self.bias, product, magnitude, out=out)
+
+
+def float_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A linear layer's weight ``[out, in]`` and bias as fp32: an :class:`Int8Linear`'s as it multiplies them
+    (dequantized once), any other's converted."""
+    if isinstance(layer, Int8Linear):
+        return layer.dequantized_weight, layer.bias
+    return layer.weight.float(), None if layer.bias is None else layer.bias.float()
 
 
 def shared_input(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor | QuantizedRows:

@@ -59,7 +59,8 @@ inline void store16(c10::BFloat16* out, __m512 x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), (__m256i)_mm512_cvtneps_pbh(x));
 }
 
-// 16 bf16 values as fp32 (exact).
+// 16 values as fp32: fp32 as they are, bf16 widened (exactly).
+inline __m512 load16(const float* in) { return _mm512_loadu_ps(in); }
 inline __m512 load16(const c10::BFloat16* in) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
