@@ -100,10 +100,9 @@ class Int8Linear(nn.Module):
 
     @functools.cached_property
     def dequantized_weight(self) -> torch.Tensor:
-        """The int8 weights times their scales, ``[out, in]`` fp32 (computed on first use, then kept)."""
-        if self._weight_t is not None:
-            return self._weight_t.t().float() * self.weight_scale[:, None]
-        return torch.ops.quantized.linear_unpack(self._packed)[0].dequantize()
+        """The int8 weights times their scales, ``[out, in]`` fp32 (computed on first use, then kept), where the
+        layer holds them for ``torch._int_mm`` (with the native kernels; FBGEMM's are packed)."""
+        return self._weight_t.t().float() * self.weight_scale[:, None]
 
     @property
     def fuses_geglu(self) -> bool:
