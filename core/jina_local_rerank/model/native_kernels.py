@@ -4,6 +4,8 @@
   inputs' dtype, and at head size 32 it took a third of bf16's and two fifths of int8's time on the 1 x 100
   workload. The kernel multiplies in bf16 (``vdpbf16ps``, sums in fp32), adds the ALiBi bias and takes the softmax
   in fp32, for every sequence and head of a forward pass in one call, without a score matrix in memory.
+- ``cls_attention`` (``native/cls_attention.cpp``): the last layer's ``<s>`` attention from the layer's input rows,
+  with no key or value rows (``attention.NativeAttention.cls_context``).
 - ``quantize_rows``, ``dequantize_rows``, ``geglu_rows`` and ``dequantize_add_norm`` (``native/int8_rows.cpp``):
   the per-token int8 activations around ``torch._int_mm`` (oneDNN), whose integer products ran 1.4-1.7x faster
   than FBGEMM's at the model's shapes; the GEGLU and each block's bias, residual and LayerNorm fused into the pass

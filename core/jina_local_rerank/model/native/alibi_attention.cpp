@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "packed_sequences.h"
 #include "parallel.h"
 #include "vector_math.h"
 
@@ -257,18 +258,18 @@ void attend_head(const T* q, int64_t q_stride, int64_t num_queries, bool cls_onl
 }
 
 template <typename T, int D>
-void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::vector<int64_t>& offsets,
-            const std::vector<int64_t>& lengths, const std::vector<float>& slopes, bool cls_only, at::Tensor& out) {
+void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+            const jina_local_rerank::PackedSequences& sequences, const std::vector<float>& slopes, bool cls_only,
+            at::Tensor& out) {
   const int64_t heads = static_cast<int64_t>(slopes.size());
-  const int64_t sequences = static_cast<int64_t>(lengths.size());
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
   // One task per (sequence, head), handed out one at a time: sequences differ in length.
-  jina_local_rerank::parallel_for_each(sequences * heads, 1, true, [&](int64_t task) {
+  jina_local_rerank::parallel_for_each(sequences.count() * heads, 1, true, [&](int64_t task) {
     const int64_t s = task / heads, h = task % heads;
-    const int64_t start = offsets[s], length = lengths[s];
+    const int64_t start = sequences.offsets[s], length = sequences.lengths[s];
     const int64_t q_row = cls_only ? s : start;
     attend_head<T, D>(qp + q_row * q.stride(0) + h * q.stride(1), q.stride(0), cls_only ? 1 : length, cls_only,
                       kp + start * k.stride(0) + h * k.stride(1), vp + start * v.stride(0) + h * v.stride(1),
@@ -284,23 +285,19 @@ at::Tensor alibi_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   TORCH_CHECK(k.stride(1) == v.stride(1) && k.stride(0) == v.stride(0), "k and v must share strides");
   TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1, "the last dimension must be contiguous");
   const int64_t d = q.size(2);
-  std::vector<int64_t> sizes(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + lengths.numel());
-  std::vector<int64_t> offsets(sizes.size(), 0);
-  for (size_t s = 1; s < sizes.size(); ++s) offsets[s] = offsets[s - 1] + sizes[s - 1];
-  TORCH_CHECK(sizes.empty() || offsets.back() + sizes.back() == k.size(0), "lengths must add up to k's rows");
-  TORCH_CHECK(q.size(0) == (cls_only ? static_cast<int64_t>(sizes.size()) : k.size(0)), "q has the wrong rows");
-  const at::Tensor slopes32 = slopes.to(at::kFloat).contiguous();
-  std::vector<float> slope(slopes32.data_ptr<float>(), slopes32.data_ptr<float>() + slopes32.numel());
+  const jina_local_rerank::PackedSequences sequences(lengths, k.size(0));
+  TORCH_CHECK(q.size(0) == (cls_only ? sequences.count() : k.size(0)), "q has the wrong rows");
+  const std::vector<float> slope = jina_local_rerank::float_values(slopes);
   TORCH_CHECK(static_cast<int64_t>(slope.size()) == q.size(1), "one slope per head");
   at::Tensor out = at::empty(q.sizes(), q.options());
   const bool bf16 = q.scalar_type() == at::kBFloat16;
   TORCH_CHECK(bf16 || q.scalar_type() == at::kFloat, "q, k, v must be float32 or bfloat16");
   if (d == 32) {
-    bf16 ? attend<c10::BFloat16, 32>(q, k, v, offsets, sizes, slope, cls_only, out)
-         : attend<float, 32>(q, k, v, offsets, sizes, slope, cls_only, out);
+    bf16 ? attend<c10::BFloat16, 32>(q, k, v, sequences, slope, cls_only, out)
+         : attend<float, 32>(q, k, v, sequences, slope, cls_only, out);
   } else if (d == 64) {
-    bf16 ? attend<c10::BFloat16, 64>(q, k, v, offsets, sizes, slope, cls_only, out)
-         : attend<float, 64>(q, k, v, offsets, sizes, slope, cls_only, out);
+    bf16 ? attend<c10::BFloat16, 64>(q, k, v, sequences, slope, cls_only, out)
+         : attend<float, 64>(q, k, v, sequences, slope, cls_only, out);
   } else {
     TORCH_CHECK(false, "head size must be 32 or 64, not ", d);
   }

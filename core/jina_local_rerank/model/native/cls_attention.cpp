@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "packed_sequences.h"
 #include "parallel.h"
 #include "vector_math.h"
 
@@ -86,15 +87,15 @@ void attend_cls(const T* x, int64_t stride, int64_t length, int64_t width, const
 }
 
 template <typename T>
-void attend_all(const at::Tensor& x, const at::Tensor& u, const std::vector<int64_t>& offsets,
-                const std::vector<int64_t>& lengths, float scale, const std::vector<float>& slopes, at::Tensor& y) {
-  const int64_t heads = u.size(0), width = u.size(2), sequences = u.size(1);
+void attend_all(const at::Tensor& x, const at::Tensor& u, const jina_local_rerank::PackedSequences& sequences,
+                float scale, const std::vector<float>& slopes, at::Tensor& y) {
+  const int64_t heads = u.size(0), width = u.size(2), count = u.size(1);
   const T* xp = x.data_ptr<T>();
   const float* up = u.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  jina_local_rerank::parallel_for_each(sequences, 1, true, [&](int64_t s) {
-    attend_cls<T>(xp + offsets[s] * x.stride(0), x.stride(0), lengths[s], width, up + s * width, yp + s * width,
-                  sequences * width, heads, scale, slopes.data());
+  jina_local_rerank::parallel_for_each(count, 1, true, [&](int64_t s) {
+    attend_cls<T>(xp + sequences.offsets[s] * x.stride(0), x.stride(0), sequences.lengths[s], width, up + s * width,
+                  yp + s * width, count * width, heads, scale, slopes.data());
   });
 }
 
@@ -108,21 +109,15 @@ at::Tensor cls_attention(const at::Tensor& x, const at::Tensor& u, const at::Ten
               "u must be contiguous float32 [heads, sequences, width]");
   TORCH_CHECK(u.size(2) == x.size(1) && x.size(1) % 16 == 0, "u's width must be x's, a multiple of 16");
   TORCH_CHECK(u.size(0) % kHeads == 0, "heads must be a multiple of 4");
-  const at::Tensor sizes64 = lengths.to(at::kLong).contiguous();
-  std::vector<int64_t> sizes(sizes64.data_ptr<int64_t>(), sizes64.data_ptr<int64_t>() + sizes64.numel());
-  TORCH_CHECK(static_cast<int64_t>(sizes.size()) == u.size(1), "one length per sequence of u");
-  std::vector<int64_t> offsets(sizes.size(), 0);
-  for (size_t s = 1; s < sizes.size(); ++s) offsets[s] = offsets[s - 1] + sizes[s - 1];
-  for (const int64_t n : sizes) TORCH_CHECK(n > 0, "every sequence needs a row");
-  TORCH_CHECK(sizes.empty() || offsets.back() + sizes.back() == x.size(0), "lengths must add up to x's rows");
-  const at::Tensor slopes32 = slopes.to(at::kFloat).contiguous();
-  std::vector<float> slope(slopes32.data_ptr<float>(), slopes32.data_ptr<float>() + slopes32.numel());
+  const jina_local_rerank::PackedSequences sequences(lengths, x.size(0));
+  TORCH_CHECK(sequences.count() == u.size(1), "one length per sequence of u");
+  const std::vector<float> slope = jina_local_rerank::float_values(slopes);
   TORCH_CHECK(static_cast<int64_t>(slope.size()) == u.size(0), "one slope per head");
   at::Tensor y = at::empty(u.sizes(), u.options());
   if (x.scalar_type() == at::kBFloat16) {
-    attend_all<c10::BFloat16>(x, u, offsets, sizes, static_cast<float>(scale), slope, y);
+    attend_all<c10::BFloat16>(x, u, sequences, static_cast<float>(scale), slope, y);
   } else {
-    attend_all<float>(x, u, offsets, sizes, static_cast<float>(scale), slope, y);
+    attend_all<float>(x, u, sequences, static_cast<float>(scale), slope, y);
   }
   return y;
 }
