@@ -14,6 +14,7 @@ import torch
 from ..errors import CheckpointError
 from ..model.attention import alibi_slopes
 from ..model.cpu_kernels import prepare_bf16
+from ..model.first_layer_projections import FirstLayerProjections
 from ..model.jinabert import JinaBertForReranking
 from ..model.quantization import quantize_linear_layers
 from ..validation import torch_name
@@ -78,7 +79,8 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -
     ``config.json`` is checked key by key, every tensor by name, shape and dtype before any is read, and every
     value for being finite before the model is built. ``torch.qint8`` loads fp32 weights and quantizes the
     encoder's linear layers to int8 (CPU; see :mod:`~jina_local_rerank.model.quantization`); bf16 on a CPU without
-    native bf16 matmuls gets the fallback of :mod:`~jina_local_rerank.model.cpu_kernels`.
+    native bf16 matmuls gets the fallback of :mod:`~jina_local_rerank.model.cpu_kernels`. CPU bf16 keeps the first
+    layer's projections per token id (:mod:`~jina_local_rerank.model.first_layer_projections`).
     """
     config_path = directory / "config.json"
     config = read_config(config_path)
@@ -100,4 +102,5 @@ def load_checkpoint(directory: Path, dtype: torch.dtype, device: torch.device) -
         quantize_linear_layers(model.bert.encoder)
     elif dtype == torch.bfloat16 and device.type == "cpu":
         prepare_bf16(model)
+        model.first_layer_projections = FirstLayerProjections()
     return model

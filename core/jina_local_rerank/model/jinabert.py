@@ -16,6 +16,7 @@ from torch import nn
 from .attention import PackedAttention, alibi_slopes
 from .config import JinaBertConfig
 from .cpu_kernels import gelu_product, linear_add_norm
+from .first_layer_projections import FirstLayerProjections
 from .quantization import Int8Linear
 from .row_blocks import blocked_linears, blocked_rows
 
@@ -69,14 +70,20 @@ class JinaBertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, attention: PackedAttention, cls_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention: PackedAttention,
+        cls_only: bool = False,
+        qkv: tuple[torch.Tensor, ...] | None = None,
+    ) -> torch.Tensor:
         """``x`` packed ``[T, H]`` -> attention context ``[T, H]``, or with ``cls_only`` ``[sequences, H]`` for
-        each sequence's ``<s>`` token only."""
+        each sequence's ``<s>`` token only. ``qkv``: the projections of ``x``, where they are known already."""
         if cls_only:
             (q,) = blocked_linears([self.query], x[attention.cls_rows])
             q = q.view(len(q), self.num_heads, self.head_dim)
             return attention.cls_context(x, q, self.key, self.value).reshape(len(q), -1)
-        q, k, v = blocked_linears([self.query, self.key, self.value], x)
+        q, k, v = qkv or blocked_linears([self.query, self.key, self.value], x)
         q, k, v = (t.view(len(t), self.num_heads, self.head_dim) for t in (q, k, v))
         # Scores are fp32 in every mode (the ALiBi bias is too large for fp16/bf16); each mode sees to it.
         return attention(q, k, v, cls_only=False).reshape(len(q), -1)
@@ -135,9 +142,15 @@ class JinaBertLayer(nn.Module):
         self.attention = JinaBertAttention(config)
         self.mlp = JinaBertGLUMLP(config)
 
-    def forward(self, x: torch.Tensor, attention: PackedAttention, cls_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention: PackedAttention,
+        cls_only: bool = False,
+        qkv: tuple[torch.Tensor, ...] | None = None,
+    ) -> torch.Tensor:
         """``[T, H]`` -> ``[T, H]``; with ``cls_only``, ``[sequences, H]`` for each sequence's ``<s>`` only."""
-        context = self.attention.self(x, attention, cls_only)
+        context = self.attention.self(x, attention, cls_only, qkv)
         residual = x[attention.cls_rows] if cls_only else x
         return blocked_rows(lambda c, r: self.mlp(self.attention.output(c, r)), context, residual)
 
@@ -180,6 +193,24 @@ class JinaBertForReranking(nn.Module):
         self.bert = JinaBertModel(config)
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.register_buffer("alibi_slopes", alibi_slopes(config.num_attention_heads), persistent=False)
+        # Where set (CPU bf16, by load_checkpoint), inference reads the first layer's q, k, v per token id from this
+        # table instead of multiplying.
+        self.first_layer_projections: FirstLayerProjections | None = None
+
+    def _first_layer_qkv(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """The first layer's q, k, v from the table, where it is kept and inference runs on a CPU outside graph
+        capture (training, export and compile multiply)."""
+        if (
+            self.first_layer_projections is None
+            or input_ids.device.type != "cpu"
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+        ):
+            return None
+        attention = self.bert.encoder.layer[0].attention.self
+        return self.first_layer_projections(
+            input_ids, self.bert.embeddings, [attention.query, attention.key, attention.value]
+        )
 
     def forward(self, input_ids: torch.Tensor, attention: PackedAttention) -> torch.Tensor:
         """Raw logits (fp32, before sigmoid), one per sequence.
@@ -190,8 +221,8 @@ class JinaBertForReranking(nn.Module):
         """
         x = self.bert.embeddings(input_ids)
         *layers, last = self.bert.encoder.layer
-        for layer in layers:
-            x = layer(x, attention)
+        for index, layer in enumerate(layers):
+            x = layer(x, attention, qkv=self._first_layer_qkv(input_ids) if index == 0 else None)
         # The pooler reads only <s>: the last layer needs keys and values of every token but queries, attention,
         # output and feed-forward for <s> alone (a quarter of the model's work skipped, same result).
         cls = last(x, attention, cls_only=True)
