@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from op_counts import op_counts
 from sorting_texts import QUERY, documents
 
 from jina_local_rerank import Reranker
@@ -19,15 +20,8 @@ DOCS = documents(40, seed=3, scale=3)
 
 
 def addmm_calls(run: Callable[[], object]) -> int:
-    """How many ``aten::addmm`` (a linear layer with its bias) ``run()`` calls, on one thread (this one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            run()
-    finally:
-        torch.set_num_threads(threads)
-    return sum(event.count for event in profile.key_averages() if event.key == "aten::addmm")
+    """How many ``aten::addmm`` (a linear layer with its bias) ``run()`` calls."""
+    return op_counts(run)["aten::addmm"]
 
 
 def logits(reranker: Reranker) -> list[float]:

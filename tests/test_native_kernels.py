@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from attention_reference import packed_qkv, reference_attention
 from native_checks import require_native_kernels
+from op_counts import op_counts
 from sorting_texts import QUERY, documents
 
 from jina_local_rerank import Reranker
@@ -220,17 +221,8 @@ def test_add_norm_is_the_layer_norm_of_a_bf16_sum_kept_in_fp32(with_x_bias):
 
 
 def native_op_counts(run: Callable[[], object]) -> Counter[str]:
-    """How often ``run()`` calls each native op, recorded by torch's profiler (on one thread: in this one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-            run()
-    finally:
-        torch.set_num_threads(threads)
-    prefix = "jina_local_rerank_cpu::"
-    events = [event for event in profile.key_averages() if event.key.startswith(prefix)]
-    return Counter({event.key.removeprefix(prefix): event.count for event in events})
+    """How often ``run()`` calls each native op (on one thread: in this one)."""
+    return op_counts(run, prefix="jina_local_rerank_cpu::")
 
 
 def native_ops_run(reranker: Reranker, docs: list[str]) -> set[str]:
