@@ -1,10 +1,11 @@
 """The first layer's queries, keys and values per token id, computed once and kept (CPU bf16).
 
 A token's input row to the first layer is ``LayerNorm(word[id] + token_type[0])`` (no positions: ALiBi), a function
-of its id alone, and so are its query, key and value rows: each linear layer maps a row on its own (int8 quantizes
-per row). So the first time an id appears its rows are computed as the layer computes them, and later passes read
-them instead of multiplying: the same numbers, bit for bit. The table holds the ids met so far (its untouched pages
-take no memory: at most ``3 x hidden`` values per id of the vocabulary), and starts over if a weight changes.
+of its id alone, and so are its query, key and value rows: each linear layer maps a row on its own. So the first
+time an id appears its rows are computed as the layer computes them, and later passes read them instead of
+multiplying: the same numbers, up to the order in which a matmul kernel sums a row's products (bit-identical on the
+benchmarks' workloads). The table holds the ids met so far (its untouched pages take no memory: at most
+``3 x hidden`` values per id of the vocabulary), and starts over if a weight changes.
 """
 
 from __future__ import annotations
