@@ -70,6 +70,13 @@ def _bf16_linear_path() -> str:
     return f"oneDNN bf16 matmuls ({features['architecture']})"
 
 
+def eager_inference() -> bool:
+    """Whether the caller runs inference outside graph capture, where the inference-only CPU paths apply: autograd
+    records nothing (training keeps torch's ops), and no ``torch.compile`` or ``torch.export`` (the ONNX exporter)
+    traces the graph."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 def _native_bf16(x: torch.Tensor) -> bool:
     """Whether the native bf16 row ops take ``x``: CPU bf16 inference, rows a multiple of 16 wide, the kernels
     loaded (built on first use). Training and graph capture (export, compile) keep torch's ops."""
@@ -79,8 +86,7 @@ def _native_bf16(x: torch.Tensor) -> bool:
         x.dtype == torch.bfloat16
         and x.device.type == "cpu"
         and x.shape[-1] % 16 == 0
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
+        and eager_inference()
         and native_kernels_problem() is None
     )
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from .attention import PackedAttention, alibi_slopes
 from .config import JinaBertConfig
-from .cpu_kernels import gelu_product, linear_add_norm
+from .cpu_kernels import eager_inference, gelu_product, linear_add_norm
 from .first_layer_projections import FirstLayerProjections
 from .quantization import Int8Linear
 from .row_blocks import blocked_linears, blocked_rows
@@ -200,12 +200,7 @@ class JinaBertForReranking(nn.Module):
     def _first_layer_qkv(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """The first layer's q, k, v from the table, where it is kept and inference runs on a CPU outside graph
         capture (training, export and compile multiply)."""
-        if (
-            self.first_layer_projections is None
-            or input_ids.device.type != "cpu"
-            or torch.is_grad_enabled()
-            or torch.compiler.is_compiling()
-        ):
+        if self.first_layer_projections is None or input_ids.device.type != "cpu" or not eager_inference():
             return None
         attention = self.bert.encoder.layer[0].attention.self
         return self.first_layer_projections(
