@@ -15,6 +15,7 @@ import torch
 from native_checks import require_native_kernels
 
 from jina_local_rerank import Reranker
+from jina_local_rerank.engine.batching import balanced_batches
 
 QUERY = "how do I sort a list in python"
 # About 6,000 tokens in 60 pairs of different lengths: several worker batches on two threads.
@@ -78,6 +79,70 @@ def test_the_native_kernels_leave_the_workers_single_threaded(head32_checkpoint:
         reranker.score(QUERY, MANY_DOCS)
     workers = [count for name, count in seen if name.startswith("jina-local-rerank-cpu")]
     assert len(workers) >= 4 and set(workers) == {1}
+
+
+def batches_seen(reranker: Reranker, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Record the sequence lengths of each batch the engine scores."""
+    seen: list[list[int]] = []
+    forward = reranker.engine._forward
+
+    def recording_forward(sequences):
+        seen.append([len(sequence) for sequence in sequences])
+        return forward(sequences)
+
+    monkeypatch.setattr(reranker.engine, "_forward", recording_forward)
+    return seen
+
+
+def test_balanced_batches_cut_the_longest_first_order_into_equal_work():
+    lengths = [300, 12, 511, 87, 87, 250, 3, 640, 120, 45, 300, 9, 77, 402, 150, 33]
+
+    def work(length: int) -> float:
+        return length * (1 + length / 100)
+
+    batches = balanced_batches(lengths, 4, work)
+    assert len(batches) == 4
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    share = sum(map(work, lengths)) / 4
+    for batch in batches:
+        # Each cut is within half a sequence of its share: a batch is within a sequence of it.
+        assert abs(sum(work(lengths[i]) for i in batch) - share) <= max(work(lengths[i]) for i in batch)
+    # More parts than sequences: one each, nothing empty.
+    assert balanced_batches([5, 9, 2], 8, work) == [[1], [0], [2]]
+
+
+def test_worker_batches_come_in_a_multiple_of_the_workers_and_of_equal_work(
+    checkpoint_dir: Path, two_threads, monkeypatch
+):
+    reranker = Reranker(checkpoint_dir, device="cpu")
+    config = reranker.engine.model.config
+    seen = batches_seen(reranker, monkeypatch)
+    parallel = reranker.score(QUERY, MANY_DOCS, raw=True).logits
+    assert len(seen) >= 4 and len(seen) % 2 == 0
+
+    def work(lengths: list[int]) -> float:
+        return sum(length * config.layer_flops(length) for length in lengths)
+
+    share = sum(map(work, seen)) / len(seen)
+    largest = max(work([length]) for batch in seen for length in batch)
+    assert all(abs(work(batch) - share) <= largest for batch in seen)
+    torch.set_num_threads(1)
+    assert parallel == pytest.approx(reranker.score(QUERY, MANY_DOCS, raw=True).logits, abs=1e-5)
+
+
+def test_a_balanced_batch_is_split_within_the_callers_token_budget(checkpoint_dir: Path, two_threads, monkeypatch):
+    # Long and short documents: a batch of equal work holding a long one among short ones would pad every short one
+    # to the long one's length, past max_batch_tokens.
+    documents = [("sorted returns a new list " * 190).strip()] * 2 + MANY_DOCS[:40]
+    reranker = Reranker(checkpoint_dir, device="cpu", max_length=1024, max_batch_tokens=1024)
+    seen = batches_seen(reranker, monkeypatch)
+    parallel = reranker.score(QUERY, documents, raw=True).logits
+    assert len(seen) >= 2
+    assert all(len(batch) * max(batch) <= 1024 for batch in seen)
+    torch.set_num_threads(1)
+    assert parallel == pytest.approx(reranker.score(QUERY, documents, raw=True).logits, abs=1e-5)
 
 
 def test_a_single_batch_runs_in_the_calling_thread(checkpoint_dir: Path, two_threads, monkeypatch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def pack_batches(
@@ -29,3 +29,24 @@ def pack_batches(
         batches.append([index])
         total = length
     return batches
+
+
+def balanced_batches(lengths: Sequence[int], parts: int, work: Callable[[int], float]) -> list[list[int]]:
+    """Sequence indices, longest first, cut into at most ``parts`` consecutive batches of about equal ``work`` (of a
+    sequence, from its length), for workers that take batches side by side: equal batches leave no worker idle
+    while another finishes a larger one.
+
+    Each cut falls where the running total is nearest its share (a sequence goes to the batch its middle falls in),
+    so a batch's work is within a sequence's of ``total / parts``.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    costs = [work(lengths[i]) for i in order]
+    total = sum(costs)
+    bounds, done, next_index = [0], 0.0, 0
+    for part in range(1, parts):
+        while next_index < len(order) and done + costs[next_index] / 2 <= total * part / parts:
+            done += costs[next_index]
+            next_index += 1
+        bounds.append(next_index)
+    bounds.append(len(order))
+    return [order[start:end] for start, end in zip(bounds, bounds[1:]) if end > start]

@@ -18,13 +18,13 @@ from ..model.attention import PackedAttention, default_attention
 from ..model.jinabert import JinaBertForReranking
 from ..progress import Progress, progress_bar
 from ..validation import torch_name
-from .batching import pack_batches
+from .batching import balanced_batches, pack_batches
 from .cpu_workers import cpu_worker_count, cpu_worker_pool
 from .devices import resolve_device, resolve_dtype
 from .tokenization import PairTokenizer
 
-# CPU workers take batches of the input split in CPU_WORKER_BATCHES per thread (more pieces balance the threads'
-# loads better), of padded tokens within CPU_WORKER_BATCH_TOKENS (fewer and larger batches run more efficiently).
+# CPU workers take the input in about CPU_WORKER_BATCHES batches per thread, of equal work, each of about
+# CPU_WORKER_BATCH_TOKENS padded tokens (fewer and larger batches run more efficiently).
 CPU_WORKER_BATCHES = 4
 CPU_WORKER_BATCH_TOKENS = (1024, 4096)
 
@@ -75,9 +75,11 @@ class ScoringEngine:
     ) -> tuple[list[list[int]], Callable[..., Iterable[list[float]]]]:
         """Batches of sequence indices and the ``map`` that scores them: in this thread, or on CPU workers.
 
-        With several CPU threads, batches are cut smaller (see ``CPU_WORKER_BATCHES``) and, if
-        there are at least as many as threads, scored side by side by single-threaded workers. The budget counts
-        packed tokens where the attention mode's cost grows with them alone (``packed_budget``), else padded ones.
+        With several CPU threads, batches are cut smaller (see ``CPU_WORKER_BATCHES``) and, if there are at least as
+        many as threads, scored side by side by single-threaded workers: then in a multiple of the workers' count
+        and of equal work (dense layers and attention, :func:`balanced_batches`), so that the workers finish
+        together. The budgets count packed tokens where the attention mode's cost grows with them alone
+        (``packed_budget``), else padded ones.
         """
         packed = self.attention.packed_budget
         workers = cpu_worker_count() if self.device.type == "cpu" else 1
@@ -86,7 +88,19 @@ class ScoringEngine:
             budget = min(max_batch_tokens, max(smallest, min(largest, sum(lengths) // (CPU_WORKER_BATCHES * workers))))
             cut = pack_batches(lengths, budget, packed=packed, max_batch_size=max_batch_size)
             if len(cut) >= workers:
-                return cut, cpu_worker_pool(workers).map
+                parts = -(-len(cut) // workers) * workers
+                config = self.model.config
+                balanced = balanced_batches(lengths, parts, lambda length: length * config.layer_flops(length))
+                # A batch of equal work that breaks the caller's limits (a long sequence among many short ones, in
+                # padded tokens) is split within them.
+                batches = [
+                    [group[i] for i in piece]
+                    for group in balanced
+                    for piece in pack_batches(
+                        [lengths[i] for i in group], max_batch_tokens, packed=packed, max_batch_size=max_batch_size
+                    )
+                ]
+                return batches, cpu_worker_pool(workers).map
         return pack_batches(lengths, max_batch_tokens, packed=packed, max_batch_size=max_batch_size), map
 
     def _forward(self, sequences: list[Sequence[int]]) -> list[float]:

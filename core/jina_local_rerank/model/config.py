@@ -41,6 +41,12 @@ class JinaBertConfig:
         """Width of one attention head: ``hidden_size // num_attention_heads``."""
         return self.hidden_size // self.num_attention_heads
 
+    def layer_flops(self, length: int) -> float:
+        """One layer's FLOPs per token of a ``length``-token sequence: q, k, v and output (4 h^2 multiply-adds), the
+        GEGLU feed-forward (3 h i) and attention (2 h x ``length``: scores and context)."""
+        h, i = self.hidden_size, self.intermediate_size
+        return 2 * (4 * h * h + 3 * h * i) + 4 * h * length
+
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> JinaBertConfig:
         """Check a parsed ``config.json`` (``source`` names it in errors) and keep the fields the model uses.
