@@ -74,8 +74,12 @@ def matmul_run(device: str, dtype: torch.dtype, size: int | None = None) -> tupl
 def layer_flops_per_token(config: JinaBertConfig, length: int, feed_forward_matrices: int = 3) -> float:
     """One layer's FLOPs per token of an ``length``-token pair: its dense layers plus attention.
 
-    Dense: q, k, v and output (4 h x h) and the feed-forward's matrices of h x i (3 for GEGLU, 2 for BERT's MLP).
+    With 3 feed-forward matrices of h x i (JinaBERT's GEGLU) this is the model's own count,
+    ``JinaBertConfig.layer_flops``. Otherwise ``config`` is BERT-shaped (2 for BERT's MLP): q, k, v and output
+    (4 h x h), the feed-forward's matrices, and attention (4 h x ``length``).
     """
+    if feed_forward_matrices == 3:
+        return config.layer_flops(length)
     h, i = config.hidden_size, config.intermediate_size
     return 2 * (4 * h * h + feed_forward_matrices * h * i) + 4 * h * length
 
